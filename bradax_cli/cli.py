@@ -1,0 +1,138 @@
+"""The `bradax` command: run the broker, migrate the database, administer projects and keys.
+
+Every command has --help, exits non-zero with one clear line on error, and the admin
+commands print JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import orjson
+
+from common.errors import BrokerError
+from common.settings import ConfigError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def emit(value: Any) -> None:
+    """Print a JSON document (the admin commands' output)."""
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+    sys.stdout.flush()
+
+
+def run_async(coro: Any) -> Any:
+    """Run a coroutine to completion on a fresh event loop."""
+    return asyncio.run(coro)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from common import migrate
+    from common.settings import load_settings
+
+    settings = load_settings()
+    applied = run_async(migrate.migrate(settings.database_url.get_secret_value()))
+    emit(
+        {
+            "applied": [f"{m.version:04d}_{m.name}" for m in applied],
+            "schema_version": migrate.latest_version(),
+        }
+    )
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from bradax_cli.dev import run_dev
+
+    return run_dev(host=args.host, port=args.port, data_dir=args.data_dir)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from bradax_cli.server import serve
+    from common.settings import load_settings
+
+    settings = load_settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    serve(host, port, workers=args.workers or settings.workers)
+    return 0
+
+
+def _cmd_mock(args: argparse.Namespace) -> int:
+    from bradax_cli import mock_openai
+
+    return mock_openai.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    parser = _Parser(prog="bradax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    dev = sub.add_parser(
+        "dev",
+        help="run the whole broker locally (embedded PostgreSQL/Redis/mock upstream when unset)",
+    )
+    dev.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    dev.add_argument("--data-dir", default=".bradax", help="where embedded servers keep data")
+    dev.set_defaults(func=_cmd_dev)
+
+    serve = sub.add_parser("serve", help="serve every function behind the path router")
+    serve.add_argument("--host", default=None, help="default: HOST")
+    serve.add_argument("--port", type=int, default=None, help="default: PORT")
+    serve.add_argument("--workers", type=int, default=None, help="default: WORKERS")
+    serve.set_defaults(func=_cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="apply pending SQL migrations to DATABASE_URL")
+    migrate.set_defaults(func=_cmd_migrate)
+
+    mock = sub.add_parser(
+        "mock-openai",
+        help="run the OpenAI-compatible mock upstream (see `bradax mock-openai --help`)",
+        add_help=False,
+    )
+    mock.add_argument("rest", nargs=argparse.REMAINDER)
+    mock.set_defaults(func=_cmd_mock)
+
+    from bradax_cli import admin
+
+    admin.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `bradax` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except (CliError, ConfigError) as exc:
+        print(f"bradax: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokerError as exc:
+        print(f"bradax: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

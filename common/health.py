@@ -1,0 +1,131 @@
+"""Dependency checks behind /health, /health/detailed and /ready.
+
+Each check has its own short timeout (about 1 s), so a hung Redis or PostgreSQL never hangs
+a probe. The upstream is checked without spending money (GET /models), cached briefly;
+a missing OPENAI_API_KEY reads "not_configured".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from common import migrate
+from common.db import Database
+from common.redis import RedisStore
+from common.settings import Settings
+
+HEALTHY, DEGRADED, UNHEALTHY, NOT_CONFIGURED = "healthy", "degraded", "unhealthy", "not_configured"
+
+
+@dataclass
+class Check:
+    """The outcome of one dependency check."""
+
+    status: str
+    latency_ms: float
+    error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form for /health/detailed."""
+        out: dict[str, Any] = {"status": self.status, "latency_ms": round(self.latency_ms, 2)}
+        if self.error:
+            out["error"] = self.error
+        out.update(self.info)
+        return out
+
+
+async def timed(
+    probe: Callable[[], Awaitable[dict[str, Any] | None]], timeout: float, what: str
+) -> Check:
+    """Run `probe` under `timeout`; a timeout or error is an unhealthy Check, never a raise."""
+    started = time.perf_counter()
+    try:
+        info = await asyncio.wait_for(probe(), timeout)
+    except TimeoutError:
+        return Check(UNHEALTHY, _ms(started), f"{what} did not answer within {timeout:g}s")
+    except Exception as exc:  # a probe must never raise: its failure is the answer
+        return Check(UNHEALTHY, _ms(started), f"{what} unreachable ({type(exc).__name__})")
+    return Check(HEALTHY, _ms(started), info=info or {})
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+class UpstreamProbe:
+    """GET {base}/models with the configured key, result cached for `ttl` seconds."""
+
+    def __init__(self, settings: Settings, *, ttl: float = 30.0) -> None:
+        self._settings = settings
+        self._ttl = ttl
+        self._cached: tuple[float, Check] | None = None
+
+    async def check(self, timeout: float) -> Check:
+        """The upstream's state: healthy, unhealthy (with why) or not_configured."""
+        if self._settings.openai_api_key is None:
+            return Check(NOT_CONFIGURED, 0.0, "OPENAI_API_KEY is not set")
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < self._ttl:
+            return self._cached[1]
+        result = await timed(self._get_models, timeout, "upstream")
+        self._cached = (now, result)
+        return result
+
+    async def _get_models(self) -> dict[str, Any]:
+        key = self._settings.openai_api_key
+        assert key is not None
+        headers = {"Authorization": f"Bearer {key.get_secret_value()}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self._settings.openai_base_url}/models", headers=headers) as reply,
+        ):
+            if reply.status >= 400:
+                raise UpstreamStatusError(reply.status)
+            await reply.read()
+        return {}
+
+
+class UpstreamStatusError(Exception):
+    """The upstream answered GET /models with an error status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"status {status}")
+        self.status = status
+
+
+async def check_database(db: Database, timeout: float) -> Check:
+    """SELECT 1 and the schema version, within `timeout`."""
+
+    async def probe() -> dict[str, Any]:
+        async with db.connection() as conn:
+            await conn.fetchval("SELECT 1")
+            version = await migrate.current_version(conn)
+        return {"schema_version": version}
+
+    return await timed(probe, timeout, "database")
+
+
+async def check_redis(redis: RedisStore, timeout: float) -> Check:
+    """PING within `timeout`."""
+
+    async def probe() -> dict[str, Any]:
+        await redis.client.ping()
+        return {}
+
+    return await timed(probe, timeout, "redis")
+
+
+def overall(database: Check, redis: Check, upstream: Check) -> str:
+    """healthy; degraded when only the upstream is not healthy; unhealthy when a store is down."""
+    if database.status != HEALTHY or redis.status != HEALTHY:
+        return UNHEALTHY
+    if upstream.status != HEALTHY:
+        return DEGRADED
+    return HEALTHY

@@ -1,0 +1,246 @@
+"""HTTP glue for every function: request ids, body parsing, and the one error -> response map.
+
+A function is built with `make_function(name, routes)`: the result is a plain
+`async def (starlette.Request) -> Response` that functions-framework's ASGI (`aio`) flavour
+serves, and that the dev router calls directly. It dispatches on the exact path, sets the
+request id for logs, turns every `BrokerError` into its JSON answer (the spec's shape, or
+OpenAI's shape under /v1/), turns anything else into a generic 500, and stamps X-Request-ID.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from common.errors import (
+    BadRequest,
+    BrokerError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from common.logs import get_logger, request_id_var
+
+Handler = Callable[[Request], Awaitable[Response]]
+ModelT = TypeVar("ModelT", bound=BaseModel)
+# Observer of every finished request: (method, route, status, seconds).
+RequestObserver = Callable[[str, str, int, float], None]
+
+
+def new_request_id(now: datetime | None = None) -> str:
+    """A fresh request id: req_YYYYMMDD_HHMMSS_<12 hex>."""
+    moment = now or datetime.now(UTC)
+    return f"req_{moment:%Y%m%d_%H%M%S}_{secrets.token_hex(6)}"
+
+
+class JSONResponse(Response):
+    """A JSON response serialised with orjson (Decimals as strings are the caller's job)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=str)
+
+
+def is_openai_path(path: str) -> bool:
+    """True for the OpenAI-compatible surface, whose errors use OpenAI's shape."""
+    return path.startswith("/v1/")
+
+
+def error_body(exc: BrokerError, request_id: str, openai_shape: bool) -> dict[str, Any]:
+    """The JSON body for a BrokerError, in the spec's shape or OpenAI's."""
+    if openai_shape:
+        return {
+            "error": {
+                "message": exc.message,
+                "type": exc.openai_type,
+                "param": exc.param,
+                "code": exc.code,
+            }
+        }
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message, "request_id": request_id}
+    body.update(exc.details)
+    return {"error": body}
+
+
+def error_response(exc: BrokerError, request_id: str, path: str) -> Response:
+    """The HTTP answer for a BrokerError: its status, headers and JSON body."""
+    headers = dict(exc.headers)
+    headers["X-Request-ID"] = request_id
+    return JSONResponse(
+        error_body(exc, request_id, is_openai_path(path)), status_code=exc.status, headers=headers
+    )
+
+
+def _describe_validation(exc: ValidationError) -> tuple[str, str | None]:
+    error = exc.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in error.get("loc", ()) if part != "__root__")
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if error.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    if not loc:
+        return msg, None
+    return f"{loc}: {msg}", loc
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refusing anything over max_bytes (413) without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > max_bytes:
+                raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BadRequest("client disconnected while sending the body") from None
+    return b"".join(chunks)
+
+
+async def parse_body(request: Request, model: type[ModelT], max_bytes: int) -> ModelT:
+    """The body validated as `model`; invalid JSON or fields -> 400, too big -> 413."""
+    content_type = request.headers.get("content-type", "application/json")
+    if "json" not in content_type.lower():
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    raw = await read_body(request, max_bytes)
+    if not raw:
+        raise BadRequest("request body is empty; a JSON object is required")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        message, param = _describe_validation(exc)
+        raise BadRequest(message, param=param) from None
+
+
+def validation_error(exc: ValidationError) -> BadRequest:
+    """The 400 error for a pydantic ValidationError raised outside parse_body."""
+    message, param = _describe_validation(exc)
+    return BadRequest(message, param=param)
+
+
+@lru_cache(maxsize=64)
+def _networks(trusted: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(item, strict=False) for item in trusted)
+
+
+def _is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in net for net in _networks(trusted))
+
+
+def client_ip(request: Request, trusted: tuple[str, ...]) -> str:
+    """The caller's IP: the peer, or X-Forwarded-For read right to left through trusted proxies."""
+    peer = request.client.host if request.client else "unknown"
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    forwarded = request.headers.get("x-forwarded-for", "")
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer
+    return hops[0] if hops else peer
+
+
+@dataclass(frozen=True)
+class Route:
+    """One exact path of a function, the methods it accepts, and its handler."""
+
+    path: str
+    handler: Handler
+    methods: Sequence[str] = ("GET",)
+
+
+@dataclass
+class FunctionApp:
+    """A deployable function: exact-path dispatch plus the shared request/response glue."""
+
+    name: str
+    routes: Iterable[Route]
+    on_request: list[RequestObserver] = field(default_factory=list)
+    on_first_request: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._table: dict[str, dict[str, Handler]] = {}
+        for route in self.routes:
+            methods = self._table.setdefault(route.path, {})
+            for method in route.methods:
+                methods[method.upper()] = route.handler
+            if "GET" in methods:
+                methods.setdefault("HEAD", methods["GET"])
+        self._started = False
+
+    @property
+    def paths(self) -> list[str]:
+        """The exact paths this function answers."""
+        return list(self._table)
+
+    async def __call__(self, request: Request) -> Response:
+        if not self._started:
+            self._started = True
+            if self.on_first_request is not None:
+                self.on_first_request()
+        started = time.perf_counter()
+        request_id = new_request_id()
+        token = request_id_var.set(request_id)
+        request.state.request_id = request_id
+        path = request.url.path
+        route_label = path if path in self._table else "other"
+        try:
+            response = await self._dispatch(request, path)
+        except BrokerError as exc:
+            response = error_response(exc, request_id, path)
+        except Exception:
+            get_logger().exception("unhandled error", path=route_label)
+            response = error_response(
+                BrokerError("internal error; quote the request id to support"), request_id, path
+            )
+        finally:
+            request_id_var.reset(token)
+        response.headers.setdefault("X-Request-ID", request.state.request_id)
+        elapsed = time.perf_counter() - started
+        for observe in self.on_request:
+            observe(request.method, route_label, response.status_code, elapsed)
+        return response
+
+    async def _dispatch(self, request: Request, path: str) -> Response:
+        methods = self._table.get(path)
+        if methods is None:
+            raise NotFound(f"no route for {path}")
+        handler = methods.get(request.method)
+        if handler is None:
+            allowed = ", ".join(sorted(methods))
+            raise MethodNotAllowed(
+                f"{request.method} is not allowed on {path}", headers={"Allow": allowed}
+            )
+        return await handler(request)
+
+
+def make_function(name: str, routes: Iterable[Route], **kwargs: Any) -> FunctionApp:
+    """Build a function's entry point from its routes (see FunctionApp)."""
+    return FunctionApp(name, list(routes), **kwargs)

@@ -1,0 +1,359 @@
+"""Rate limits and hard budgets, decided atomically in Redis (scripts in common/lua/).
+
+`Governor.admit` makes one round trip: deny-list (revoked tokens, keys, families, suspended
+projects), fixed-window limits (hourly, per second, per IP, per endpoint) and, for calls that
+spend money, a reservation of the worst-case cost against the month's budget. `settle` makes
+the second: it releases the reservation, adds the actual cost, appends the usage record to
+the ledger stream and counts broker-wide metrics, exactly once per request id.
+
+Money in Redis is integer nano-dollars, rounded up, so the budget can never be under-counted.
+If Redis lost a month's spend, `admit` rebuilds it from the PostgreSQL ledger before
+admitting anything. Every Redis failure is ServiceUnavailable: nothing is granted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
+
+from common.db import Database
+from common.errors import BudgetExceeded, RateLimited, ServiceUnavailable, Unauthorized
+from common.redis import RedisStore
+
+NANO = Decimal(1_000_000_000)
+LEDGER_STREAM = "bx:ledger"
+METRICS_HASH = "bx:m:counters"
+DONE_TTL = 86_400
+MONTH_TTL = 62 * 86_400
+MAX_CLEANUP = 100
+
+
+def to_nano(amount: Decimal) -> int:
+    """USD -> integer nano-dollars, rounded up (never under-count spend)."""
+    return int((amount * NANO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_nano(nano: int) -> Decimal:
+    """Integer nano-dollars -> USD."""
+    return Decimal(nano) / NANO
+
+
+def budget_month(now: datetime) -> str:
+    """The budget period a moment belongs to: YYYYMM in UTC."""
+    return now.astimezone(UTC).strftime("%Y%m")
+
+
+def month_end(now: datetime) -> datetime:
+    """The first instant of the next month (UTC)."""
+    now = now.astimezone(UTC)
+    if now.month == 12:
+        return datetime(now.year + 1, 1, 1, tzinfo=UTC)
+    return datetime(now.year, now.month + 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A fixed-window counter: at most `limit` hits per `window` seconds."""
+
+    name: str
+    scope: str
+    limit: int
+    window: int
+
+    def key(self, now_s: int) -> str:
+        """The counter's Redis key for the window holding now_s."""
+        return f"bx:rl:{self.scope}:{self.window}:{now_s // self.window}"
+
+
+@dataclass(frozen=True)
+class DenyKey:
+    """A deny-list entry to check; `reason` is what the client is told if it exists."""
+
+    key: str
+    reason: str
+
+
+def deny_keys(project_id: str, key_id: str, jti: str | None, family: str | None) -> list[DenyKey]:
+    """The deny-list entries that revoke a credential: project, key, token family, token."""
+    keys = [
+        DenyKey(f"bx:deny:proj:{project_id}", "project is suspended"),
+        DenyKey(f"bx:deny:key:{key_id}", "credential has been revoked"),
+    ]
+    if family:
+        keys.append(DenyKey(f"bx:deny:fam:{family}", "token has been revoked"))
+    if jti:
+        keys.append(DenyKey(f"bx:deny:jti:{jti}", "token has been revoked"))
+    return keys
+
+
+@dataclass(frozen=True)
+class BudgetClaim:
+    """What a call asks of its project's budget: its worst-case cost, until a deadline."""
+
+    project_id: str
+    month: str
+    request_id: str
+    worst_nano: int
+    budget_nano: int
+    expires_ms: int
+
+    @property
+    def keys(self) -> tuple[str, str, str]:
+        """Budget hash, reservation zset, reservation amounts."""
+        return budget_keys(self.project_id, self.month)
+
+
+def budget_keys(project_id: str, month: str) -> tuple[str, str, str]:
+    """Redis keys of a project's month: budget hash, reservation zset, amounts hash."""
+    base = f"{project_id}:{month}"
+    return f"bx:b:{base}", f"bx:bres:{base}", f"bx:bamt:{base}"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A granted call and the figures of its tightest limit (for X-RateLimit-* headers)."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset: int | None = None
+
+    def headers(self) -> dict[str, str]:
+        """X-RateLimit-* headers, when a limit applied."""
+        if self.limit is None:
+            return {}
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(max(0, self.remaining or 0)),
+            "X-RateLimit-Reset": str(self.reset),
+        }
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The outcome of settling a call."""
+
+    duplicate: bool
+    spent_nano: int | None = None
+    soft_threshold_crossed: bool = False
+
+
+@dataclass
+class UsageRecord:
+    """One ledger row, as it travels through the ledger stream."""
+
+    request_id: str
+    project_id: str
+    key_id: str | None
+    model: str
+    upstream_model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    latency_ms: int
+    status: str
+    http_status: int
+    error_code: str | None
+    streamed: bool
+    cached: bool
+    budget_month: str
+    created_at_ms: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def fields(self) -> list[str]:
+        """Flat field/value list for XADD."""
+        values: dict[str, str] = {
+            "rid": self.request_id,
+            "project": self.project_id,
+            "key": self.key_id or "",
+            "model": self.model,
+            "umodel": self.upstream_model or "",
+            "pt": str(self.prompt_tokens),
+            "ct": str(self.completion_tokens),
+            "cost": str(self.cost_usd),
+            "lat": str(self.latency_ms),
+            "status": self.status,
+            "http": str(self.http_status),
+            "err": self.error_code or "",
+            "stream": "1" if self.streamed else "0",
+            "cached": "1" if self.cached else "0",
+            "month": self.budget_month,
+            "at": str(self.created_at_ms),
+        }
+        values.update(self.extra)
+        flat: list[str] = []
+        for key, value in values.items():
+            flat.extend((key, value))
+        return flat
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[bytes, bytes]) -> UsageRecord:
+        """Inverse of fields() (stream entries come back as bytes)."""
+        get = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            request_id=get["rid"],
+            project_id=get["project"],
+            key_id=get["key"] or None,
+            model=get["model"],
+            upstream_model=get["umodel"] or None,
+            prompt_tokens=int(get["pt"]),
+            completion_tokens=int(get["ct"]),
+            cost_usd=Decimal(get["cost"]),
+            latency_ms=int(get["lat"]),
+            status=get["status"],
+            http_status=int(get["http"]),
+            error_code=get["err"] or None,
+            streamed=get["stream"] == "1",
+            cached=get["cached"] == "1",
+            budget_month=get["month"],
+            created_at_ms=int(get["at"]),
+        )
+
+
+class Governor:
+    """Admission and settlement against Redis; budget rebuilds from the PostgreSQL ledger."""
+
+    def __init__(self, redis: RedisStore, db: Database, *, soft_threshold: Decimal) -> None:
+        self._redis = redis
+        self._db = db
+        self._soft = soft_threshold
+
+    async def admit(
+        self,
+        *,
+        now_ms: int,
+        deny: Sequence[DenyKey] = (),
+        limits: Sequence[Limit] = (),
+        budget: BudgetClaim | None = None,
+        peek: bool = False,
+    ) -> Admission:
+        """Grant the call or raise Unauthorized / RateLimited / BudgetExceeded / 503."""
+        now_s = now_ms // 1000
+        keys = [d.key for d in deny] + [lim.key(now_s) for lim in limits]
+        args: list[object] = [len(deny), len(limits), 1 if budget else 0, now_ms]
+        args.append("peek" if peek else "hit")
+        for lim in limits:
+            args.extend((lim.limit, lim.window))
+        if budget is not None:
+            keys.extend(budget.keys)
+            args.extend(
+                (
+                    budget.request_id,
+                    budget.worst_nano,
+                    budget.budget_nano,
+                    budget.expires_ms,
+                    MAX_CLEANUP,
+                )
+            )
+        for _attempt in range(2):
+            result = await self._redis.run("admit.lua", keys, args)
+            code = int(result[0])
+            if code == 0:
+                limit, remaining, reset = (int(x) for x in result[1:4])
+                if limit < 0:
+                    return Admission()
+                return Admission(limit, remaining, reset)
+            if code == 1:
+                raise Unauthorized(deny[int(result[1]) - 1].reason, code="revoked")
+            if code == 2:
+                lim = limits[int(result[1]) - 1]
+                reset = max(1, int(result[3]))
+                raise RateLimited(
+                    f"rate limit exceeded: {lim.name} allows {lim.limit} per "
+                    f"{_window_name(lim.window)}",
+                    retry_after=reset,
+                    limit=lim.limit,
+                    reset=reset,
+                    details={"limit_name": lim.name},
+                )
+            if code == 3:
+                assert budget is not None
+                remaining = from_nano(max(0, int(result[1])))
+                raise BudgetExceeded(
+                    f"monthly budget exhausted: ${remaining:.6f} left, this call may cost up "
+                    f"to ${from_nano(budget.worst_nano):.6f}",
+                    remaining_usd=remaining.quantize(Decimal("0.000001")),
+                    budget_usd=from_nano(budget.budget_nano),
+                )
+            assert budget is not None and code == 4
+            await self.rebuild(budget.project_id, budget.month)
+        raise ServiceUnavailable("budget state could not be rebuilt; retry shortly")
+
+    async def rebuild(self, project_id: str, month: str) -> int:
+        """Restore a month's spend from the ledger (plus calls settled meanwhile); nano-USD."""
+        budget_key, _, _ = budget_keys(project_id, month)
+        orphans_key = f"bx:borph:{project_id}:{month}"
+        orphan_ids = [rid.decode() for rid in await self._redis.call("HKEYS", orphans_key)]
+        base = await self._db.fetchval(
+            "SELECT coalesce(sum(cost_usd), 0) FROM usage_ledger "
+            "WHERE project_id = $1 AND budget_month = $2 AND NOT (request_id = ANY($3::text[]))",
+            project_id,
+            month,
+            orphan_ids,
+        )
+        spent = await self._redis.run(
+            "rebuild.lua", [budget_key, orphans_key], [to_nano(Decimal(base)), MONTH_TTL]
+        )
+        return int(spent)
+
+    async def settle(
+        self,
+        claim: BudgetClaim | None,
+        *,
+        request_id: str,
+        project_id: str,
+        month: str,
+        actual: Decimal,
+        record: UsageRecord | None,
+        metrics: Mapping[str, int] | None = None,
+    ) -> Settlement:
+        """Release the reservation, add the actual cost, append the record: once per request."""
+        budget_key, resv_key, amounts_key = budget_keys(project_id, month)
+        soft_nano = to_nano(from_nano(claim.budget_nano) * self._soft) if claim else 0
+        keys = [
+            budget_key,
+            resv_key,
+            amounts_key,
+            f"bx:done:{request_id}",
+            LEDGER_STREAM,
+            f"bx:borph:{project_id}:{month}",
+            f"bx:bsoft:{project_id}:{month}",
+            METRICS_HASH,
+        ]
+        metric_items = list((metrics or {}).items())
+        args: list[object] = [
+            request_id,
+            to_nano(actual),
+            DONE_TTL,
+            soft_nano,
+            MONTH_TTL,
+            1 if record is not None else 0,
+            len(metric_items),
+        ]
+        for name, amount in metric_items:
+            args.extend((name, amount))
+        if record is not None:
+            args.extend(record.fields())
+        result = await self._redis.run("settle.lua", keys, args)
+        if int(result[0]) == -1:
+            return Settlement(duplicate=True)
+        spent = int(result[1])
+        return Settlement(False, spent if spent >= 0 else None, int(result[2]) == 1)
+
+    async def extend(self, claim: BudgetClaim, expires_ms: int) -> None:
+        """Push back a live call's reservation deadline (long streams)."""
+        _, resv_key, _ = claim.keys
+        await self._redis.call("ZADD", resv_key, "XX", expires_ms, claim.request_id)
+
+    async def spent(self, project_id: str, month: str) -> tuple[int, int] | None:
+        """(spent, reserved) nano-USD for the month, or None if Redis holds no figure."""
+        budget_key, _, _ = budget_keys(project_id, month)
+        values = await self._redis.call("HMGET", budget_key, "spent", "reserved")
+        if values[0] is None:
+            return None
+        return int(values[0]), int(values[1] or 0)
+
+
+def _window_name(window: int) -> str:
+    return {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(window, f"{window}s")

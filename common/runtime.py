@@ -1,0 +1,27 @@
+"""What every function does once per cold start: validate settings, set up logs and metrics.
+
+`function_app(name, routes)` is called at import by each functions/<name>/main.py. It reads
+the settings (a bad value stops the process with one line naming the variable) but opens
+no connection: pools are created by the first request that needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+from common import deps
+from common.http import FunctionApp, Route, make_function
+from common.logs import configure as configure_logs
+from common.settings import ConfigError
+
+
+def function_app(name: str, routes: Iterable[Route]) -> FunctionApp:
+    """Build a function's app, failing fast (exit 2, one line) on a configuration error."""
+    try:
+        settings = deps.settings()
+    except ConfigError as exc:
+        print(f"bradax {name}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logs(settings.log_level, name)
+    return make_function(name, routes)

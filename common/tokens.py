@@ -1,0 +1,214 @@
+"""JWT access and refresh tokens: issue and verify, pure functions of (claims, keys, now).
+
+Tokens carry iss, aud, sub (the project), iat, nbf, exp, jti, scope (space separated),
+typ ("access" | "refresh"), fam (the refresh family), key (the API key id), and a `kid`
+header. Only the configured algorithm is accepted, so alg=none and HS/RS confusion fail.
+Verified access tokens are cached (the signature is not re-checked); revocation is checked
+separately, at every use, against the deny-list (see common.auth).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jwt
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from common.errors import Unauthorized
+from common.settings import Settings
+
+TokenType = Literal["access", "refresh"]
+ALL_SCOPES = ("invoke_llm", "read_metrics")
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The verified content of a token."""
+
+    project_id: str
+    key_id: str
+    scopes: tuple[str, ...]
+    jti: str
+    family: str
+    token_type: TokenType
+    issued_at: int
+    expires_at: int
+
+    def has_scope(self, scope: str) -> bool:
+        """True if the token grants `scope`."""
+        return scope in self.scopes
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A signed token and the facts about it the caller stores or returns."""
+
+    token: str
+    jti: str
+    expires_at: int
+
+
+class KeySet:
+    """The signing key and every key accepted for verification, by kid."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.algorithm = settings.jwt_algorithm
+        self.kid = settings.jwt_key_id
+        self.verify_keys: dict[str, Any] = {}
+        if self.algorithm == "HS256":
+            secret = settings.require_jwt_secret().get_secret_value()
+            self.signing_key: Any = secret
+            self.verify_keys[self.kid] = secret
+        else:
+            assert settings.jwt_private_key is not None
+            private = jwt.api_jws.get_algorithm_by_name(self.algorithm).prepare_key(
+                settings.jwt_private_key.get_secret_value()
+            )
+            self.signing_key = private
+            self.verify_keys[self.kid] = private.public_key()
+            for kid, pem in settings.jwt_verify_keys.items():
+                if kid != self.kid:
+                    algo = jwt.api_jws.get_algorithm_by_name(self.algorithm)
+                    self.verify_keys[kid] = algo.prepare_key(pem)
+
+    def jwks(self) -> dict[str, Any]:
+        """Public keys as a JWK set (empty for HS256, whose key is secret)."""
+        if self.algorithm == "HS256":
+            return {"keys": []}
+        keys = []
+        for kid, key in self.verify_keys.items():
+            if self.algorithm == "RS256":
+                jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
+            else:
+                jwk = ECAlgorithm.to_jwk(key, as_dict=True)
+            jwk.update({"kid": kid, "use": "sig", "alg": self.algorithm})
+            keys.append(jwk)
+        return {"keys": keys}
+
+
+class TokenService:
+    """Issues and verifies tokens for one key set; keeps a bounded verified-token cache."""
+
+    def __init__(self, settings: Settings, *, cache_size: int = 10_000) -> None:
+        self.keys = KeySet(settings)
+        self.issuer = settings.jwt_issuer
+        self.audience = settings.jwt_audience
+        self.access_ttl = settings.jwt_access_token_expire_minutes * 60
+        self.refresh_ttl = settings.jwt_refresh_token_expire_days * 86400
+        self.leeway = settings.jwt_leeway_seconds
+        self._cache: OrderedDict[str, Claims] = OrderedDict()
+        self._cache_size = cache_size
+
+    def issue(
+        self,
+        *,
+        project_id: str,
+        key_id: str,
+        scopes: tuple[str, ...],
+        token_type: TokenType,
+        family: str,
+        now: int,
+    ) -> IssuedToken:
+        """Sign a new token of `token_type` for the project, valid from `now`."""
+        ttl = self.access_ttl if token_type == "access" else self.refresh_ttl
+        jti = secrets.token_urlsafe(18)
+        payload = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": project_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": jti,
+            "scope": " ".join(scopes),
+            "typ": token_type,
+            "fam": family,
+            "key": key_id,
+        }
+        token = jwt.encode(
+            payload,
+            self.keys.signing_key,
+            algorithm=self.keys.algorithm,
+            headers={"kid": self.keys.kid, "typ": "JWT"},
+        )
+        return IssuedToken(token, jti, now + ttl)
+
+    def verify(self, token: str, expected: TokenType, now: int) -> Claims:
+        """The claims of a valid token of the expected type; raises Unauthorized otherwise."""
+        cached = self._cache.get(token) if expected == "access" else None
+        if cached is not None:
+            if cached.expires_at + self.leeway <= now:
+                self._cache.pop(token, None)
+                raise Unauthorized("token has expired")
+            return cached
+        claims = self._decode(token, expected, now)
+        if expected == "access":
+            if len(self._cache) >= self._cache_size:
+                self._cache.popitem(last=False)
+            self._cache[token] = claims
+        return claims
+
+    def clear_cache(self) -> None:
+        """Forget verified tokens (after a key rotation)."""
+        self._cache.clear()
+
+    def _decode(self, token: str, expected: TokenType, now: int) -> Claims:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("malformed token") from None
+        if header.get("alg") != self.keys.algorithm:
+            raise Unauthorized("token algorithm is not accepted")
+        key = self.keys.verify_keys.get(str(header.get("kid", "")))
+        if key is None:
+            raise Unauthorized("token signed with an unknown key")
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[self.keys.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                # time claims are checked below against the injected `now`
+                options={
+                    "require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("token audience is not accepted") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("token issuer is not accepted") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("invalid token") from None
+        return self._claims(payload, expected, now)
+
+    def _claims(self, payload: dict[str, Any], expected: TokenType, now: int) -> Claims:
+        try:
+            exp, nbf, iat = int(payload["exp"]), int(payload["nbf"]), int(payload["iat"])
+            token_type = payload.get("typ")
+            claims = Claims(
+                project_id=str(payload["sub"]),
+                key_id=str(payload.get("key", "")),
+                scopes=tuple(str(payload.get("scope", "")).split()),
+                jti=str(payload["jti"]),
+                family=str(payload.get("fam", "")),
+                token_type="refresh" if token_type == "refresh" else "access",
+                issued_at=iat,
+                expires_at=exp,
+            )
+        except (KeyError, TypeError, ValueError):
+            raise Unauthorized("invalid token claims") from None
+        if token_type != expected:
+            raise Unauthorized(f"a {token_type or 'unknown'} token cannot be used as {expected}")
+        if exp + self.leeway <= now:
+            raise Unauthorized("token has expired")
+        if nbf - self.leeway > now:
+            raise Unauthorized("token is not valid yet")
+        return claims

