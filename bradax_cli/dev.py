@@ -37,7 +37,15 @@ def start_mock_upstream() -> tuple[subprocess.Popen[bytes], str]:
     """Start the mock OpenAI upstream on a free port; returns the process and its base URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bradax_cli.mock_openai", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "bradax_cli.mock_openai",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None

@@ -21,13 +21,11 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or attach to) the server; returns its DATABASE_URL."""
-        import pgserver
+        from pgserver import postgres_server
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
-        exists = self._server.psql(
-            f"SELECT 1 FROM pg_database WHERE datname = '{self.database}';"
-        )
+        self._server = postgres_server.get_server(self.data_dir, cleanup_mode="stop")
+        exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}';")
         if "1 row" not in exists:
             self._server.psql(f"CREATE DATABASE {self.database};")
         uri: str = self._server.get_uri(self.database)

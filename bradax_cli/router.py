@@ -65,7 +65,7 @@ class Router:
             response = error_response(NotFound(f"no route for {path}"), new_request_id(), path)
         else:
             response = await self.handlers[function](Request(scope, receive))
-        await response(scope, receive, send)
+        await response(scope, receive, send)  # type: ignore[arg-type]
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -92,7 +92,7 @@ _COLUMNS = (
 )
 
 
-def _from_row(row: asyncpg.Record) -> ApiKey:
+def _from_row(row: asyncpg.Record | dict[str, Any]) -> ApiKey:
     data = dict(row)
     data["scopes"] = tuple(data["scopes"])
     return ApiKey(**data)
@@ -199,7 +199,7 @@ class ApiKeyStore:
             raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
         data = dict(row)
         data.pop("secret_hash")
-        key = _from_row(data)  # type: ignore[arg-type]
+        key = _from_row(data)
         if project_id is not None and not hmac.compare_digest(
             key.project_id.encode(), project_id.encode()
         ):

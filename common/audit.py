@@ -169,7 +169,11 @@ async def verify(db: Database, batch: int = 5000) -> Verdict:
                 row_id = row["id"]
                 if row_id != expected_id:
                     return Verdict(
-                        False, checked, None, None, row_id,
+                        False,
+                        checked,
+                        None,
+                        None,
+                        row_id,
                         f"rows {expected_id}..{row_id - 1} are missing (deleted)",
                     )
                 if bytes(row["prev_hash"]) != prev:
@@ -177,8 +181,13 @@ async def verify(db: Database, batch: int = 5000) -> Verdict:
                         False, checked, None, None, row_id, "link to the previous row is broken"
                     )
                 values = [
-                    row["event"], row["outcome"], row["project_id"], row["actor"],
-                    row["request_id"], row["reason"], row["details"],
+                    row["event"],
+                    row["outcome"],
+                    row["project_id"],
+                    row["actor"],
+                    row["request_id"],
+                    row["reason"],
+                    row["details"],
                 ]
                 digest = chain_hash(prev, row_id, _micros(row["occurred_at"]), values)
                 if digest != bytes(row["hash"]):

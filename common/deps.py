@@ -70,8 +70,8 @@ def clear_caches() -> None:
 
 
 async def aclose() -> None:
-    """Close and forget every singleton that has an async `close`/`aclose`."""
-    for item in _registry:
+    """Close and forget every singleton (last built first) that has `close`/`aclose`."""
+    for item in reversed(_registry):
         value = item.reset()
         if value is None:
             continue

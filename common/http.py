@@ -13,10 +13,10 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -35,8 +35,14 @@ from common.logs import get_logger, request_id_var
 
 Handler = Callable[[Request], Awaitable[Response]]
 ModelT = TypeVar("ModelT", bound=BaseModel)
-# Observer of every finished request: (method, route, status, seconds).
-RequestObserver = Callable[[str, str, int, float], None]
+
+
+class RequestTelemetry(Protocol):
+    """What a function reports about each request it serves."""
+
+    def request_started(self) -> None: ...
+
+    def request_finished(self, method: str, route: str, status: int, seconds: float) -> None: ...
 
 
 def new_request_id(now: datetime | None = None) -> str:
@@ -139,7 +145,9 @@ def validation_error(exc: ValidationError) -> BadRequest:
 
 
 @lru_cache(maxsize=64)
-def _networks(trusted: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(
+    trusted: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(item, strict=False) for item in trusted)
 
 
@@ -182,7 +190,7 @@ class FunctionApp:
 
     name: str
     routes: Iterable[Route]
-    on_request: list[RequestObserver] = field(default_factory=list)
+    telemetry: Callable[[], RequestTelemetry] | None = None
     on_first_request: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
@@ -206,6 +214,9 @@ class FunctionApp:
             if self.on_first_request is not None:
                 self.on_first_request()
         started = time.perf_counter()
+        telemetry = self.telemetry() if self.telemetry is not None else None
+        if telemetry is not None:
+            telemetry.request_started()
         request_id = new_request_id()
         token = request_id_var.set(request_id)
         request.state.request_id = request_id
@@ -223,9 +234,9 @@ class FunctionApp:
         finally:
             request_id_var.reset(token)
         response.headers.setdefault("X-Request-ID", request.state.request_id)
-        elapsed = time.perf_counter() - started
-        for observe in self.on_request:
-            observe(request.method, route_label, response.status_code, elapsed)
+        if telemetry is not None:
+            elapsed = time.perf_counter() - started
+            telemetry.request_finished(request.method, route_label, response.status_code, elapsed)
         return response
 
     async def _dispatch(self, request: Request, path: str) -> Response:

@@ -55,9 +55,9 @@ class SpecFormatter(BasePowertoolsFormatter):
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 extra[key] = value
         line: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"
-            ).replace("+00:00", "Z"),
+            "timestamp": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -213,6 +213,10 @@ class PolicyCache:
         self._items[project_id] = (now, project)
         return project
 
+    async def all(self) -> list[Project]:
+        """Every project (not cached: used by the metrics scrape)."""
+        return await self._store.list()
+
     def forget(self, project_id: str | None = None) -> None:
         """Drop one project (or all) from the cache."""
         if project_id is None:

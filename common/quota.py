@@ -269,14 +269,15 @@ class Governor:
                 )
             if code == 3:
                 assert budget is not None
-                remaining = from_nano(max(0, int(result[1])))
+                left = from_nano(max(0, int(result[1])))
                 raise BudgetExceeded(
-                    f"monthly budget exhausted: ${remaining:.6f} left, this call may cost up "
+                    f"monthly budget exhausted: ${left:.6f} left, this call may cost up "
                     f"to ${from_nano(budget.worst_nano):.6f}",
-                    remaining_usd=remaining.quantize(Decimal("0.000001")),
+                    remaining_usd=left.quantize(Decimal("0.000001")),
                     budget_usd=from_nano(budget.budget_nano),
                 )
-            assert budget is not None and code == 4
+            assert budget is not None
+            assert code == 4
             await self.rebuild(budget.project_id, budget.month)
         raise ServiceUnavailable("budget state could not be rebuilt; retry shortly")
 

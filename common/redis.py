@@ -6,8 +6,9 @@ the client reconnects on its own when Redis comes back.
 
 from __future__ import annotations
 
-from importlib import resources
+import contextlib
 from collections.abc import Awaitable
+from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -67,7 +68,7 @@ class RedisStore:
     async def call(self, *args: Any) -> Any:
         """One raw command; unreachable Redis -> ServiceUnavailable."""
         try:
-            return await self.client.execute_command(*args)
+            return await self.client.execute_command(*args)  # type: ignore[no-untyped-call]
         except UNAVAILABLE as exc:
             raise ServiceUnavailable("governance store (redis) unavailable") from exc
         except ResponseError as exc:
@@ -95,7 +96,5 @@ class RedisStore:
 
     async def close(self) -> None:
         """Close the connection pool."""
-        try:
+        with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
-        except (RedisError, OSError):
-            pass

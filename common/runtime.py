@@ -7,6 +7,7 @@ no connection: pools are created by the first request that needs them.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Iterable
 
@@ -24,4 +25,15 @@ def function_app(name: str, routes: Iterable[Route]) -> FunctionApp:
         print(f"bradax {name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logs(settings.log_level, name)
-    return make_function(name, routes)
+    from common import services
+
+    return make_function(
+        name, routes, telemetry=services.telemetry.get, on_first_request=_freeze_startup
+    )
+
+
+def _freeze_startup() -> None:
+    # Objects alive at the first request live as long as the process: keep them out of GC
+    # scans (measurably lower tail latency).
+    gc.collect()
+    gc.freeze()

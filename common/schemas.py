@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -57,3 +59,121 @@ class RevokeResponse(BaseModel):
     """Revocation outcome."""
 
     revoked: bool
+
+
+# --- chat (the spec's invoke API and the OpenAI-compatible API) ---------------------------
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ContentPart(BaseModel):
+    """One part of a multi-part message (text, image_url, input_audio, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(min_length=1, max_length=64)
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    """A chat message in OpenAI's shape (extra fields such as tool_calls pass through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _content_required(self) -> ChatMessage:
+        if self.content is None and self.role in ("system", "developer", "user"):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
+
+class ChatParameters(BaseModel):
+    """Generation parameters (OpenAI's names); unknown ones are forwarded to the upstream."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=8)
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+
+class InvokeRequest(Strict):
+    """POST /api/v1/llm/invoke: the spec's body."""
+
+    model: str = Field(min_length=1, max_length=128)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
+    parameters: ChatParameters = Field(default_factory=ChatParameters)
+    stream: bool = False
+
+
+class StreamOptions(BaseModel):
+    """OpenAI's stream_options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(ChatParameters):
+    """POST /v1/chat/completions: OpenAI's body (parameters at the top level)."""
+
+    model: str = Field(min_length=1, max_length=128)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+
+
+class Usage(BaseModel):
+    """Token counts of a call."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class InvokeMessage(BaseModel):
+    """The assistant's message."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | None = None
+
+
+class InvokeChoice(BaseModel):
+    """One choice of the answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int = 0
+    message: InvokeMessage
+    finish_reason: str | None = None
+
+
+class InvokeResponse(BaseModel):
+    """The spec's response (plus cost_usd, an exact decimal string)."""
+
+    choices: list[InvokeChoice]
+    usage: Usage
+    model: str
+    request_id: str
+    cost_usd: str
+    cached: bool = False

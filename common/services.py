@@ -6,9 +6,11 @@ from common import deps
 from common.apikeys import ApiKeyStore
 from common.audit import AuditTrail
 from common.auth import Authenticator
+from common.ledger import Drainer, PendingSettles
 from common.projects import PolicyCache, ProjectStore
 from common.quota import Governor
 from common.sessions import FailureGate, SessionService
+from common.telemetry import Telemetry
 from common.tokens import TokenService
 
 tokens: deps.Lazy[TokenService] = deps.Lazy(lambda: TokenService(deps.settings()))
@@ -33,4 +35,19 @@ sessions: deps.Lazy[SessionService] = deps.Lazy(
 )
 failures: deps.Lazy[FailureGate] = deps.Lazy(
     lambda: FailureGate(governor.get(), deps.redis.get(), deps.settings())
+)
+telemetry: deps.Lazy[Telemetry] = deps.Lazy(
+    lambda: Telemetry(
+        deps.redis.get,
+        enabled=deps.settings().metrics_enabled,
+        pool_stats=lambda: deps.db.get().stats() if deps.db.built else {},
+    )
+)
+drainer: deps.Lazy[Drainer] = deps.Lazy(
+    lambda: Drainer(
+        deps.redis.get(), deps.db.get(), audit_enabled=deps.settings().audit_logging_enabled
+    )
+)
+pending_settles: deps.Lazy[PendingSettles] = deps.Lazy(
+    lambda: PendingSettles(deps.db.get(), audit_enabled=deps.settings().audit_logging_enabled)
 )

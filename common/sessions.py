@@ -74,7 +74,8 @@ class FailureGate:
     async def check(self, ip: str, project_id: str | None, now_ms: int) -> None:
         """RateLimited if this IP or project has failed too often lately."""
         try:
-            await self._governor.admit(now_ms=now_ms, limits=self._limits(ip, project_id), peek=True)
+            limits = self._limits(ip, project_id)
+            await self._governor.admit(now_ms=now_ms, limits=limits, peek=True)
         except RateLimited as exc:
             raise RateLimited(
                 "too many failed authentication attempts; try again later",
@@ -139,8 +140,10 @@ class SessionService:
                 "JOIN projects p ON p.id = k.project_id WHERE k.key_id = $1",
                 claims.key_id,
             )
-        if key_row is None or key_row["status"] != "active" or (
-            key_row["expires_at"] is not None and key_row["expires_at"] <= now
+        if (
+            key_row is None
+            or key_row["status"] != "active"
+            or (key_row["expires_at"] is not None and key_row["expires_at"] <= now)
         ):
             raise Unauthorized("the API key behind this session was revoked", code="revoked")
         if key_row["project_status"] != "active":
@@ -199,9 +202,17 @@ class SessionService:
 
     async def _issue(self, key: ApiKey, family: str, now: datetime) -> TokenPair:
         stamp = int(now.timestamp())
-        common = {"project_id": key.project_id, "key_id": key.key_id, "scopes": key.scopes}
-        access = self._tokens.issue(**common, token_type="access", family=family, now=stamp)
-        refresh = self._tokens.issue(**common, token_type="refresh", family=family, now=stamp)
+        access, refresh = (
+            self._tokens.issue(
+                project_id=key.project_id,
+                key_id=key.key_id,
+                scopes=key.scopes,
+                token_type=kind,
+                family=family,
+                now=stamp,
+            )
+            for kind in ("access", "refresh")
+        )
         await self._db.execute(
             "INSERT INTO refresh_tokens (jti, family_id, project_id, key_id, scopes, issued_at, "
             "expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -126,7 +126,7 @@ TABLES = ("usage_ledger", "audit_log", "refresh_tokens", "api_keys", "projects")
 
 
 @pytest.fixture
-def clean_state(database_url: str, redis_url: str) -> Iterator[None]:
+def clean_state(database_url: str, redis_url: str) -> None:
     """Empty every table and the Redis database before the test."""
 
     async def wipe() -> None:
@@ -140,7 +140,6 @@ def clean_state(database_url: str, redis_url: str) -> Iterator[None]:
     client = sync_redis.Redis.from_url(redis_url)
     client.flushdb()
     client.close()
-    yield
 
 
 def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
@@ -293,7 +292,16 @@ def serve_broker(settings: Settings, tmp: Path | None = None, **extra_env: str) 
     port = free_port()
     env = env_for(settings, **extra_env)
     return start_process(
-        [sys.executable, "-m", "bradax_cli.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "bradax_cli.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env,
         port,
         tmp=tmp,

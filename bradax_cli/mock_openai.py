@@ -1,0 +1,734 @@
+"""An OpenAI-compatible mock upstream: a real aiohttp HTTP server for tests, benchmarks and demos.
+
+It serves `GET /v1/models` and `POST /v1/chat/completions` (JSON and Server-Sent Events) with
+deterministic token counts, and can misbehave on purpose: latency, 429 with Retry-After, 500,
+hanging requests and streams cut mid-way. Behaviours come either from random rates in
+`MockConfig` or from a queue of one-shot behaviours posted to `/_mock/enqueue`. Control
+endpoints (no auth) live under `/_mock/`: `config`, `enqueue`, `reset`, `stats`.
+
+Token arithmetic (so callers can assert exact numbers):
+
+* prompt_tokens = 3 + sum over messages of (4 + whitespace-separated words of the text);
+  list contents count the words of their `{"type": "text"}` parts.
+* the reply is "w0 w1 w2 ..."; completion_tokens = min(reply_words, max_completion_tokens or
+  max_tokens); finish_reason is "length" when max tokens cut the reply short, else "stop".
+
+Run it with `python -m bradax_cli.mock_openai --port 8090` (or `bradax mock-openai`).
+The hot path avoids pydantic and per-request allocations it can precompute, and uses orjson.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import random
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Final, cast
+
+import orjson
+from aiohttp import web
+
+__all__ = ["MockConfig", "build_app", "main"]
+
+DEFAULT_MODELS: Final = ("gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-4o", "gpt-4o-mini")
+MAX_CALLS: Final = 100_000
+"""How many per-call records `/_mock/stats` keeps (the token sums cover every call)."""
+
+_MODEL_CREATED: Final = 1_700_000_000
+_HANG_POLL_S: Final = 0.05
+_JSON_CT: Final = "application/json"
+_SSE_HEADERS: Final = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_DONE: Final = b"data: [DONE]\n\n"
+_QUEUE_KEYS: Final = frozenset({"status", "retry_after", "hang", "cut_after_chunks", "latency_ms"})
+_ERROR_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "conflict_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_ERROR_MESSAGES: Final = {
+    429: "Rate limit reached for requests (mock).",
+    500: "The server had an error while processing your request. (mock)",
+    502: "Bad gateway. (mock)",
+    503: "The engine is currently overloaded, please try again later. (mock)",
+    504: "Gateway timeout. (mock)",
+}
+
+
+@dataclass
+class MockConfig:
+    """Knobs of the mock: latency, random failure rates, reply size, auth and known models."""
+
+    latency_ms: float = 0
+    fail_rate_429: float = 0
+    fail_rate_500: float = 0
+    hang_rate: float = 0
+    cut_rate: float = 0
+    cut_after_chunks: int = 2
+    reply_words: int = 12
+    retry_after: int | None = 1
+    api_key: str | None = None
+    models: tuple[str, ...] = field(default=DEFAULT_MODELS)
+    seed: int | None = None
+
+
+class _BadConfig(ValueError):
+    """A `/_mock/config` or `/_mock/enqueue` body that cannot be applied."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_config(cfg: MockConfig) -> None:
+    """Raise `_BadConfig` when a field has the wrong type or range."""
+    for name in ("latency_ms", "fail_rate_429", "fail_rate_500", "hang_rate", "cut_rate"):
+        value = getattr(cfg, name)
+        if not _is_number(value) or value < 0:
+            raise _BadConfig(f"{name} must be a number >= 0")
+    rates = cfg.fail_rate_429 + cfg.fail_rate_500 + cfg.hang_rate + cfg.cut_rate
+    if rates > 1:
+        raise _BadConfig("the four rates must add up to at most 1")
+    if not _is_int(cfg.cut_after_chunks) or cfg.cut_after_chunks < 0:
+        raise _BadConfig("cut_after_chunks must be an integer >= 0")
+    if not _is_int(cfg.reply_words) or cfg.reply_words < 0:
+        raise _BadConfig("reply_words must be an integer >= 0")
+    if cfg.retry_after is not None and (not _is_int(cfg.retry_after) or cfg.retry_after < 0):
+        raise _BadConfig("retry_after must be an integer >= 0 or null")
+    if cfg.api_key is not None and not isinstance(cfg.api_key, str):
+        raise _BadConfig("api_key must be a string or null")
+    if not all(isinstance(m, str) for m in cfg.models):
+        raise _BadConfig("models must be a list of strings")
+    if cfg.seed is not None and not _is_int(cfg.seed):
+        raise _BadConfig("seed must be an integer or null")
+
+
+def _error_body(
+    status: int,
+    message: str,
+    *,
+    err_type: str | None = None,
+    code: str | None = None,
+    param: str | None = None,
+) -> bytes:
+    if err_type is None:
+        err_type = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
+    return orjson.dumps(
+        {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+    )
+
+
+def _error(
+    status: int,
+    message: str,
+    *,
+    err_type: str | None = None,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = _error_body(status, message, err_type=err_type, code=code, param=param)
+    return web.Response(status=status, body=body, content_type=_JSON_CT, headers=headers)
+
+
+def _words(text: object) -> int:
+    return len(text.split()) if isinstance(text, str) else 0
+
+
+def _prompt_tokens(messages: list[Any]) -> int | None:
+    """3 + sum(4 + words) over messages; None when a message is not an object."""
+    total = 3
+    for msg in messages:
+        if not isinstance(msg, dict):
+            return None
+        content = msg.get("content")
+        total += 4
+        if isinstance(content, str):
+            total += len(content.split())
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "text":
+                    total += _words(part.get("text"))
+    return total
+
+
+class _Behaviour:
+    """What to do with one chat request (decided before the latency sleep)."""
+
+    __slots__ = ("cut_after", "hang", "latency_ms", "retry_after", "status")
+
+    def __init__(
+        self,
+        latency_ms: float,
+        status: int = 0,
+        retry_after: float | None = None,
+        hang: bool = False,
+        cut_after: int = -1,
+    ) -> None:
+        self.latency_ms = latency_ms
+        self.status = status
+        self.retry_after = retry_after
+        self.hang = hang
+        self.cut_after = cut_after
+
+
+class _Mock:
+    """Server state (config, one-shot queue, stats) and the request handlers."""
+
+    def __init__(self, config: MockConfig) -> None:
+        _check_config(config)
+        self.initial = replace(config, models=tuple(config.models))
+        self.shutting_down = asyncio.Event()
+        self._reply_cache: dict[int, str] = {}
+        self._word_cache: list[str] = []
+        self._apply(replace(self.initial))
+        self._reset_runtime()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _apply(self, config: MockConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.models = frozenset(config.models)
+        self.auth = None if config.api_key is None else f"Bearer {config.api_key}".encode()
+        self.models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": _MODEL_CREATED, "owned_by": "mock"}
+                    for m in config.models
+                ],
+            }
+        )
+        self.any_rate = (
+            config.fail_rate_429 + config.fail_rate_500 + config.hang_rate + config.cut_rate
+        ) > 0
+
+    def _reset_runtime(self) -> None:
+        self.queue: deque[_Behaviour] = deque()
+        self.requests = 0
+        self.by_outcome: dict[str, int] = {}
+        self.prompt_total = 0
+        self.completion_total = 0
+        self.calls: deque[dict[str, Any]] = deque(maxlen=MAX_CALLS)
+
+    def config_json(self) -> dict[str, Any]:
+        """The current config as a JSON-ready dict."""
+        data = asdict(self.config)
+        data["models"] = list(self.config.models)
+        return data
+
+    def _record(
+        self,
+        request: web.Request,
+        model: object,
+        stream: bool,
+        outcome: str,
+        prompt: int = 0,
+        completion: int = 0,
+    ) -> None:
+        self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
+        self.prompt_total += prompt
+        self.completion_total += completion
+        self.calls.append(
+            {
+                "request_id": request.headers.get("X-Request-ID"),
+                "model": model if isinstance(model, str) else None,
+                "stream": stream,
+                "outcome": outcome,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+            }
+        )
+
+    def _reply(self, n: int) -> str:
+        text = self._reply_cache.get(n)
+        if text is None:
+            text = " ".join(f"w{i}" for i in range(n))
+            if len(self._reply_cache) < 4096:
+                self._reply_cache[n] = text
+        return text
+
+    def _word(self, i: int) -> str:
+        cache = self._word_cache
+        while len(cache) <= i:
+            k = len(cache)
+            cache.append(f"w{k}" if k == 0 else f" w{k}")
+        return cache[i]
+
+    def _decide(self) -> _Behaviour:
+        cfg = self.config
+        if self.queue:
+            item = self.queue.popleft()
+            if item.latency_ms < 0:
+                item.latency_ms = cfg.latency_ms
+            if item.retry_after == -1:
+                item.retry_after = cfg.retry_after
+            return item
+        if self.any_rate:
+            r = self.rng.random()
+            edge = cfg.fail_rate_429
+            if r < edge:
+                return _Behaviour(cfg.latency_ms, status=429, retry_after=cfg.retry_after)
+            edge += cfg.fail_rate_500
+            if r < edge:
+                return _Behaviour(cfg.latency_ms, status=500)
+            edge += cfg.hang_rate
+            if r < edge:
+                return _Behaviour(cfg.latency_ms, hang=True)
+            edge += cfg.cut_rate
+            if r < edge:
+                return _Behaviour(cfg.latency_ms, cut_after=cfg.cut_after_chunks)
+        return _Behaviour(cfg.latency_ms)
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        if self.auth is None:
+            return None
+        got = request.headers.get("Authorization")
+        if got is None:
+            return _error(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code="invalid_api_key",
+            )
+        if not hmac.compare_digest(got.encode(), self.auth):
+            return _error(401, "Incorrect API key provided.", code="invalid_api_key")
+        return None
+
+    # -- OpenAI surface ------------------------------------------------------------------
+
+    async def models_handler(self, request: web.Request) -> web.Response:
+        """GET /v1/models."""
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        return web.Response(body=self.models_body, content_type=_JSON_CT)
+
+    async def chat_handler(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/chat/completions."""
+        self.requests += 1
+        denied = self._auth_error(request)
+        if denied is not None:
+            self._record(request, None, False, "401")
+            return denied
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            self._record(request, None, False, "400")
+            return _error(400, "We could not parse the JSON body of your request.")
+        if not isinstance(body, dict):
+            self._record(request, None, False, "400")
+            return _error(400, "The request body must be a JSON object.")
+        model = body.get("model")
+        stream = body.get("stream") is True
+        bad = self._validate(body, model)
+        if bad is not None:
+            self._record(request, model, stream, str(bad.status))
+            return bad
+        messages: list[Any] = body["messages"]
+        prompt = _prompt_tokens(messages)
+        if prompt is None:
+            self._record(request, model, stream, "400")
+            return _error(400, "Each message must be an object.", param="messages")
+        limit = body.get("max_completion_tokens")
+        if limit is None:
+            limit = body.get("max_tokens")
+        if limit is not None and (not _is_int(limit) or limit < 1):
+            self._record(request, model, stream, "400")
+            return _error(400, "max_tokens must be an integer >= 1.", param="max_tokens")
+        words = self.config.reply_words
+        finish = "stop"
+        if limit is not None and limit < words:
+            words, finish = limit, "length"
+
+        act = self._decide()
+        if act.latency_ms > 0:
+            await asyncio.sleep(act.latency_ms / 1000)
+        if act.hang:
+            self._record(request, model, stream, "hang")
+            return await self._hang(request)
+        if act.status:
+            self._record(request, model, stream, str(act.status))
+            return self._status_error(act)
+        model = cast(str, model)  # checked by _validate
+        if stream:
+            options = body.get("stream_options")
+            usage = isinstance(options, dict) and options.get("include_usage") is True
+            return await self._stream(request, model, prompt, words, finish, usage, act.cut_after)
+        if act.cut_after >= 0:
+            self._record(request, model, stream, "cut", prompt, 0)
+            _abort(request)
+            return web.Response()
+        self._record(request, model, stream, "ok", prompt, words)
+        created = int(time.time())
+        payload = {
+            "id": f"chatcmpl-{self.rng.getrandbits(96):024x}",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": self._reply(words),
+                        "refusal": None,
+                    },
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": words,
+                "total_tokens": prompt + words,
+            },
+            "system_fingerprint": "fp_mock",
+        }
+        return web.Response(body=orjson.dumps(payload), content_type=_JSON_CT)
+
+    def _validate(self, body: dict[str, Any], model: object) -> web.Response | None:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(
+                400,
+                "'messages' must be a non-empty array of message objects.",
+                param="messages",
+            )
+        if not isinstance(model, str) or not model:
+            return _error(400, "you must provide a model parameter", param="model")
+        if model not in self.models:
+            return _error(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+        return None
+
+    def _status_error(self, act: _Behaviour) -> web.Response:
+        status = act.status
+        message = _ERROR_MESSAGES.get(status, f"Mock error {status}.")
+        headers = None
+        code = None
+        if status == 429:
+            code = "rate_limit_exceeded"
+            if act.retry_after is not None:
+                headers = {"Retry-After": _fmt_seconds(act.retry_after)}
+        return _error(status, message, code=code, headers=headers)
+
+    async def _hang(self, request: web.Request) -> web.Response:
+        """Never answer: wait until the client goes away or the server shuts down."""
+        while not self.shutting_down.is_set():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.shutting_down.wait(), _HANG_POLL_S)
+        _abort(request)
+        return web.Response()
+
+    async def _stream(
+        self,
+        request: web.Request,
+        model: str,
+        prompt: int,
+        words: int,
+        finish: str,
+        include_usage: bool,
+        cut_after: int,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=_SSE_HEADERS)
+        head = b"".join(
+            (
+                b'data: {"id":"chatcmpl-',
+                f"{self.rng.getrandbits(96):024x}".encode(),
+                b'","object":"chat.completion.chunk","created":',
+                str(int(time.time())).encode(),
+                b',"model":',
+                orjson.dumps(model),
+                b',"system_fingerprint":"fp_mock","choices":[{"index":0,"delta":',
+            )
+        )
+        tail = b',"logprobs":null,"finish_reason":null}]' + (
+            b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        )
+        sent = 0
+        try:
+            await resp.prepare(request)
+            await resp.write(head + b'{"role":"assistant","content":"","refusal":null}' + tail)
+            todo = words if cut_after < 0 else min(words, cut_after)
+            for i in range(todo):
+                await resp.write(head + orjson.dumps({"content": self._word(i)}) + tail)
+                sent += 1
+            if cut_after >= 0:
+                self._record(request, model, True, "cut", prompt, sent)
+                _abort(request)
+                return resp
+            end = b',"logprobs":null,"finish_reason":"' + finish.encode() + b'"}]'
+            await resp.write(
+                head + b"{}" + end + (b',"usage":null}\n\n' if include_usage else b"}\n\n")
+            )
+            if include_usage:
+                usage = orjson.dumps(
+                    {
+                        "prompt_tokens": prompt,
+                        "completion_tokens": words,
+                        "total_tokens": prompt + words,
+                    }
+                )
+                # Reuse the id/created/model prefix but with an empty choices list.
+                prefix = head[: head.index(b',"choices":')]
+                await resp.write(prefix + b',"choices":[],"usage":' + usage + b"}\n\n")
+            await resp.write(_DONE)
+        except ConnectionError:
+            self._record(request, model, True, "disconnected", prompt, sent)
+            return resp
+        self._record(request, model, True, "ok", prompt, words)
+        return resp
+
+    # -- control surface -----------------------------------------------------------------
+
+    async def config_get(self, request: web.Request) -> web.Response:
+        """GET /_mock/config: the current config."""
+        return web.json_response(self.config_json(), dumps=_dumps)
+
+    async def config_post(self, request: web.Request) -> web.Response:
+        """POST /_mock/config: partial update of the config, answers the whole config."""
+        try:
+            patch = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _error(400, "invalid JSON")
+        if not isinstance(patch, dict):
+            return _error(400, "expected a JSON object of MockConfig fields")
+        known = {f.name for f in fields(MockConfig)}
+        unknown = sorted(set(patch) - known)
+        if unknown:
+            return _error(400, f"unknown config fields: {', '.join(unknown)}")
+        if "models" in patch:
+            if not isinstance(patch["models"], list):
+                return _error(400, "models must be a list of strings")
+            patch["models"] = tuple(patch["models"])
+        candidate = replace(self.config, **patch)
+        try:
+            _check_config(candidate)
+        except _BadConfig as exc:
+            return _error(400, str(exc))
+        seed_changed = "seed" in patch
+        rng = self.rng
+        self._apply(candidate)
+        if not seed_changed:
+            self.rng = rng  # keep the random sequence going unless a new seed was given
+        return web.json_response(self.config_json(), dumps=_dumps)
+
+    async def enqueue(self, request: web.Request) -> web.Response:
+        """POST /_mock/enqueue: append one-shot behaviours for the next chat requests."""
+        try:
+            items = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _error(400, "invalid JSON")
+        if isinstance(items, dict):
+            items = [items]
+        if not isinstance(items, list):
+            return _error(400, "expected a JSON list of behaviours")
+        parsed: list[_Behaviour] = []
+        for item in items:
+            try:
+                parsed.append(_parse_item(item))
+            except _BadConfig as exc:
+                return _error(400, str(exc))
+        self.queue.extend(parsed)
+        return web.json_response({"queued": len(self.queue)}, dumps=_dumps)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        """POST /_mock/reset: clear queue and stats, restore the start config."""
+        self._apply(replace(self.initial))
+        self._reset_runtime()
+        return web.json_response(self.config_json(), dumps=_dumps)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """GET /_mock/stats: counters and the most recent calls."""
+        body = orjson.dumps(
+            {
+                "requests": self.requests,
+                "by_outcome": self.by_outcome,
+                "prompt_tokens": self.prompt_total,
+                "completion_tokens": self.completion_total,
+                "queued": len(self.queue),
+                "calls": list(self.calls),
+            }
+        )
+        return web.Response(body=body, content_type=_JSON_CT)
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """Release hanging requests so the server can stop promptly."""
+        self.shutting_down.set()
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _fmt_seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _abort(request: web.Request) -> None:
+    """Drop the TCP connection without (finishing) a response."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _parse_item(item: object) -> _Behaviour:
+    """One `/_mock/enqueue` item -> behaviour; latency/retry_after -1 mean "from config"."""
+    if not isinstance(item, dict):
+        raise _BadConfig("each behaviour must be a JSON object")
+    unknown = sorted(set(item) - _QUEUE_KEYS)
+    if unknown:
+        raise _BadConfig(f"unknown behaviour keys: {', '.join(unknown)}")
+    latency = item.get("latency_ms", -1)
+    if not _is_number(latency) or (latency < 0 and "latency_ms" in item):
+        raise _BadConfig("latency_ms must be a number >= 0")
+    act = _Behaviour(float(latency), retry_after=-1)
+    if "status" in item:
+        status = item["status"]
+        if not _is_int(status) or not 400 <= status <= 599:
+            raise _BadConfig("status must be an integer in 400..599")
+        act.status = status
+    if "retry_after" in item:
+        retry = item["retry_after"]
+        if retry is not None and (not _is_number(retry) or retry < 0):
+            raise _BadConfig("retry_after must be a number >= 0 or null")
+        act.retry_after = retry
+    if "hang" in item:
+        if not isinstance(item["hang"], bool):
+            raise _BadConfig("hang must be a boolean")
+        act.hang = item["hang"]
+    if "cut_after_chunks" in item:
+        cut = item["cut_after_chunks"]
+        if not _is_int(cut) or cut < 0:
+            raise _BadConfig("cut_after_chunks must be an integer >= 0")
+        act.cut_after = cut
+    return act
+
+
+_STATE_KEY: Final = web.AppKey("mock_openai_state", _Mock)
+
+
+def build_app(config: MockConfig) -> web.Application:
+    """Build the aiohttp application serving the mock (OpenAI surface and /_mock/ control)."""
+    state = _Mock(config)
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app[_STATE_KEY] = state
+    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+        ("GET", "/v1/models", state.models_handler),
+        ("POST", "/v1/chat/completions", state.chat_handler),
+        ("GET", "/_mock/config", state.config_get),
+        ("POST", "/_mock/config", state.config_post),
+        ("POST", "/_mock/enqueue", state.enqueue),
+        ("POST", "/_mock/reset", state.reset),
+        ("GET", "/_mock/stats", state.stats),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    app.on_shutdown.append(state.on_shutdown)
+    return app
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mock-openai", description="Serve an OpenAI-compatible mock upstream."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--fail-rate-429", type=float, default=0.0)
+    parser.add_argument("--fail-rate-500", type=float, default=0.0)
+    parser.add_argument("--hang-rate", type=float, default=0.0)
+    parser.add_argument("--cut-rate", type=float, default=0.0)
+    parser.add_argument("--cut-after-chunks", type=int, default=2)
+    parser.add_argument("--reply-words", type=int, default=12)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+async def _serve(config: MockConfig, host: str, port: int) -> int:
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            sys.stderr.write(f"mock-openai: cannot listen on {host}:{port}: {exc}\n")
+            return 1
+        bound_port = runner.addresses[0][1] if runner.addresses else port
+        shown = f"[{host}]" if ":" in host else host
+        print(f"mock-openai listening on http://{shown}:{bound_port}/v1", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: serve the mock until SIGINT/SIGTERM; returns the exit status."""
+    args = _parse_args(argv)
+    try:
+        config = MockConfig(
+            latency_ms=args.latency_ms,
+            fail_rate_429=args.fail_rate_429,
+            fail_rate_500=args.fail_rate_500,
+            hang_rate=args.hang_rate,
+            cut_rate=args.cut_rate,
+            cut_after_chunks=args.cut_after_chunks,
+            reply_words=args.reply_words,
+            api_key=args.api_key,
+            seed=args.seed,
+        )
+        _check_config(config)
+    except _BadConfig as exc:
+        sys.stderr.write(f"mock-openai: {exc}\n")
+        return 2
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_serve(config, args.host, args.port))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

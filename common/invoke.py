@@ -1,0 +1,842 @@
+"""The governed call path shared by the spec's invoke API and the OpenAI-compatible API.
+
+    authenticate -> parse -> project policy (status, allowed models, token cap, PII rules)
+    -> idempotency / response cache -> admit (deny-list, limits, budget reservation: one
+    Redis round trip) -> upstream (retries, fallback, breaker) -> settle (release, spend,
+    ledger record, metrics: one Redis round trip) -> answer
+
+Nothing reaches the upstream ungoverned: every check happens before the call, and every
+call that reached the upstream is settled exactly once (request id) whatever happens to
+the client. The worst-case cost reserved up front bounds the prompt by its size in bytes
+(a BPE token is at least one byte) and the completion by max_tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from common import pii
+from common.audit import STREAM as AUDIT_STREAM
+from common.audit import AuditEvent
+from common.auth import Authenticator, Principal
+from common.errors import (
+    BadRequest,
+    BrokerError,
+    BudgetExceeded,
+    Conflict,
+    ModelNotAllowed,
+    NotFound,
+    PIIDetected,
+    ProjectSuspended,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthorized,
+)
+from common.http import JSONResponse, client_ip, read_body, validation_error
+from common.ledger import Drainer, PendingSettles
+from common.llm import Completion, StreamCall, Upstream, UpstreamClient
+from common.logs import get_logger, mask_project, request_id_var
+from common.projects import PolicyCache, Project
+from common.quota import (
+    Admission,
+    BudgetClaim,
+    Governor,
+    Limit,
+    UsageRecord,
+    budget_month,
+    to_nano,
+)
+from common.redis import RedisStore
+from common.schemas import ChatCompletionRequest, InvokeRequest
+from common.settings import Settings
+from common.telemetry import Telemetry
+
+Api = Literal["invoke", "openai"]
+SCOPE = "invoke_llm"
+# Tokens reserved per image part: image tokens are not bounded by the part's bytes.
+IMAGE_TOKEN_BOUND = 3000
+IDEMPOTENCY_TTL = 86_400
+_FORWARD_EXCLUDE = {"model", "messages", "stream", "stream_options", "parameters"}
+
+
+@dataclass
+class Call:
+    """A validated chat request, normalised from either API."""
+
+    api: Api
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+    stream: bool
+    client_usage: bool
+    images: int = 0
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The completion cap the client asked for, if any."""
+        value = self.params.get("max_completion_tokens") or self.params.get("max_tokens")
+        return int(value) if value is not None else None
+
+
+def parse_call(raw: bytes, api: Api) -> Call:
+    """Validate a body of either API; BadRequest names the first invalid field."""
+    try:
+        if api == "invoke":
+            spec = InvokeRequest.model_validate_json(raw)
+            params = spec.parameters.model_dump(exclude_none=True)
+            stream, client_usage = spec.stream, True
+            model, messages = spec.model, spec.messages
+        else:
+            oai = ChatCompletionRequest.model_validate_json(raw)
+            params = oai.model_dump(exclude_none=True, exclude=_FORWARD_EXCLUDE)
+            stream = bool(oai.stream)
+            client_usage = bool(oai.stream_options and oai.stream_options.include_usage)
+            model, messages = oai.model, oai.messages
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    dumped = [m.model_dump(exclude_none=True) for m in messages]
+    images = sum(
+        1
+        for m in messages
+        if isinstance(m.content, list)
+        for part in m.content
+        if part.type != "text"
+    )
+    return Call(api, model, dumped, params, stream, client_usage, images)
+
+
+@dataclass
+class Context:
+    """Everything known about one admitted call, for settling it."""
+
+    request_id: str
+    principal: Principal
+    project: Project
+    call: Call
+    chain: list[Upstream]
+    month: str
+    created_ms: int
+    claim: BudgetClaim | None
+    admission: Admission
+    started: float = field(default_factory=time.perf_counter)
+    prompt_bound: int = 0
+    settled: bool = False
+
+
+class Invoker:
+    """Runs the governed call path; one instance per process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        authenticator: Authenticator,
+        policies: PolicyCache,
+        governor: Governor,
+        client: UpstreamClient,
+        redis: RedisStore,
+        telemetry: Telemetry,
+        drainer: Drainer,
+        pending: PendingSettles,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.auth = authenticator
+        self.policies = policies
+        self.governor = governor
+        self.client = client
+        self.redis = redis
+        self.telemetry = telemetry
+        self.drainer = drainer
+        self.pending = pending
+        self.clock = clock
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- entry points ------------------------------------------------------------------
+
+    async def handle(self, request: Request, api: Api) -> Response:
+        """Serve one chat call of either API."""
+        self.drainer.ensure_started()
+        request_id: str = request.state.request_id
+        principal: Principal | None = None
+        try:
+            if api == "openai":
+                principal = await self.auth.verify_credential(
+                    request.headers.get("authorization"), SCOPE
+                )
+            else:
+                principal = self.auth.verify_token(request.headers.get("authorization"), SCOPE)
+            raw = await read_body(request, self.settings.max_body_bytes)
+            if not raw:
+                raise BadRequest("request body is empty; a JSON object is required")
+            call = parse_call(raw, api)
+            return await self._governed(request, request_id, principal, call)
+        except BrokerError as exc:
+            await self._deny(request_id, principal, exc)
+            raise
+
+    async def models(self, request: Request) -> Response:
+        """GET /v1/models: the models this project may use."""
+        principal = await self.auth.authenticate(
+            request.headers.get("authorization"), SCOPE, allow_api_key=True
+        )
+        project = await self._project(principal)
+        allowed = [m for m in project.allowed_models if self.client.catalog.get(m) is not None]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "bradax"} for m in allowed]
+        return JSONResponse({"object": "list", "data": data})
+
+    # -- the governed path --------------------------------------------------------------
+
+    async def _governed(
+        self, request: Request, request_id: str, principal: Principal, call: Call
+    ) -> Response:
+        project = await self._project(principal)
+        chain = self._chain(project, call.model)
+        messages = self._screen(project, call)
+        body = self._body(project, call, messages)
+        prompt_bound = len(orjson.dumps(messages)) + call.images * IMAGE_TOKEN_BOUND
+        now = self.clock()
+        created_ms = int(now * 1000)
+        month = budget_month(datetime.fromtimestamp(now, UTC))
+        idem_key = request.headers.get("idempotency-key")
+        if idem_key:
+            replay = await self._idempotency_begin(project, idem_key, call, body)
+            if replay is not None:
+                return replay
+        try:
+            cache_key = self._cache_key(project, call, body)
+            if cache_key is not None:
+                cached = await self._cache_get(cache_key)
+                if cached is not None:
+                    admission = await self._admit(request, principal, project, None, created_ms)
+                    response = await self._serve_cached(
+                        request_id, principal, project, call, month, created_ms, cached, admission
+                    )
+                    return await self._idempotency_end(project, idem_key, response)
+            completion_bound = (body.get("n") or 1) * self._cap(body)
+            worst = max(u.price.cost(prompt_bound, completion_bound) for u in chain)
+            claim = BudgetClaim(
+                project.id,
+                month,
+                request_id,
+                to_nano(worst),
+                to_nano(project.budget_monthly_usd),
+                created_ms + int(self.settings.reservation_ttl * 1000),
+            )
+            admission = await self._admit(request, principal, project, claim, created_ms)
+            ctx = Context(
+                request_id, principal, project, call, chain, month, created_ms, claim, admission
+            )
+            ctx.prompt_bound = prompt_bound
+            if call.stream:
+                return await self._stream(ctx, body)
+            response = await self._complete(ctx, body, cache_key)
+            return await self._idempotency_end(project, idem_key, response)
+        except BaseException:
+            if idem_key:
+                await self._idempotency_abort(project, idem_key)
+            raise
+
+    async def _project(self, principal: Principal) -> Project:
+        project = await self.policies.get(principal.project_id)
+        if project is None:
+            raise Unauthorized("project no longer exists", code="revoked")
+        if not project.active:
+            raise ProjectSuspended(f"project {project.id} is suspended")
+        return project
+
+    def _chain(self, project: Project, model: str) -> list[Upstream]:
+        if model not in project.allowed_models:
+            allowed = ", ".join(project.allowed_models) or "none"
+            raise ModelNotAllowed(
+                f"model '{model}' is not allowed for this project; allowed models: {allowed}",
+                param="model",
+            )
+        if self.client.catalog.get(model) is None:
+            raise NotFound(
+                f"model '{model}' is not served by this broker",
+                code="model_not_found",
+                param="model",
+            )
+        return self.client.catalog.chain(model)
+
+    def _screen(self, project: Project, call: Call) -> list[dict[str, Any]]:
+        """Apply the project's PII rule: block (422, kinds only) or redact; fail closed."""
+        if "pii_detection" not in project.compliance_rules:
+            return call.messages
+        try:
+            if project.pii_action == "redact":
+                redacted, kinds = pii.redact_chat_messages(call.messages)
+                if kinds:
+                    self.telemetry.incr("pii_detections_total", action="redact")
+                return redacted
+            kinds = pii.scan_chat_messages(call.messages)
+        except Exception:
+            get_logger().exception("PII detection failed; request refused")
+            raise PIIDetected(
+                "personal-data check failed; the request was refused", code="pii_check_failed"
+            ) from None
+        if kinds:
+            self.telemetry.incr("pii_detections_total", action="block")
+            found = ", ".join(sorted(kinds))
+            raise PIIDetected(
+                f"the prompt contains personal data ({found}); remove it or ask for redaction",
+                details={"pii_kinds": sorted(kinds)},
+            )
+        return call.messages
+
+    def _body(self, project: Project, call: Call, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The upstream body: params, the token cap enforced, usage asked for in streams."""
+        body: dict[str, Any] = dict(call.params)
+        requested = call.max_tokens
+        limit = project.max_tokens_per_request
+        if requested is not None and requested > limit:
+            raise BadRequest(
+                f"max_tokens {requested} exceeds this project's limit of {limit}",
+                code="max_tokens_exceeded",
+                param="max_tokens",
+            )
+        if requested is None:
+            field_name = "max_completion_tokens" if _reasoning(call.model) else "max_tokens"
+            body[field_name] = limit
+        body["model"] = call.model
+        body["messages"] = messages
+        if call.stream:
+            body["stream"] = True
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+        return body
+
+    @staticmethod
+    def _cap(body: dict[str, Any]) -> int:
+        return int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+
+    async def _admit(
+        self,
+        request: Request,
+        principal: Principal,
+        project: Project,
+        claim: BudgetClaim | None,
+        now_ms: int,
+    ) -> Admission:
+        settings = self.settings
+        limits: list[Limit] = []
+        if settings.rate_limiting_enabled:
+            limits.append(
+                Limit(
+                    "max_requests_per_hour", f"p:{project.id}", project.max_requests_per_hour, 3600
+                )
+            )
+            if project.max_requests_per_second:
+                limits.append(
+                    Limit(
+                        "max_requests_per_second",
+                        f"ps:{project.id}",
+                        project.max_requests_per_second,
+                        1,
+                    )
+                )
+            if settings.rate_limit_ip_per_hour:
+                ip = client_ip(request, settings.trusted_proxies)
+                limits.append(
+                    Limit("ip_per_hour", f"ip:{ip}", settings.rate_limit_ip_per_hour, 3600)
+                )
+        try:
+            return await self.governor.admit(
+                now_ms=now_ms, deny=principal.deny(), limits=limits, budget=claim
+            )
+        except RateLimited as exc:
+            self.telemetry.incr(
+                "rate_limit_denials_total", limit=str(exc.details.get("limit_name", ""))
+            )
+            raise
+        except BudgetExceeded:
+            self.telemetry.incr("budget_denials_total", project=project.id)
+            raise
+
+    # -- upstream calls -----------------------------------------------------------------
+
+    def _payload(self, body: dict[str, Any]) -> Callable[[Upstream], bytes]:
+        def build(upstream: Upstream) -> bytes:
+            if upstream.model == body["model"]:
+                return orjson.dumps(body)
+            return orjson.dumps({**body, "model": upstream.model})
+
+        return build
+
+    async def _complete(
+        self, ctx: Context, body: dict[str, Any], cache_key: str | None
+    ) -> Response:
+        deadline = self.client.deadline()
+        try:
+            result = await self.client.complete(
+                ctx.chain, self._payload(body), ctx.request_id, deadline
+            )
+        except BrokerError as exc:
+            await self._settle(ctx, None, 0, 0, "upstream_error", exc.status, exc.code, False)
+            raise
+        except BaseException:
+            await self._settle(ctx, None, 0, 0, "cancelled", 499, "client_disconnected", False)
+            raise
+        cost = await self._settle(
+            ctx,
+            result.upstream,
+            result.prompt_tokens,
+            result.completion_tokens,
+            "success",
+            200,
+            None,
+            False,
+        )
+        if cache_key is not None:
+            self._spawn(self._cache_put(cache_key, result))
+        return self._render(ctx, result, cost)
+
+    def _render(self, ctx: Context, result: Completion, cost: Decimal) -> Response:
+        headers = {"X-Bradax-Cost-USD": str(cost), **ctx.admission.headers()}
+        if ctx.call.api == "openai":
+            if result.upstream.model == ctx.call.model and result.data.get("model"):
+                return Response(result.body, headers=headers, media_type="application/json")
+            return JSONResponse({**result.data, "model": ctx.call.model}, headers=headers)
+        return JSONResponse(
+            spec_body(result.data, ctx.call.model, ctx.request_id, cost, cached=False),
+            headers=headers,
+        )
+
+    async def _stream(self, ctx: Context, body: dict[str, Any]) -> Response:
+        deadline = self.client.deadline()
+        try:
+            stream = await self.client.open_stream(
+                ctx.chain,
+                self._payload(body),
+                ctx.request_id,
+                deadline,
+                strip_usage=not ctx.call.client_usage,
+            )
+        except BrokerError as exc:
+            await self._settle(ctx, None, 0, 0, "upstream_error", exc.status, exc.code, True)
+            raise
+        except BaseException:
+            await self._settle(ctx, None, 0, 0, "cancelled", 499, "client_disconnected", True)
+            raise
+        headers = {
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Request-ID": ctx.request_id,
+            **ctx.admission.headers(),
+        }
+        return MeteredStream(
+            stream,
+            lambda outcome: self._finish_stream(ctx, stream, outcome),
+            self._extend(ctx),
+            headers,
+        )
+
+    def _extend(self, ctx: Context) -> Callable[[], Awaitable[None]]:
+        async def extend() -> None:
+            if ctx.claim is not None:
+                until = int(self.clock() * 1000 + self.settings.reservation_ttl * 1000)
+                await self.governor.extend(ctx.claim, until)
+
+        return extend
+
+    async def _finish_stream(self, ctx: Context, stream: StreamCall, outcome: str) -> None:
+        if stream.prompt_tokens is not None and stream.completion_tokens is not None:
+            prompt, completion = stream.prompt_tokens, stream.completion_tokens
+        else:
+            # The usage chunk never came: meter what was produced, bound the prompt.
+            prompt, completion = ctx.prompt_bound, stream.produced
+        status = {"completed": "success"}.get(outcome, outcome)
+        http = 200 if outcome == "completed" else 499 if outcome == "client_disconnected" else 502
+        error = None if outcome == "completed" else f"stream_{outcome}"
+        await self._settle(ctx, stream.upstream, prompt, completion, status, http, error, True)
+
+    # -- settling -----------------------------------------------------------------------
+
+    async def _settle(
+        self,
+        ctx: Context,
+        upstream: Upstream | None,
+        prompt: int,
+        completion: int,
+        status: str,
+        http_status: int,
+        error: str | None,
+        streamed: bool,
+        cached: bool = False,
+    ) -> Decimal:
+        if ctx.settled:
+            return Decimal(0)
+        ctx.settled = True
+        used = upstream or ctx.chain[0]
+        cost = Decimal(0) if cached else used.price.cost(prompt, completion)
+        latency = int((time.perf_counter() - ctx.started) * 1000)
+        record = UsageRecord(
+            request_id=ctx.request_id,
+            project_id=ctx.project.id,
+            key_id=ctx.principal.key_id,
+            model=ctx.call.model,
+            upstream_model=used.model if upstream else None,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=cost,
+            latency_ms=latency,
+            status=status,
+            http_status=http_status,
+            error_code=error,
+            streamed=streamed,
+            cached=cached,
+            budget_month=ctx.month,
+            created_at_ms=ctx.created_ms,
+        )
+        metrics: dict[str, int] = {}
+        if not cached:
+            model = ctx.call.model
+            metrics = {
+                f"openai_requests_total|model={model},status={status}": 1,
+                f"openai_cost_nano_total|model={model}": to_nano(cost),
+                f"openai_tokens_total|model={model},kind=prompt": prompt,
+                f"openai_tokens_total|model={model},kind=completion": completion,
+            }
+        if not self.settings.metrics_enabled:
+            metrics = {}
+
+        async def settle() -> None:
+            outcome = await self.governor.settle(
+                ctx.claim,
+                request_id=ctx.request_id,
+                project_id=ctx.project.id,
+                month=ctx.month,
+                actual=cost,
+                record=record,
+                metrics=metrics,
+            )
+            if outcome.soft_threshold_crossed:
+                self.telemetry.incr("budget_soft_threshold_total", project=ctx.project.id)
+                get_logger().warning(
+                    "project crossed its soft budget threshold",
+                    project_token=mask_project(ctx.project.id),
+                    threshold=str(self.settings.budget_soft_threshold),
+                )
+
+        try:
+            await settle()
+        except (ServiceUnavailable, OSError):
+            self.pending.add(settle, record)
+        get_logger().info(
+            "LLM request completed" if status == "success" else "LLM request ended",
+            project_token=mask_project(ctx.project.id),
+            model=ctx.call.model,
+            tokens_used=prompt + completion,
+            cost_usd=str(cost),
+            latency_ms=latency,
+            status=status,
+            streamed=streamed,
+            cached=cached,
+        )
+        return cost
+
+    # -- denials ------------------------------------------------------------------------
+
+    async def _deny(self, request_id: str, principal: Principal | None, exc: BrokerError) -> None:
+        if not self.settings.audit_logging_enabled or isinstance(exc, ServiceUnavailable):
+            return
+        event = AuditEvent(
+            "invoke",
+            "denied",
+            principal.project_id if principal else None,
+            f"key:{principal.key_id}" if principal else None,
+            request_id,
+            exc.code,
+            {"status": exc.status},
+        )
+        try:
+            await self.redis.call("XADD", AUDIT_STREAM, "*", *_flat(event.to_stream()))
+        except ServiceUnavailable:
+            get_logger().warning("audit of a denial dropped: redis unreachable")
+        get_logger().info(
+            "LLM request denied",
+            status=exc.code,
+            http_status=exc.status,
+            project_token=mask_project(principal.project_id if principal else None),
+        )
+
+    # -- idempotency and response cache -------------------------------------------------
+
+    async def _idempotency_begin(
+        self, project: Project, key: str, call: Call, body: dict[str, Any]
+    ) -> Response | None:
+        if call.stream:
+            raise BadRequest(
+                "Idempotency-Key is not supported with stream=true", code="idempotency_unsupported"
+            )
+        if len(key) > 255:
+            raise BadRequest("Idempotency-Key is longer than 255 characters")
+        fingerprint = hashlib.sha256(
+            orjson.dumps([call.api, body], option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()
+        redis_key = _idem_key(project.id, key)
+        claim = orjson.dumps({"state": "pending", "fp": fingerprint})
+        created = await self.redis.call(
+            "SET", redis_key, claim, "NX", "EX", int(self.settings.reservation_ttl) + 60
+        )
+        if created:
+            return None
+        stored = await self.redis.call("GET", redis_key)
+        if stored is None:
+            raise Conflict(
+                "a request with this Idempotency-Key just finished; retry", code="idempotency_retry"
+            )
+        record = orjson.loads(stored)
+        if record.get("fp") != fingerprint:
+            raise BadRequest(
+                "Idempotency-Key was already used with a different request body",
+                code="idempotency_key_reused",
+            )
+        if record.get("state") != "done":
+            raise Conflict(
+                "a request with this Idempotency-Key is still in progress",
+                code="idempotency_in_progress",
+            )
+        headers = dict(record.get("headers") or {})
+        headers["Idempotent-Replayed"] = "true"
+        return Response(
+            record["body"].encode(),
+            status_code=int(record["status"]),
+            headers=headers,
+            media_type="application/json",
+        )
+
+    async def _idempotency_end(
+        self, project: Project, key: str | None, response: Response
+    ) -> Response:
+        if not key:
+            return response
+        keep = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower().startswith(("x-bradax", "x-request-id"))
+        }
+        fingerprint_record = await self.redis.call("GET", _idem_key(project.id, key))
+        fingerprint = orjson.loads(fingerprint_record).get("fp") if fingerprint_record else None
+        record = {
+            "state": "done",
+            "fp": fingerprint,
+            "status": response.status_code,
+            "headers": keep,
+            "body": bytes(response.body).decode(),
+        }
+        await self.redis.call(
+            "SET", _idem_key(project.id, key), orjson.dumps(record), "EX", IDEMPOTENCY_TTL
+        )
+        return response
+
+    async def _idempotency_abort(self, project: Project, key: str) -> None:
+        try:
+            stored = await self.redis.call("GET", _idem_key(project.id, key))
+            if stored is not None and orjson.loads(stored).get("state") == "pending":
+                await self.redis.call("DEL", _idem_key(project.id, key))
+        except ServiceUnavailable:
+            pass  # the pending marker expires on its own
+
+    def _cache_key(self, project: Project, call: Call, body: dict[str, Any]) -> str | None:
+        if (
+            not project.cache_enabled
+            or call.stream
+            or self.settings.redis_cache_ttl <= 0
+            or body.get("temperature") != 0
+            or (body.get("n") or 1) != 1
+        ):
+            return None
+        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return f"bx:cache:{project.id}:{call.api}:{digest}"
+
+    async def _cache_get(self, key: str) -> dict[str, Any] | None:
+        raw = await self.redis.call("GET", key)
+        if raw is None:
+            return None
+        data: dict[str, Any] = orjson.loads(raw)
+        return data
+
+    async def _cache_put(self, key: str, result: Completion) -> None:
+        with contextlib.suppress(ServiceUnavailable):
+            await self.redis.call("SET", key, result.body, "EX", self.settings.redis_cache_ttl)
+
+    async def _serve_cached(
+        self,
+        request_id: str,
+        principal: Principal,
+        project: Project,
+        call: Call,
+        month: str,
+        created_ms: int,
+        data: dict[str, Any],
+        admission: Admission,
+    ) -> Response:
+        ctx = Context(
+            request_id,
+            principal,
+            project,
+            call,
+            self.client.catalog.chain(call.model),
+            month,
+            created_ms,
+            None,
+            admission,
+        )
+        await self._settle(ctx, None, 0, 0, "success", 200, None, False, cached=True)
+        headers = {"X-Bradax-Cache": "HIT", "X-Bradax-Cost-USD": "0", **admission.headers()}
+        self.telemetry.incr("cache_hits_total")
+        if call.api == "openai":
+            return JSONResponse({**data, "model": call.model}, headers=headers)
+        return JSONResponse(
+            spec_body(data, call.model, request_id, Decimal(0), cached=True), headers=headers
+        )
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def spec_body(
+    data: dict[str, Any], model: str, request_id: str, cost: Decimal, *, cached: bool
+) -> dict[str, Any]:
+    """The spec's invoke response built from an OpenAI chat.completion object."""
+    usage = data.get("usage") or {}
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    choices = []
+    for index, choice in enumerate(data.get("choices") or ()):
+        message = choice.get("message") or {}
+        entry = {"role": message.get("role", "assistant"), "content": message.get("content")}
+        if message.get("tool_calls"):
+            entry["tool_calls"] = message["tool_calls"]
+        choices.append(
+            {
+                "index": choice.get("index", index),
+                "message": entry,
+                "finish_reason": choice.get("finish_reason"),
+            }
+        )
+    return {
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+        "model": model,
+        "request_id": request_id,
+        "cost_usd": str(cost),
+        "cached": cached,
+    }
+
+
+def _reasoning(model: str) -> bool:
+    return model.startswith(("o1", "o3", "o4", "gpt-5"))
+
+
+def _idem_key(project_id: str, key: str) -> str:
+    return f"bx:idem:{project_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _flat(fields: dict[str, bytes]) -> list[Any]:
+    flat: list[Any] = []
+    for key, value in fields.items():
+        flat.extend((key, value))
+    return flat
+
+
+class MeteredStream(Response):
+    """Relays upstream SSE events as they arrive and settles the call however it ends.
+
+    The outcome is "completed" ([DONE] seen), "cut" (upstream ended early), "timeout" (the
+    upstream went silent), or "client_disconnected". Settling runs in its own task, so a
+    cancelled request cannot skip it.
+    """
+
+    media_type = "text/event-stream"
+    EXTEND_EVERY = 30.0
+
+    def __init__(
+        self,
+        stream: StreamCall,
+        finish: Callable[[str], Awaitable[None]],
+        extend: Callable[[], Awaitable[None]],
+        headers: dict[str, str],
+    ) -> None:
+        self.stream = stream
+        self.finish = finish
+        self.extend = extend
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        outcome = "client_disconnected"
+        request_id = dict(self.raw_headers).get(b"x-request-id", b"").decode() or None
+        token = request_id_var.set(request_id)
+        pump = asyncio.ensure_future(self._pump(send))
+        listener = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait({pump, listener}, return_when=asyncio.FIRST_COMPLETED)
+            if pump in done and pump.exception() is None:
+                outcome = pump.result()
+        finally:
+            for task in (pump, listener):
+                task.cancel()
+            self.stream.close()
+            settle = asyncio.ensure_future(self.finish(outcome))
+            _KEEP.add(settle)
+            settle.add_done_callback(_KEEP.discard)
+            request_id_var.reset(token)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(settle)
+
+    async def _pump(self, send: Any) -> str:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        last_extend = time.monotonic()
+        async for event in self.stream.events():
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            if time.monotonic() - last_extend > self.EXTEND_EVERY:
+                last_extend = time.monotonic()
+                with contextlib.suppress(ServiceUnavailable):
+                    await self.extend()
+        outcome = self.stream.finish or "cut"
+        if outcome != "completed":
+            error = {
+                "error": {
+                    "message": f"upstream stream ended early ({outcome})",
+                    "type": "upstream_error",
+                    "code": f"upstream_stream_{outcome}",
+                }
+            }
+            tail = b"data: " + orjson.dumps(error) + b"\n\n"
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return outcome
+
+
+_KEEP: set[asyncio.Future[Any]] = set()
+
+
+async def _wait_disconnect(receive: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

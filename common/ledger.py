@@ -1,0 +1,279 @@
+"""The usage ledger: exactly one PostgreSQL row per request id, written off the hot path.
+
+The settle script appends each usage record to a Redis stream in the same atomic step that
+moves the money, so a record exists as soon as the call is settled. `Drainer` (running in the
+llm_invoke and metrics functions, or `bradax drain`) copies stream entries into PostgreSQL
+in batches with INSERT ... ON CONFLICT DO NOTHING and acknowledges them only after the commit:
+a PostgreSQL outage leaves the entries pending in Redis until it returns, and a replay can
+never create a second row. Entries a dead consumer left pending are claimed after IDLE_MS.
+The audit stream (invoke decisions) is drained the same way into the hash chain.
+
+If Redis itself fails between the upstream call and the settle, `PendingSettles` writes the
+row straight to PostgreSQL and keeps retrying the settle until Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from redis.exceptions import RedisError, ResponseError
+
+from common import audit
+from common.audit import AuditEvent
+from common.db import Database
+from common.errors import ServiceUnavailable
+from common.logs import get_logger
+from common.quota import LEDGER_STREAM, UsageRecord
+from common.redis import RedisStore
+
+GROUP = "drainer"
+BATCH = 500
+BLOCK_MS = 200
+IDLE_MS = 30_000
+
+INSERT = """
+INSERT INTO usage_ledger (
+    request_id, project_id, key_id, model, upstream_model, prompt_tokens, completion_tokens,
+    total_tokens, cost_usd, latency_ms, status, http_status, error_code, streamed, cached,
+    budget_month, created_at
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+ON CONFLICT (request_id) DO NOTHING
+"""
+
+
+def _row(record: UsageRecord) -> tuple[Any, ...]:
+    return (
+        record.request_id,
+        record.project_id,
+        record.key_id,
+        record.model,
+        record.upstream_model,
+        record.prompt_tokens,
+        record.completion_tokens,
+        record.prompt_tokens + record.completion_tokens,
+        record.cost_usd,
+        record.latency_ms,
+        record.status,
+        record.http_status,
+        record.error_code,
+        record.streamed,
+        record.cached,
+        record.budget_month,
+        datetime.fromtimestamp(record.created_at_ms / 1000, UTC),
+    )
+
+
+def decision(record: UsageRecord) -> AuditEvent:
+    """The audit entry of an admitted call (what happened, never the prompt)."""
+    return AuditEvent(
+        "invoke",
+        "allowed",
+        record.project_id,
+        f"key:{record.key_id}" if record.key_id else None,
+        record.request_id,
+        record.status,
+        {
+            "model": record.model,
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+            "cost_usd": str(record.cost_usd),
+            "cached": record.cached,
+            "streamed": record.streamed,
+        },
+        datetime.fromtimestamp(record.created_at_ms / 1000, UTC),
+    )
+
+
+async def write(
+    conn: asyncpg.Connection, records: list[UsageRecord], *, with_audit: bool
+) -> list[UsageRecord]:
+    """Insert records (duplicates ignored) and their audit entries; returns the new ones."""
+    fresh: list[UsageRecord] = []
+    for record in records:
+        status = await conn.execute(INSERT, *_row(record))
+        if status.endswith(" 1"):
+            fresh.append(record)
+    if with_audit and fresh:
+        await audit.append(conn, [decision(r) for r in fresh])
+    return fresh
+
+
+class Drainer:
+    """Copies the ledger and audit streams into PostgreSQL; one loop per process."""
+
+    def __init__(self, redis: RedisStore, db: Database, *, audit_enabled: bool) -> None:
+        self._redis = redis
+        self._db = db
+        self._audit = audit_enabled
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._task: asyncio.Task[None] | None = None
+        self._groups_ready = False
+
+    def ensure_started(self) -> None:
+        """Start the background loop if it is not running."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                moved = await self.drain_once(block_ms=BLOCK_MS)
+                delay = 0.5
+                if not moved:
+                    await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                get_logger().warning(
+                    "ledger drain failed; entries stay in Redis and will be retried",
+                    error=type(exc).__name__,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _ensure_groups(self) -> None:
+        if self._groups_ready:
+            return
+        for stream in (LEDGER_STREAM, audit.STREAM):
+            try:
+                await self._redis.call("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM")
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ready = True
+
+    async def drain_once(self, block_ms: int = 0) -> int:
+        """Move one batch of each stream (own pending first, then stale, then new)."""
+        try:
+            await self._ensure_groups()
+            moved = await self._drain_ledger(block_ms)
+            moved += await self._drain_audit()
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                self._groups_ready = False  # Redis lost its data: recreate on the next pass
+            raise
+        return moved
+
+    async def _read(self, stream: str, block_ms: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        # Entries this consumer read but did not acknowledge (a failed commit) come first.
+        entries = await self._xread(stream, "0", 0)
+        if entries:
+            return entries
+        claimed = await self._redis.call(
+            "XAUTOCLAIM", stream, GROUP, self._consumer, IDLE_MS, "0-0", "COUNT", BATCH
+        )
+        if claimed and claimed[1]:
+            return [(eid, _fields(raw)) for eid, raw in claimed[1] if raw is not None]
+        return await self._xread(stream, ">", block_ms)
+
+    async def _xread(
+        self, stream: str, start: str, block_ms: int
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", BATCH]
+        if block_ms:
+            args.extend(["BLOCK", block_ms])
+        args.extend(["STREAMS", stream, start])
+        reply = await self._redis.call(*args)
+        if not reply:
+            return []
+        _, entries = reply[0]
+        return [(eid, _fields(raw)) for eid, raw in entries if raw is not None]
+
+    async def _drain_ledger(self, block_ms: int) -> int:
+        entries = await self._read(LEDGER_STREAM, block_ms)
+        if not entries:
+            return 0
+        records = [UsageRecord.from_fields(fields) for _, fields in entries]
+        async with self._db.connection() as conn, conn.transaction():
+            await write(conn, records, with_audit=self._audit)
+        await self._ack(LEDGER_STREAM, [eid for eid, _ in entries])
+        return len(entries)
+
+    async def _drain_audit(self) -> int:
+        entries = await self._read(audit.STREAM, 0)
+        if not entries:
+            return 0
+        events = [AuditEvent.from_stream(fields) for _, fields in entries]
+        if self._audit:
+            async with self._db.connection() as conn, conn.transaction():
+                await audit.append(conn, events)
+        await self._ack(audit.STREAM, [eid for eid, _ in entries])
+        return len(entries)
+
+    async def _ack(self, stream: str, ids: list[bytes]) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xack(stream, GROUP, *ids)
+        pipe.xdel(stream, *ids)
+        await self._redis.guard(pipe.execute())
+
+    async def aclose(self) -> None:
+        """Stop the loop (pending entries stay in Redis for the next drainer)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+
+def _fields(raw: Any) -> dict[bytes, bytes]:
+    if isinstance(raw, dict):
+        return raw
+    it = iter(raw)
+    return dict(zip(it, it, strict=True))
+
+
+class PendingSettles:
+    """Calls whose settle failed because Redis was unreachable: kept and retried."""
+
+    def __init__(self, db: Database, *, audit_enabled: bool) -> None:
+        self._db = db
+        self._audit = audit_enabled
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def count(self) -> int:
+        """How many settles are waiting for Redis."""
+        return len(self._tasks)
+
+    def add(self, settle: Callable[[], Any], record: UsageRecord | None) -> None:
+        """Write the record to PostgreSQL now and retry `settle` until Redis answers."""
+        task = asyncio.get_running_loop().create_task(self._retry(settle, record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _retry(self, settle: Callable[[], Any], record: UsageRecord | None) -> None:
+        log = get_logger()
+        written = record is None
+        delay = 0.2
+        while True:
+            if not written:
+                try:
+                    async with self._db.connection() as conn, conn.transaction():
+                        assert record is not None
+                        await write(conn, [record], with_audit=self._audit)
+                    written = True
+                except (ServiceUnavailable, asyncpg.PostgresError, OSError):
+                    pass
+            try:
+                await settle()
+                return
+            except (ServiceUnavailable, RedisError, OSError):
+                log.warning("settle deferred: redis unreachable", retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def aclose(self) -> None:
+        """Wait briefly for deferred settles, then give up on them (they were logged)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2)
+            for task in self._tasks:
+                task.cancel()

@@ -1,0 +1,209 @@
+"""Prometheus exposition of the broker-wide figures kept in Redis (see common.telemetry).
+
+`snapshot()` reads counters, per-instance gauges and budgets in one pass; `render()` turns
+the snapshot into Prometheus text through a one-off registry and custom collector, so one
+scrape of any metrics instance shows the whole broker.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from common.quota import LEDGER_STREAM, from_nano
+from common.redis import RedisStore
+from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, parse_field
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# counter name in Redis -> (exposed name, help, label names)
+SIMPLE_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "requests_total": (
+        "bradax_requests",
+        "HTTP requests served, by method, endpoint and status.",
+        ("method", "endpoint", "status"),
+    ),
+    "openai_requests_total": (
+        "bradax_openai_requests",
+        "Calls that reached an upstream, by model and outcome.",
+        ("model", "status"),
+    ),
+    "openai_tokens_total": (
+        "bradax_openai_tokens",
+        "Tokens metered, by model and kind (prompt, completion).",
+        ("model", "kind"),
+    ),
+    "rate_limit_denials_total": (
+        "bradax_rate_limit_denials",
+        "Calls refused by a rate limit, by limit.",
+        ("limit",),
+    ),
+    "budget_denials_total": (
+        "bradax_budget_denials",
+        "Calls refused because the monthly budget could not cover them.",
+        ("project",),
+    ),
+    "upstream_retries_total": (
+        "bradax_upstream_retries",
+        "Upstream attempts retried, by model and reason.",
+        ("model", "reason"),
+    ),
+    "budget_soft_threshold_total": (
+        "bradax_budget_soft_threshold_crossings",
+        "Projects crossing their soft budget threshold (once a month each).",
+        ("project",),
+    ),
+    "pii_detections_total": (
+        "bradax_pii_detections",
+        "Prompts with personal data, by action (block, redact).",
+        ("action",),
+    ),
+    "cache_hits_total": ("bradax_cache_hits", "Answers served from the response cache.", ()),
+}
+
+
+@dataclass
+class Snapshot:
+    """Everything one scrape shows."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, int] = field(default_factory=dict)
+    instances: int = 0
+    budgets: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
+    ledger_pending: int = 0
+
+
+async def snapshot(redis: RedisStore, budgets: dict[str, tuple[Decimal, Decimal]]) -> Snapshot:
+    """Read the counters and live instances' gauges from Redis."""
+    raw = await redis.call("HGETALL", COUNTERS)
+    counters = {k.decode(): int(v) for k, v in _pairs(raw)}
+    gauges: dict[str, int] = defaultdict(int)
+    instances = 0
+    cursor = 0
+    while True:
+        cursor, keys = await redis.call("SCAN", cursor, "MATCH", GAUGE_PREFIX + "*", "COUNT", 500)
+        for key in keys:
+            values = await redis.call("HGETALL", key)
+            if values:
+                instances += 1
+                for name, value in _pairs(values):
+                    gauges[name.decode()] += int(value)
+        if int(cursor) == 0:
+            break
+    pending = int(await redis.call("XLEN", LEDGER_STREAM))
+    return Snapshot(counters, dict(gauges), instances, budgets, pending)
+
+
+def _pairs(raw: object) -> Iterator[tuple[bytes, bytes]]:
+    if isinstance(raw, dict):
+        yield from raw.items()
+        return
+    assert isinstance(raw, list)
+    it = iter(raw)
+    yield from zip(it, it, strict=True)
+
+
+class SnapshotCollector(Collector):
+    """A prometheus_client collector over one Snapshot."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        by_name: dict[str, list[tuple[dict[str, str], int]]] = defaultdict(list)
+        for raw, value in self.snap.counters.items():
+            name, labels = parse_field(raw)
+            by_name[name].append((labels, value))
+        for key, (exposed, text, label_names) in SIMPLE_COUNTERS.items():
+            family = CounterMetricFamily(exposed, text, labels=list(label_names))
+            for labels, value in by_name.get(key, []):
+                family.add_metric([labels.get(n, "") for n in label_names], value)
+            yield family
+        cost = CounterMetricFamily(
+            "bradax_openai_cost_usd", "Upstream spend in USD, by model.", labels=["model"]
+        )
+        for labels, value in by_name.get("openai_cost_nano_total", []):
+            cost.add_metric([labels.get("model", "")], float(from_nano(value)))
+        yield cost
+        yield self._histogram(by_name)
+        gauges = self.snap.gauges
+        active = GaugeMetricFamily(
+            "bradax_active_connections", "Requests in flight across all instances."
+        )
+        active.add_metric([], gauges.get("active_connections", 0))
+        yield active
+        db = GaugeMetricFamily(
+            "bradax_database_connections",
+            "PostgreSQL pool connections across all instances, by state.",
+            labels=["state"],
+        )
+        db.add_metric(["in_use"], gauges.get("db_in_use", 0))
+        db.add_metric(["idle"], gauges.get("db_idle", 0))
+        db.add_metric(["max"], gauges.get("db_max", 0))
+        yield db
+        instances = GaugeMetricFamily("bradax_instances", "Function instances reporting.")
+        instances.add_metric([], self.snap.instances)
+        yield instances
+        pending = GaugeMetricFamily(
+            "bradax_ledger_pending_records", "Usage records not yet copied to PostgreSQL."
+        )
+        pending.add_metric([], self.snap.ledger_pending)
+        yield pending
+        remaining = GaugeMetricFamily(
+            "bradax_budget_remaining_usd",
+            "What is left of each project's monthly budget (USD).",
+            labels=["project"],
+        )
+        limit = GaugeMetricFamily(
+            "bradax_budget_monthly_usd", "Each project's monthly budget (USD).", labels=["project"]
+        )
+        for project, (budget, left) in sorted(self.snap.budgets.items()):
+            remaining.add_metric([project], float(left))
+            limit.add_metric([project], float(budget))
+        yield remaining
+        yield limit
+
+    def _histogram(self, by_name: dict[str, list[tuple[dict[str, str], int]]]) -> Metric:
+        family = HistogramMetricFamily(
+            "bradax_request_duration_seconds",
+            "Time to serve a request (to the first byte for streams).",
+            labels=["method", "endpoint"],
+        )
+        buckets: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+        for labels, value in by_name.get("request_duration_bucket", []):
+            buckets[(labels["method"], labels["endpoint"])][labels["le"]] = value
+        counts = {
+            (labels["method"], labels["endpoint"]): value
+            for labels, value in by_name.get("request_duration_count", [])
+        }
+        sums = {
+            (labels["method"], labels["endpoint"]): value
+            for labels, value in by_name.get("request_duration_sum_us", [])
+        }
+        for key, count in sorted(counts.items()):
+            running = 0
+            series: list[tuple[str, float]] = []
+            for bound in BUCKETS:
+                running += buckets[key].get(repr(bound), 0)
+                series.append((repr(bound), running))
+            series.append(("+Inf", count))
+            family.add_metric(list(key), series, sums.get(key, 0) / 1_000_000)
+        return family
+
+
+def render(snap: Snapshot) -> bytes:
+    """Prometheus text exposition of a snapshot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snap))
+    return generate_latest(registry)

@@ -1,0 +1,147 @@
+"""Broker-wide metrics: counted in-process, flushed to Redis each second, rendered by `metrics`.
+
+Functions are many short-lived instances, so no instance's registry is the truth. Each
+request increments plain integers in memory (no I/O on the hot path); a background task adds
+them to one Redis hash (HINCRBY) every FLUSH_SECONDS and on shutdown. Gauges (live
+connections, pool sizes) are written per instance with a short TTL and summed at scrape
+time. Upstream figures (requests, cost, tokens by model) are counted exactly by the settle
+script itself. Labels are bounded: method, route template, status, model alias, kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from common.logs import get_logger
+from common.redis import RedisStore
+
+COUNTERS = "bx:m:counters"
+GAUGE_PREFIX = "bx:m:gauge:"
+GAUGE_TTL = 15
+FLUSH_SECONDS = 1.0
+# Histogram buckets of bradax_request_duration_seconds.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SEP = "|"
+
+
+def field(name: str, **labels: str) -> str:
+    """The Redis hash field of a metric sample: name|k=v,k=v (label order as given)."""
+    if not labels:
+        return name
+    return name + SEP + ",".join(f"{k}={_clean(v)}" for k, v in labels.items())
+
+
+def parse_field(raw: str) -> tuple[str, dict[str, str]]:
+    """Inverse of field()."""
+    name, _, rest = raw.partition(SEP)
+    labels: dict[str, str] = {}
+    if rest:
+        for pair in rest.split(","):
+            key, _, value = pair.partition("=")
+            labels[key] = value
+    return name, labels
+
+
+def _clean(value: str) -> str:
+    return value.replace(",", "_").replace("=", "_").replace(SEP, "_")[:100]
+
+
+class Telemetry:
+    """In-process accumulation with a periodic flush to Redis (no-op when disabled)."""
+
+    def __init__(
+        self,
+        redis_factory: Callable[[], RedisStore],
+        *,
+        enabled: bool,
+        pool_stats: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self._redis_factory = redis_factory
+        self._pool_stats = pool_stats
+        self._pending: Counter[str] = Counter()
+        self._task: asyncio.Task[None] | None = None
+        self.active = 0
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+    def incr(self, name: str, amount: int = 1, **labels: str) -> None:
+        """Add to a counter."""
+        if self.enabled:
+            self._pending[field(name, **labels)] += amount
+            self._ensure_task()
+
+    def request_started(self) -> None:
+        """A request entered the process."""
+        self.active += 1
+
+    def request_finished(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count a finished request and its duration."""
+        self.active -= 1
+        if not self.enabled:
+            return
+        pending = self._pending
+        pending[field("requests_total", method=method, endpoint=route, status=str(status))] += 1
+        labels = {"method": method, "endpoint": route}
+        for bound in BUCKETS:
+            if seconds <= bound:
+                pending[field("request_duration_bucket", **labels, le=repr(bound))] += 1
+                break
+        pending[field("request_duration_count", **labels)] += 1
+        pending[field("request_duration_sum_us", **labels)] += int(seconds * 1_000_000)
+        self._ensure_task()
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            try:
+                self._task = asyncio.get_running_loop().create_task(self._loop())
+            except RuntimeError:
+                self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                await self.flush()
+            except Exception:
+                get_logger().warning("metrics flush failed; will retry", exc_info=False)
+
+    async def flush(self) -> None:
+        """Send what was counted since the last flush, and this instance's gauges."""
+        if not self.enabled:
+            return
+        pending, self._pending = self._pending, Counter()
+        redis = self._redis_factory()
+        pipe = redis.pipeline(transaction=False)
+        for name, amount in pending.items():
+            pipe.hincrby(COUNTERS, name, amount)
+        gauge_key = GAUGE_PREFIX + self.instance
+        gauges: dict[Any, Any] = {"active_connections": self.active}
+        if self._pool_stats is not None:
+            stats = self._pool_stats()
+            gauges["db_in_use"] = stats.get("in_use", 0)
+            gauges["db_idle"] = stats.get("idle", 0)
+            gauges["db_max"] = stats.get("max", 0)
+        pipe.hset(gauge_key, mapping=gauges)
+        pipe.expire(gauge_key, GAUGE_TTL)
+        try:
+            await redis.guard(pipe.execute())
+        except Exception:
+            self._pending.update(pending)  # keep the counts for the next flush
+            raise
+
+    async def aclose(self) -> None:
+        """Stop the flush loop after a last flush."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.flush()
