@@ -106,7 +106,10 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
 
         demo = asyncio.run(admin.ensure_demo_project(settings))
         if demo is not None:
-            say(f"created demo project {demo['project']['id']} with API key {demo['api_key']}")
+            say(
+                f"created demo project {demo['project']['id']} with API key "
+                f"{demo['api_key']['key']}"
+            )
             say("(the key is shown once; create more with `bradax key create`)")
         say(f"serving on http://{host}:{port}  (Ctrl-C to stop)")
         from bradax_cli.server import serve

@@ -6,6 +6,7 @@ Both keep their data under one local folder and are stopped by `stop()` (also at
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or attach to) the server; returns its DATABASE_URL."""
-        from pgserver import postgres_server
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            from pgserver import postgres_server
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = postgres_server.get_server(self.data_dir, cleanup_mode="stop")

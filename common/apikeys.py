@@ -146,7 +146,8 @@ class ApiKeyStore:
     async def list(self, project_id: str) -> list[ApiKey]:
         """The project's keys, newest first."""
         rows = await self._db.fetch(
-            f"SELECT {_COLUMNS} FROM api_keys WHERE project_id = $1 ORDER BY created_at DESC",
+            f"SELECT {_COLUMNS} FROM api_keys WHERE project_id = $1 "
+            "ORDER BY created_at DESC, key_id",
             project_id,
         )
         return [_from_row(row) for row in rows]
@@ -163,7 +164,13 @@ class ApiKeyStore:
         return _from_row(row)
 
     async def rotate(self, key_id: str, grace: timedelta, now: datetime) -> tuple[ApiKey, str]:
-        """A new key with the old one's scopes; the old one stays valid for `grace`."""
+        """A new key with the old one's scopes; the old one stays valid for `grace`.
+
+        Raises NotFound, or BadRequest for a negative grace or a key that is revoked, expired
+        or already rotated (rotating it again could only stretch its grace).
+        """
+        if grace < timedelta(0):
+            raise BadRequest("the grace period cannot be negative")
         async with self._db.connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = $1 FOR UPDATE", key_id
@@ -173,6 +180,10 @@ class ApiKeyStore:
             old = _from_row(row)
             if not old.usable(now):
                 raise BadRequest(f"key {key_id} is revoked or expired and cannot be rotated")
+            if old.replaced_by is not None:
+                raise BadRequest(
+                    f"key {key_id} was already rotated (replaced by {old.replaced_by})"
+                )
             new, full = await self.create(
                 old.project_id, scopes=old.scopes, name=old.name, conn=conn
             )

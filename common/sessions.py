@@ -11,9 +11,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
-from common.apikeys import ApiKey, ApiKeyStore
+from common.apikeys import INVALID_CREDENTIALS, ApiKey, ApiKeyStore
 from common.audit import AuditEvent, AuditTrail
 from common.db import Database
 from common.errors import ProjectSuspended, RateLimited, Unauthorized
@@ -34,6 +34,7 @@ class TokenPair:
     refresh_expires_in: int
     scopes: tuple[str, ...]
     project_id: str
+    key_id: str
     family: str
 
     def body(self) -> dict[str, Any]:
@@ -118,74 +119,71 @@ class SessionService:
         key = await self._keys.verify(api_key, project_id, now)
         project = await self._projects.get(key.project_id)
         if project is None:
-            raise Unauthorized("invalid project_id or api_key", code="invalid_credentials")
+            raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
         if not project.active:
             raise ProjectSuspended(f"project {project.id} is suspended")
+        await self._keys.touch(key.key_id)
         return await self._issue(key, secrets.token_urlsafe(12), now)
 
     async def refresh(self, token: str, now: datetime) -> TokenPair:
-        """Rotate a refresh token; reuse of a consumed one revokes its whole family."""
+        """Rotate a refresh token; reuse of a consumed one revokes its whole family.
+
+        A refresh refused because the key is revoked or the project suspended does not consume
+        the token, so a session paused by a suspension resumes with the project.
+        """
         claims = self._tokens.verify(token, "refresh", int(now.timestamp()))
         async with self._db.connection() as conn:
-            row = await conn.fetchrow(
+            state = await conn.fetchrow(_REFRESH_STATE, claims.jti)
+            if state is None:
+                raise Unauthorized("unknown refresh token")
+            if state["revoked_at"] is not None or state["family_revoked"]:
+                raise Unauthorized("refresh token has been revoked", code="revoked")
+            if state["used_at"] is not None:
+                await self._reused(conn, claims, now)
+            if state["expires_at"] <= now:
+                raise Unauthorized("refresh token has expired")
+            if state["key_status"] != "active" or (
+                state["key_expires_at"] is not None and state["key_expires_at"] <= now
+            ):
+                raise Unauthorized("the API key behind this session was revoked", code="revoked")
+            if state["project_status"] != "active":
+                raise ProjectSuspended(f"project {claims.project_id} is suspended")
+            consumed = await conn.fetchval(
                 "UPDATE refresh_tokens SET used_at = $2 WHERE jti = $1 AND used_at IS NULL "
-                "AND revoked_at IS NULL AND expires_at > $2 RETURNING family_id, key_id",
+                "AND revoked_at IS NULL RETURNING jti",
                 claims.jti,
                 now,
             )
-            if row is None:
-                await self._refuse_refresh(conn, claims, now)
-            key_row = await conn.fetchrow(
-                "SELECT k.status, k.expires_at, p.status AS project_status FROM api_keys k "
-                "JOIN projects p ON p.id = k.project_id WHERE k.key_id = $1",
-                claims.key_id,
-            )
-        if (
-            key_row is None
-            or key_row["status"] != "active"
-            or (key_row["expires_at"] is not None and key_row["expires_at"] <= now)
-        ):
-            raise Unauthorized("the API key behind this session was revoked", code="revoked")
-        if key_row["project_status"] != "active":
-            raise ProjectSuspended(f"project {claims.project_id} is suspended")
+            if consumed is None:  # another request used it a moment ago: that is reuse too
+                await self._reused(conn, claims, now)
         key = await self._keys.get(claims.key_id)
-        assert key is not None
+        if key is None:
+            raise Unauthorized("the API key behind this session was revoked", code="revoked")
         return await self._issue(key, claims.family, now)
 
-    async def _refuse_refresh(self, conn: Any, claims: Claims, now: datetime) -> None:
-        state = await conn.fetchrow(
-            "SELECT used_at, revoked_at FROM refresh_tokens WHERE jti = $1", claims.jti
+    async def _reused(self, conn: Any, claims: Claims, now: datetime) -> NoReturn:
+        await self._revoke_family(conn, claims.family, now)
+        await self._audit.record(
+            AuditEvent(
+                "token.refresh",
+                "denied",
+                claims.project_id,
+                f"key:{claims.key_id}",
+                reason="refresh token reuse detected; token family revoked",
+                details={"family": claims.family},
+            )
         )
-        if state is None:
-            raise Unauthorized("unknown refresh token")
-        if state["revoked_at"] is not None:
-            raise Unauthorized("refresh token has been revoked", code="revoked")
-        if state["used_at"] is not None:
-            await self._revoke_family(conn, claims.family, now)
-            await self._audit.record(
-                AuditEvent(
-                    "token.refresh",
-                    "denied",
-                    claims.project_id,
-                    f"key:{claims.key_id}",
-                    reason="refresh token reuse detected; token family revoked",
-                    details={"family": claims.family},
-                )
-            )
-            raise Unauthorized(
-                "refresh token was already used; the session has been revoked",
-                code="refresh_token_reused",
-            )
-        raise Unauthorized("refresh token has expired")
+        raise Unauthorized(
+            "refresh token was already used; the session has been revoked",
+            code="refresh_token_reused",
+        )
 
     async def revoke(self, token: str, now: datetime) -> Claims:
         """Revoke a refresh token's family (or one access token); returns its claims."""
         stamp = int(now.timestamp())
-        try:
-            claims = self._tokens.verify(token, "refresh", stamp)
-        except Unauthorized:
-            claims = self._tokens.verify(token, "access", stamp)
-            ttl = max(1, claims.expires_at - stamp + 60)
+        claims = self._tokens.verify(token, None, stamp)
+        if claims.token_type == "access":
+            ttl = max(1, claims.expires_at - stamp + self._tokens.leeway + 60)
             await self._redis.call("SET", f"bx:deny:jti:{claims.jti}", "1", "EX", ttl)
             return claims
         async with self._db.connection() as conn, conn.transaction():
@@ -202,6 +200,8 @@ class SessionService:
 
     async def _issue(self, key: ApiKey, family: str, now: datetime) -> TokenPair:
         stamp = int(now.timestamp())
+        # Tokens never outlive a key in its rotation grace.
+        not_after = int(key.expires_at.timestamp()) if key.expires_at is not None else None
         access, refresh = (
             self._tokens.issue(
                 project_id=key.project_id,
@@ -210,6 +210,7 @@ class SessionService:
                 token_type=kind,
                 family=family,
                 now=stamp,
+                not_after=not_after,
             )
             for kind in ("access", "refresh")
         )
@@ -227,9 +228,21 @@ class SessionService:
         return TokenPair(
             access.token,
             refresh.token,
-            self._tokens.access_ttl,
-            self._tokens.refresh_ttl,
+            access.expires_at - stamp,
+            refresh.expires_at - stamp,
             key.scopes,
             key.project_id,
+            key.key_id,
             family,
         )
+
+
+# A refresh token's own state, its family's, its key's and its project's, in one query.
+_REFRESH_STATE = (
+    "SELECT r.used_at, r.revoked_at, r.expires_at, "
+    "EXISTS (SELECT 1 FROM refresh_tokens f WHERE f.family_id = r.family_id "
+    "AND f.revoked_at IS NOT NULL) AS family_revoked, "
+    "k.status AS key_status, k.expires_at AS key_expires_at, p.status AS project_status "
+    "FROM refresh_tokens r LEFT JOIN api_keys k ON k.key_id = r.key_id "
+    "LEFT JOIN projects p ON p.id = r.project_id WHERE r.jti = $1"
+)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -25,7 +26,13 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 VERSION = "1.0.0"
 
@@ -152,7 +159,8 @@ class Settings(BaseSettings):
     auth_failures_per_ip: int = Field(default=20, ge=1)
     auth_failures_per_project: int = Field(default=10, ge=1)
     auth_failure_window_seconds: int = Field(default=900, ge=1)
-    trusted_proxies: tuple[str, ...] = ()
+    # comma-separated CIDRs (or IPs) of the proxies allowed to set X-Forwarded-For
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     budget_soft_threshold: Decimal = Field(default=Decimal("0.8"), gt=0, le=1)
     reservation_timeout_seconds: float | None = Field(default=None, gt=0)
     policy_cache_seconds: float = Field(default=5.0, ge=0, le=300)
@@ -268,6 +276,10 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(_describe(exc)) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"a JSON setting is malformed: {exc.msg}") from None
+    except SettingsError as exc:
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found[1].upper() if found else "settings"
+        raise ConfigError(f"{name}: not valid JSON") from None
 
 
 @lru_cache(maxsize=1)

@@ -144,4 +144,4 @@ class Telemetry:
                 await self._task
             self._task = None
         with contextlib.suppress(Exception):
-            await self.flush()
+            await asyncio.wait_for(self.flush(), 2.0)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import jwt
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from common.errors import Unauthorized
-from common.settings import Settings
+from common.settings import ConfigError, Settings
 
 TokenType = Literal["access", "refresh"]
 ALL_SCOPES = ("invoke_llm", "read_metrics")
@@ -62,17 +62,19 @@ class KeySet:
             secret = settings.require_jwt_secret().get_secret_value()
             self.signing_key: Any = secret
             self.verify_keys[self.kid] = secret
-        else:
-            assert settings.jwt_private_key is not None
-            private = jwt.api_jws.get_algorithm_by_name(self.algorithm).prepare_key(
-                settings.jwt_private_key.get_secret_value()
-            )
-            self.signing_key = private
-            self.verify_keys[self.kid] = private.public_key()
-            for kid, pem in settings.jwt_verify_keys.items():
-                if kid != self.kid:
-                    algo = jwt.api_jws.get_algorithm_by_name(self.algorithm)
-                    self.verify_keys[kid] = algo.prepare_key(pem)
+            return
+        if settings.jwt_private_key is None:
+            raise ConfigError(f"JWT_PRIVATE_KEY: required with JWT_ALGORITHM={self.algorithm}")
+        private = _load_key(self.algorithm, settings.jwt_private_key.get_secret_value())
+        if not hasattr(private, "public_key"):
+            raise ConfigError(f"JWT_PRIVATE_KEY: not a private {self.algorithm} key")
+        self.signing_key = private
+        self.verify_keys[self.kid] = private.public_key()
+        for kid, pem in settings.jwt_verify_keys.items():
+            if kid != self.kid:
+                key = _load_key(self.algorithm, pem, f"JWT_VERIFY_KEYS[{kid}]")
+                # Only public halves are kept: a private PEM pasted here must never reach JWKS.
+                self.verify_keys[kid] = key.public_key() if hasattr(key, "public_key") else key
 
     def jwks(self) -> dict[str, Any]:
         """Public keys as a JWK set (empty for HS256, whose key is secret)."""
@@ -87,6 +89,13 @@ class KeySet:
             jwk.update({"kid": kid, "use": "sig", "alg": self.algorithm})
             keys.append(jwk)
         return {"keys": keys}
+
+
+def _load_key(algorithm: str, pem: str, name: str = "JWT_PRIVATE_KEY") -> Any:
+    try:
+        return get_default_algorithms()[algorithm].prepare_key(pem)
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{name}: not a usable {algorithm} key ({exc})") from None
 
 
 class TokenService:
@@ -111,9 +120,12 @@ class TokenService:
         token_type: TokenType,
         family: str,
         now: int,
+        not_after: int | None = None,
     ) -> IssuedToken:
-        """Sign a new token of `token_type` for the project, valid from `now`."""
+        """Sign a token of `token_type` valid from `now`, never past `not_after` (key's end)."""
         ttl = self.access_ttl if token_type == "access" else self.refresh_ttl
+        if not_after is not None:
+            ttl = max(0, min(ttl, not_after - now))
         jti = secrets.token_urlsafe(18)
         payload = {
             "iss": self.issuer,
@@ -136,8 +148,8 @@ class TokenService:
         )
         return IssuedToken(token, jti, now + ttl)
 
-    def verify(self, token: str, expected: TokenType, now: int) -> Claims:
-        """The claims of a valid token of the expected type; raises Unauthorized otherwise."""
+    def verify(self, token: str, expected: TokenType | None, now: int) -> Claims:
+        """The claims of a valid token of the expected type (None: either); else Unauthorized."""
         cached = self._cache.get(token) if expected == "access" else None
         if cached is not None:
             if cached.expires_at + self.leeway <= now:
@@ -155,7 +167,7 @@ class TokenService:
         """Forget verified tokens (after a key rotation)."""
         self._cache.clear()
 
-    def _decode(self, token: str, expected: TokenType, now: int) -> Claims:
+    def _decode(self, token: str, expected: TokenType | None, now: int) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -189,7 +201,7 @@ class TokenService:
             raise Unauthorized("invalid token") from None
         return self._claims(payload, expected, now)
 
-    def _claims(self, payload: dict[str, Any], expected: TokenType, now: int) -> Claims:
+    def _claims(self, payload: dict[str, Any], expected: TokenType | None, now: int) -> Claims:
         try:
             exp, nbf, iat = int(payload["exp"]), int(payload["nbf"]), int(payload["iat"])
             token_type = payload.get("typ")
@@ -203,10 +215,13 @@ class TokenService:
                 issued_at=iat,
                 expires_at=exp,
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise Unauthorized("invalid token claims") from None
-        if token_type != expected:
-            raise Unauthorized(f"a {token_type or 'unknown'} token cannot be used as {expected}")
+        if token_type not in ("access", "refresh"):
+            raise Unauthorized("token type is missing or unknown")
+        if expected is not None and token_type != expected:
+            article = "an" if token_type == "access" else "a"
+            raise Unauthorized(f"{article} {token_type} token cannot be used as {expected}")
         if exp + self.leeway <= now:
             raise Unauthorized("token has expired")
         if nbf - self.leeway > now:

@@ -334,3 +334,69 @@ def serve_function(
         probe=probe,
         tmp=tmp,
     )
+
+
+class MockUpstream:
+    """The bundled mock OpenAI upstream, running as its own process, and its controls."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url  # base URL ending in /v1
+        self.root = url.removesuffix("/v1")
+
+    def reset(self) -> None:
+        """Clear its queue and stats, restore its start config."""
+        httpx2.post(self.root + "/_mock/reset", timeout=5).raise_for_status()
+
+    def configure(self, **values: Any) -> None:
+        """Change its config (latency_ms, fail_rate_429, ...)."""
+        httpx2.post(self.root + "/_mock/config", json=values, timeout=5).raise_for_status()
+
+    def enqueue(self, *behaviours: dict[str, Any]) -> None:
+        """One-shot behaviours for the next chat requests, in order."""
+        httpx2.post(
+            self.root + "/_mock/enqueue", json=list(behaviours), timeout=5
+        ).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        """Its counters and recent calls."""
+        reply = httpx2.get(self.root + "/_mock/stats", timeout=5)
+        reply.raise_for_status()
+        data: dict[str, Any] = reply.json()
+        return data
+
+
+@pytest.fixture(scope="session")
+def mock_server() -> Iterator[MockUpstream]:
+    """One mock upstream process for the whole session."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bradax_cli.mock_openai",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    assert line.startswith("mock-openai listening"), line
+    yield MockUpstream(f"http://127.0.0.1:{port}/v1")
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def mock(mock_server: MockUpstream) -> MockUpstream:
+    """The mock upstream, reset for this test."""
+    mock_server.reset()
+    return mock_server
+
+
+@pytest.fixture
+def mock_upstream(mock: MockUpstream) -> str:
+    """The reset mock upstream's base URL."""
+    return mock.url

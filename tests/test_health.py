@@ -1,0 +1,199 @@
+"""health: /health, /health/detailed, /ready and /live with dependencies up, down and hung."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from common import deps
+from common.settings import Settings
+from tests.conftest import make_settings
+
+
+async def test_health_all_up_without_upstream_key(client: httpx2.AsyncClient) -> None:
+    """With PostgreSQL and Redis up and no OPENAI_API_KEY, /health is degraded (200)."""
+    reply = await client.get("/health")
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["status"] == "degraded"
+    assert body["services"] == {
+        "database": "healthy",
+        "redis": "healthy",
+        "openai": "not_configured",
+    }
+    assert body["version"] == "1.0.0"
+    assert body["timestamp"].endswith("Z")
+    assert reply.headers["x-request-id"].startswith("req_")
+
+
+async def test_health_is_healthy_with_a_live_upstream(
+    settings: Settings, configure: Any, router: Any, mock_upstream: str
+) -> None:
+    """With the upstream answering GET /models, /health is healthy."""
+    configure(openai_api_key="k", openai_base_url=mock_upstream)
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=router), base_url="http://b"
+    ) as http:
+        reply = await http.get("/health")
+    assert reply.json()["services"]["openai"] == "healthy"
+    assert reply.json()["status"] == "healthy"
+
+
+async def test_health_detailed_reports_latency_pool_and_schema(client: httpx2.AsyncClient) -> None:
+    """/health/detailed adds per-check latency, pool figures and the schema version."""
+    body = (await client.get("/health/detailed")).json()
+    assert set(body["checks"]) == {"database", "redis", "openai"}
+    assert body["checks"]["database"]["latency_ms"] >= 0
+    assert body["checks"]["database"]["status"] == "healthy"
+    assert body["schema"] == {"current": 1, "expected": 1}
+    assert body["pools"]["database"]["max"] == 30
+    assert "uptime_seconds" in body
+
+
+async def test_ready_and_live_when_all_up(client: httpx2.AsyncClient) -> None:
+    """/ready and /live answer 200 when PostgreSQL and Redis answer and migrations are current."""
+    assert (await client.get("/ready")).json() == {"status": "ready"}
+    assert (await client.get("/live")).json() == {"status": "alive"}
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def hung_server() -> Iterator[int]:
+    """A TCP server that accepts connections and never answers (a hung dependency)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    port = server.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                held.append(conn)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(port)
+    stop.set()
+    thread.join(2)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+async def _probe(settings: Settings, router: Any, path: str) -> tuple[httpx2.Response, float]:
+    deps.configure(settings)
+    try:
+        async with httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=router), base_url="http://b"
+        ) as http:
+            started = time.monotonic()
+            reply = await http.get(path)
+            return reply, time.monotonic() - started
+    finally:
+        await deps.aclose()
+
+
+@pytest.mark.parametrize("kind", ["closed", "hung"])
+async def test_redis_down_makes_ready_503_within_the_timeout(
+    clean_state: None, database_url: str, router: Any, hung_server: int, kind: str
+) -> None:
+    """Redis unreachable or hung: /ready is 503 naming redis within ~1 s; /live stays 200."""
+    port = _closed_port() if kind == "closed" else hung_server
+    settings = make_settings(database_url, f"redis://127.0.0.1:{port}/0", redis_timeout=30)
+    ready, elapsed = await _probe(settings, router, "/ready")
+    assert ready.status_code == 503
+    assert elapsed < 2.5
+    body = ready.json()
+    assert body["status"] == "not_ready"
+    assert any(reason.startswith("redis:") for reason in body["reasons"])
+    health, _ = await _probe(settings, router, "/health")
+    assert health.status_code == 503
+    assert health.json()["services"]["redis"] == "unhealthy"
+    assert health.json()["status"] == "unhealthy"
+    live, _ = await _probe(settings, router, "/live")
+    assert live.status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["closed", "hung"])
+async def test_postgres_down_makes_ready_503(
+    clean_state: None, redis_url: str, router: Any, hung_server: int, kind: str
+) -> None:
+    """PostgreSQL unreachable or hung: /ready is 503 naming the database, /live stays 200."""
+    port = _closed_port() if kind == "closed" else hung_server
+    settings = make_settings(f"postgresql://u:pw@127.0.0.1:{port}/x", redis_url)
+    ready, elapsed = await _probe(settings, router, "/ready")
+    assert ready.status_code == 503
+    assert elapsed < 2.5
+    assert any(r.startswith("database:") for r in ready.json()["reasons"])
+    assert "pw@" not in ready.text
+    live, _ = await _probe(settings, router, "/live")
+    assert live.status_code == 200
+
+
+async def test_ready_503_when_migrations_are_behind(
+    clean_state: None, services: Any, redis_url: str, router: Any
+) -> None:
+    """A database without the schema makes /ready 503 and says to run `bradax migrate`."""
+    import secrets
+
+    import asyncpg
+
+    from tests.conftest import _with_database
+
+    name = f"bradax_bare_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(services.admin_dsn)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    try:
+        settings = make_settings(_with_database(services.admin_dsn, name), redis_url)
+        ready, _ = await _probe(settings, router, "/ready")
+    finally:
+        admin = await asyncpg.connect(services.admin_dsn)
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+    assert ready.status_code == 503
+    assert ready.json()["reasons"] == [
+        "database: schema at version 0, expected 1 (run `bradax migrate`)"
+    ]
+
+
+async def test_upstream_down_is_degraded_not_unhealthy(
+    clean_state: None, database_url: str, redis_url: str, router: Any
+) -> None:
+    """An unreachable upstream makes /health degraded (200) with openai unhealthy."""
+    broken = make_settings(
+        database_url,
+        redis_url,
+        openai_api_key="k",
+        openai_base_url=f"http://127.0.0.1:{_closed_port()}/v1",
+    )
+    reply, _ = await _probe(broken, router, "/health")
+    assert reply.status_code == 200
+    assert reply.json()["status"] == "degraded"
+    assert reply.json()["services"]["openai"] == "unhealthy"
+
+
+async def test_concurrent_probes_do_not_pile_up(client: httpx2.AsyncClient) -> None:
+    """Twenty concurrent /health probes all answer."""
+    replies = await asyncio.gather(*(client.get("/health") for _ in range(20)))
+    assert {r.status_code for r in replies} == {200}
