@@ -191,5 +191,5 @@ def test_environment_wins_over_the_secrets_store(monkeypatch: pytest.MonkeyPatch
 def test_a_missing_secret_fails_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """A secret that cannot be read is a start-up error naming SECRETS_NAME, not a traceback."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with pytest.raises(ConfigError, match="^SECRETS_NAME: cannot read secretsmanager"):
+    with pytest.raises(ConfigError, match=r"^SECRETS_NAME: cannot read secretsmanager"):
         load_settings(secrets_backend="secretsmanager", secrets_name="nope")

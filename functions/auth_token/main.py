@@ -6,7 +6,9 @@ Serve alone: functions-framework --asgi --source functions/auth_token/main.py --
 
 from __future__ import annotations
 
+import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -14,67 +16,123 @@ from starlette.responses import Response
 
 from common import deps, services
 from common.audit import AuditEvent
-from common.errors import BrokerError, Unauthorized
+from common.errors import BrokerError, RateLimited, Unauthorized
 from common.http import JSONResponse, Route, client_ip, parse_body
 from common.quota import Limit
 from common.runtime import function_app
 from common.schemas import RefreshRequest, RevokeRequest, TokenRequest
+from common.settings import ConfigError
+from common.tokens import KeySet
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-async def _gate(request: Request, project_id: str | None) -> tuple[str, int]:
-    """Per-IP endpoint rate limit and failed-attempt limits; returns (ip, now_ms)."""
+@dataclass(frozen=True)
+class Attempt:
+    """Who is asking (client IP, request id) and when: what the gate and the audit need."""
+
+    ip: str
+    request_id: str
+    now_ms: int
+
+    async def audit(
+        self,
+        event: str,
+        outcome: str,
+        project: str | None,
+        reason: str | None = None,
+        **details: str,
+    ) -> None:
+        """Append one audit row: never a key or a token, only ids."""
+        await services.audit.get().record(
+            AuditEvent(
+                event,
+                outcome,
+                project,
+                actor=f"ip:{self.ip}",
+                request_id=self.request_id,
+                reason=reason,
+                details=details,
+            )
+        )
+
+    async def failed(self, project_id: str | None) -> None:
+        """Count a failed credential towards the brute-force limits."""
+        await services.failures.get().record(self.ip, project_id, self.now_ms)
+
+
+async def _gate(request: Request, event: str, project_id: str | None) -> Attempt:
+    """Failed-attempt limits, then the per-IP endpoint limit; a refusal is audited."""
     settings = deps.settings()
-    ip = client_ip(request, settings.trusted_proxies)
-    now_ms = int(time.time() * 1000)
-    await services.failures.get().check(ip, project_id, now_ms)
-    if settings.rate_limiting_enabled and settings.rate_limit_auth_per_minute:
-        limit = Limit("auth_per_ip", f"auth:ip:{ip}", settings.rate_limit_auth_per_minute, 60)
-        await services.governor.get().admit(now_ms=now_ms, limits=[limit])
-    return ip, now_ms
-
-
-async def _audit(event: str, outcome: str, project: str | None, reason: str | None = None) -> None:
-    await services.audit.get().record(AuditEvent(event, outcome, project, reason=reason))
+    attempt = Attempt(
+        client_ip(request, settings.trusted_proxies),
+        request.state.request_id,
+        int(time.time() * 1000),
+    )
+    try:
+        await services.failures.get().check(attempt.ip, project_id, attempt.now_ms)
+        if settings.rate_limiting_enabled and settings.rate_limit_auth_per_minute:
+            limit = Limit(
+                "auth_per_ip", f"auth:ip:{attempt.ip}", settings.rate_limit_auth_per_minute, 60
+            )
+            await services.governor.get().admit(now_ms=attempt.now_ms, limits=[limit])
+    except RateLimited as exc:
+        await attempt.audit(event, "denied", project_id, exc.code)
+        raise
+    return attempt
 
 
 async def issue_token(request: Request) -> Response:
     body = await parse_body(request, TokenRequest, deps.settings().max_body_bytes)
-    ip, now_ms = await _gate(request, body.project_id)
+    attempt = await _gate(request, "token.issue", body.project_id)
     try:
         pair = await services.sessions.get().login(body.project_id, body.api_key, _now())
     except BrokerError as exc:
         if isinstance(exc, Unauthorized):
-            await services.failures.get().record(ip, body.project_id, now_ms)
-        await _audit("token.issue", "denied", body.project_id, exc.code)
+            await attempt.failed(body.project_id)
+        await attempt.audit("token.issue", "denied", body.project_id, exc.code)
         raise
-    await _audit("token.issue", "allowed", pair.project_id)
-    return JSONResponse(pair.body(), headers={"Cache-Control": "no-store"})
+    await attempt.audit(
+        "token.issue", "allowed", pair.project_id, key_id=pair.key_id, family=pair.family
+    )
+    return JSONResponse(pair.body(), headers=NO_STORE)
 
 
 async def refresh_token(request: Request) -> Response:
     body = await parse_body(request, RefreshRequest, deps.settings().max_body_bytes)
-    ip, now_ms = await _gate(request, None)
+    attempt = await _gate(request, "token.refresh", None)
     try:
         pair = await services.sessions.get().refresh(body.refresh_token, _now())
     except BrokerError as exc:
         if isinstance(exc, Unauthorized):
-            await services.failures.get().record(ip, None, now_ms)
-        await _audit("token.refresh", "denied", None, exc.code)
+            await attempt.failed(None)
+        await attempt.audit("token.refresh", "denied", None, exc.code)
         raise
-    await _audit("token.refresh", "allowed", pair.project_id)
-    return JSONResponse(pair.body(), headers={"Cache-Control": "no-store"})
+    await attempt.audit(
+        "token.refresh", "allowed", pair.project_id, key_id=pair.key_id, family=pair.family
+    )
+    return JSONResponse(pair.body(), headers=NO_STORE)
 
 
 async def revoke_token(request: Request) -> Response:
     body = await parse_body(request, RevokeRequest, deps.settings().max_body_bytes)
-    ip, now_ms = await _gate(request, None)
+    attempt = await _gate(request, "token.revoke", None)
     try:
         claims = await services.sessions.get().revoke(body.value, _now())
-    except Unauthorized:
-        await services.failures.get().record(ip, None, now_ms)
+    except BrokerError as exc:
+        if isinstance(exc, Unauthorized):
+            await attempt.failed(None)
+        await attempt.audit("token.revoke", "denied", None, exc.code)
         raise
-    await _audit("token.revoke", "allowed", claims.project_id, claims.token_type)
-    return JSONResponse({"revoked": True})
+    await attempt.audit(
+        "token.revoke",
+        "allowed",
+        claims.project_id,
+        claims.token_type,
+        key_id=claims.key_id,
+        family=claims.family,
+    )
+    return JSONResponse({"revoked": True}, headers=NO_STORE)
 
 
 async def jwks(request: Request) -> Response:
@@ -86,6 +144,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _check_keys() -> None:
+    # Fail at start, not at the first login, when the signing keys are missing or unusable.
+    try:
+        KeySet(deps.settings())
+    except ConfigError as exc:
+        print(f"bradax auth_token: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 _app = function_app(
     "auth_token",
     [
@@ -95,6 +162,7 @@ _app = function_app(
         Route("/.well-known/jwks.json", jwks),
     ],
 )
+_check_keys()
 
 
 async def auth_token(request: Request) -> Response:
