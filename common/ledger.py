@@ -15,7 +15,6 @@ row straight to PostgreSQL and keeps retrying the settle until Redis answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import socket
@@ -28,6 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from common import audit
 from common.audit import AuditEvent
+from common.background import stop_task
 from common.db import Database
 from common.errors import ServiceUnavailable
 from common.logs import get_logger
@@ -116,15 +116,17 @@ class Drainer:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._task: asyncio.Task[None] | None = None
         self._groups_ready = False
+        self._stopping = False
 
     def ensure_started(self) -> None:
         """Start the background loop if it is not running."""
         if self._task is None or self._task.done():
+            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
         delay = 0.5
-        while True:
+        while not self._stopping:
             try:
                 moved = await self.drain_once(block_ms=BLOCK_MS)
                 delay = 0.5
@@ -217,10 +219,9 @@ class Drainer:
 
     async def aclose(self) -> None:
         """Stop the loop (pending entries stay in Redis for the next drainer)."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await stop_task(self._task)
             self._task = None
 
 

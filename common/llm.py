@@ -222,19 +222,7 @@ class StreamCall:
     async def events(self) -> AsyncIterator[bytes]:
         """SSE events as raw bytes (each ending in a blank line), as they arrive."""
         buffer: list[bytes] = []
-        content = self.response.content
-        while True:
-            try:
-                line = await asyncio.wait_for(content.readline(), self.idle_timeout)
-            except TimeoutError:
-                self.finish = "timeout"
-                return
-            except (aiohttp.ClientError, OSError):
-                self.finish = "cut"
-                return
-            if not line:
-                self.finish = "completed" if self.done else "cut"
-                return
+        async for line in self._lines():
             if line in (b"\n", b"\r\n"):
                 if buffer:
                     event = b"".join(buffer) + b"\n"
@@ -243,6 +231,26 @@ class StreamCall:
                         yield event
                 continue
             buffer.append(line)
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        content = self.response.content
+        while True:
+            try:
+                line = await asyncio.wait_for(content.readline(), self.idle_timeout)
+            except TimeoutError:
+                self.finish = "timeout"
+                return
+            except (aiohttp.ClientError, OSError):
+                # A connection lost right after its last bytes: aiohttp refuses to hand out
+                # what it already buffered, but those chunks were produced (and billed).
+                for rest in _buffered(content).splitlines(keepends=True):
+                    yield rest
+                self.finish = "cut"
+                return
+            if not line:
+                self.finish = "completed" if self.done else "cut"
+                return
+            yield line
 
     def _inspect(self, event: bytes) -> bool:
         """Track usage/done/produced; False if the event is ours to swallow."""
@@ -478,6 +486,14 @@ class UpstreamClient:
         if status is not None:
             return UpstreamError(f"upstream returned {status} ({tries}): {failure.message}")
         return UpstreamError(f"{failure.message or 'upstream failed'} ({tries})")
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """Bytes aiohttp received but had not handed out when the connection failed."""
+    chunks = getattr(content, "_buffer", None) or ()
+    offset = int(getattr(content, "_buffer_offset", 0) or 0)
+    data = b"".join(bytes(chunk) for chunk in chunks)
+    return data[offset:]
 
 
 def _headers(upstream: Upstream, request_id: str) -> dict[str, str]:

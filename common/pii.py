@@ -56,6 +56,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import mul
 
 __all__ = [
     "KINDS",
@@ -121,6 +122,8 @@ _PHONE_RE = re.compile(
 # reversed text), so each character is examined a bounded number of times.
 _EMAIL_LOCAL_REVERSED_RE = re.compile(r"[A-Za-z0-9._%+-]+")
 _EMAIL_DOMAIN_RE = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![A-Za-z0-9-])")
+# Cards: 13-19 bare digits, or 4-4-4-4 (plus an optional 1-3 digit group: 17-19 digit
+# cards, or a CVV), or 4-6-5 / 4-6-4, with one consistent separator.
 _CARD_RE = re.compile(
     _L
     + r"(?:[0-9]{13,19}"
@@ -138,25 +141,38 @@ _BARE_TAIL = 13
 # Every numeric finding holds 8+ digits separated by at most two punctuation characters,
 # and starts with two digits (or "+"/"(" right before them) not preceded by a letter or
 # a digit. The first pass finds such clusters in a "shape" of the text: one byte per
-# character, every digit turned into b"0", every non-ASCII character into b"?". Starting
-# with a literal lets the engine skip ahead with a plain byte search; gaps are bounded
-# and quantifiers possessive, so an attempt costs O(1) whatever the input. The lookahead
-# keeps only clusters that can hold a formatted finding: 10+ digits (cpf, cnpj, card,
-# phone) or a hyphen before a digit or X (cep, rg). The per-kind patterns then run on the
-# text itself, only inside the clusters; bare RGs and CEPs are found from their keywords.
-_SHAPE = bytes.maketrans(b"0123456789", b"0000000000")
+# character, every digit (and an RG's check letter X) turned into b"0", every non-ASCII
+# character into b"?". Starting with a literal lets the engine skip ahead with a plain
+# byte search; gaps are bounded and quantifiers possessive, so an attempt costs O(1)
+# whatever the input. A cluster is kept only if it has 8+ digits and either 11+ digits
+# (cpf, cnpj, card, phone) or the shape of a phone ending (0000-0000), a CEP (000-000)
+# or an RG (000.000-0) within its first ten digits: dates, amounts and timestamps are
+# dropped here, in C. Byte tests on each kept cluster then pick the per-kind patterns,
+# which run on the text itself, only inside the cluster. Bare RGs and CEPs are found
+# from their keywords instead.
+_SHAPE = bytes.maketrans(b"0123456789Xx", b"000000000000")
 _CLUSTER_RE = re.compile(
     rb"00(?<![A-Za-z0-9_]..)"
-    rb"(?=(?:[ ()./+-]{0,3}+0){8}"
-    rb"|(?:[ ()./+]{0,3}+0){0,7}+[ ()./+]{0,2}+-[ ()./+]{0,2}+[0Xx])"
+    rb"(?=(?:[ ()./+-]{0,3}+0){6})"
+    rb"(?=(?:[ ()./+-]{0,3}+0){9}"
+    rb"|(?:[ ()./+-]{0,3}+0){0,8}?[ ()./+-]{0,3}+(?:0000[ -]?0000|000-000|000\.000-0))"
     rb"(?:[ ()./+-]{0,3}+0){6,}+"
 )
-# What the per-kind patterns may need past a cluster: an RG's "X" and two for _R.
-_CLUSTER_MARGIN = 3
+_CLUSTER_MARGIN = 2  # _R looks two characters past a match
 _EIGHT_DIGITS = b"00000000"
 
-# Punctuation that may appear inside a matched number; str.translate drops it.
-_STRIP = str.maketrans("", "", " .-/()+")
+# Punctuation that may appear inside a matched number, dropped before the checks.
+_PUNCTUATION = b" .-/()+"
+# Character values for the check digits: ASCII code - 48 (the RFB rule, letters included).
+_VALUES = bytes.maketrans(
+    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", bytes(range(10)) + bytes(range(17, 43))
+)
+_LUHN_DOUBLED = bytes.maketrans(b"0123456789", bytes((0, 2, 4, 6, 8, 1, 3, 5, 7, 9)))
+_CPF_WEIGHTS_1 = (10, 9, 8, 7, 6, 5, 4, 3, 2)
+_CPF_WEIGHTS_2 = (11, 10, 9, 8, 7, 6, 5, 4, 3, 2)
+_CNPJ_WEIGHTS_1 = (5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2)
+_CNPJ_WEIGHTS_2 = (6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2)
+_RG_WEIGHTS = (9, 8, 7, 6, 5, 4, 3, 2)
 
 _CARD_14_19 = frozenset(range(14, 20))
 _CARD_16_19 = frozenset(range(16, 20))
@@ -164,190 +180,175 @@ _CARD_16 = frozenset({16})
 _CARD_13_16_19 = frozenset({13, 16, 19})
 
 # (lowest prefix, highest prefix, allowed lengths); both prefixes have the same length.
-_CARD_ISSUERS: tuple[tuple[str, str, frozenset[int]], ...] = (
+_CARD_ISSUERS: tuple[tuple[bytes, bytes, frozenset[int]], ...] = (
     # Visa (4); this also covers Elo's 4011 78/79, 4312 74, 4389 35, 4514 16, 4576 3x BINs.
-    ("4", "4", _CARD_13_16_19),
-    ("51", "55", _CARD_16),  # Mastercard
-    ("2221", "2720", _CARD_16),  # Mastercard 2-series
-    ("34", "34", frozenset({15})),  # American Express
-    ("37", "37", frozenset({15})),  # American Express
-    ("300", "305", _CARD_14_19),  # Diners Club
-    ("3095", "3095", _CARD_14_19),  # Diners Club
-    ("36", "36", _CARD_14_19),  # Diners Club
-    ("38", "39", _CARD_14_19),  # Diners Club
-    ("6011", "6011", _CARD_16_19),  # Discover
-    ("644", "649", _CARD_16_19),  # Discover
-    ("65", "65", _CARD_16_19),  # Discover; also Elo's 650031-655058 ranges
-    ("3528", "3589", _CARD_16_19),  # JCB
-    ("504175", "504175", _CARD_16),  # Elo
-    ("506699", "506699", _CARD_16),  # Elo
-    ("5067", "5067", _CARD_16),  # Elo (506700-506778 assigned; the whole 5067 block kept)
-    ("509000", "509999", _CARD_16),  # Elo
-    ("627780", "627780", _CARD_16),  # Elo
-    ("636297", "636297", _CARD_16),  # Elo
-    ("636368", "636368", _CARD_16),  # Elo
-    ("606282", "606282", _CARD_13_16_19),  # Hipercard
-    ("384100", "384100", _CARD_13_16_19),  # Hipercard
-    ("384140", "384140", _CARD_13_16_19),  # Hipercard
-    ("384160", "384160", _CARD_13_16_19),  # Hipercard
-    ("637095", "637095", _CARD_13_16_19),  # Hipercard
-    ("637568", "637568", _CARD_13_16_19),  # Hipercard
-    ("637599", "637599", _CARD_13_16_19),  # Hipercard
-    ("637609", "637609", _CARD_13_16_19),  # Hipercard
-    ("637612", "637612", _CARD_13_16_19),  # Hipercard
+    (b"4", b"4", _CARD_13_16_19),
+    (b"51", b"55", _CARD_16),  # Mastercard
+    (b"2221", b"2720", _CARD_16),  # Mastercard 2-series
+    (b"34", b"34", frozenset({15})),  # American Express
+    (b"37", b"37", frozenset({15})),  # American Express
+    (b"300", b"305", _CARD_14_19),  # Diners Club
+    (b"3095", b"3095", _CARD_14_19),  # Diners Club
+    (b"36", b"36", _CARD_14_19),  # Diners Club
+    (b"38", b"39", _CARD_14_19),  # Diners Club
+    (b"6011", b"6011", _CARD_16_19),  # Discover
+    (b"644", b"649", _CARD_16_19),  # Discover
+    (b"65", b"65", _CARD_16_19),  # Discover; also Elo's 650031-655058 ranges
+    (b"3528", b"3589", _CARD_16_19),  # JCB
+    (b"504175", b"504175", _CARD_16),  # Elo
+    (b"506699", b"506699", _CARD_16),  # Elo
+    (b"5067", b"5067", _CARD_16),  # Elo (506700-506778 assigned; the whole block kept)
+    (b"509000", b"509999", _CARD_16),  # Elo
+    (b"627780", b"627780", _CARD_16),  # Elo
+    (b"636297", b"636297", _CARD_16),  # Elo
+    (b"636368", b"636368", _CARD_16),  # Elo
+    (b"606282", b"606282", _CARD_13_16_19),  # Hipercard
+    (b"384100", b"384100", _CARD_13_16_19),  # Hipercard
+    (b"384140", b"384140", _CARD_13_16_19),  # Hipercard
+    (b"384160", b"384160", _CARD_13_16_19),  # Hipercard
+    (b"637095", b"637095", _CARD_13_16_19),  # Hipercard
+    (b"637568", b"637568", _CARD_13_16_19),  # Hipercard
+    (b"637599", b"637599", _CARD_13_16_19),  # Hipercard
+    (b"637609", b"637609", _CARD_13_16_19),  # Hipercard
+    (b"637612", b"637612", _CARD_13_16_19),  # Hipercard
 )
 
-_CNPJ_WEIGHTS_1 = (5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2)
-_CNPJ_WEIGHTS_2 = (6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2)
+
+# --- Check digits (on the ASCII bytes of a match, punctuation removed) --------------------
 
 
-# --- Check digits -------------------------------------------------------------------------
+def _digits(matched: str) -> bytes:
+    """The characters of a match without its punctuation, as ASCII bytes."""
+    return matched.encode().translate(None, _PUNCTUATION)
 
 
-def _cpf_valid(digits: str) -> bool:
+def _cpf_valid(digits: bytes) -> bool:
     """Whether 11 digits form a CPF: both mod-11 check digits right, not all one digit."""
-    if len(digits) != 11 or digits == digits[0] * 11:
+    if len(digits) != 11 or digits == digits[:1] * 11:
         return False
-    values = [ord(c) - 48 for c in digits]
-    for size in (9, 10):
-        total = sum(v * w for v, w in zip(values, range(size + 1, 1, -1), strict=False))
-        if total * 10 % 11 % 10 != values[size]:
-            return False
-    return True
+    v = digits.translate(_VALUES)
+    first: int = sum(map(mul, v, _CPF_WEIGHTS_1))
+    second: int = sum(map(mul, v, _CPF_WEIGHTS_2))
+    return first * 10 % 11 % 10 == v[9] and second * 10 % 11 % 10 == v[10]
 
 
-def _cnpj_valid(chars: str) -> bool:
+def _cnpj_valid(chars: bytes) -> bool:
     """Whether 14 characters (digits, or the 12-character alphanumeric root) form a CNPJ."""
-    if len(chars) != 14 or chars == chars[0] * 14:
+    if len(chars) != 14 or chars == chars[:1] * 14:
         return False
-    values = [ord(c) - 48 for c in chars]  # the RFB rule: a character's value is ASCII - 48
-    for size, weights in ((12, _CNPJ_WEIGHTS_1), (13, _CNPJ_WEIGHTS_2)):
-        rest = sum(v * w for v, w in zip(values, weights, strict=False)) % 11
-        if (0 if rest < 2 else 11 - rest) != values[size]:
-            return False
-    return True
+    v = chars.translate(_VALUES)
+    rest_1: int = sum(map(mul, v, _CNPJ_WEIGHTS_1)) % 11
+    rest_2: int = sum(map(mul, v, _CNPJ_WEIGHTS_2)) % 11
+    return v[12] == (0 if rest_1 < 2 else 11 - rest_1) and v[13] == (
+        0 if rest_2 < 2 else 11 - rest_2
+    )
 
 
-def _rg_valid(chars: str) -> bool:
+def _rg_valid(chars: bytes) -> bool:
     """Whether 8 digits and a check character form an SSP-SP RG (weights 9..2, mod 11)."""
-    digits, check = chars[:8], chars[8].upper()
-    if digits == digits[0] * 8:
+    if len(chars) != 9 or chars[:8] == chars[:1] * 8:
         return False
-    rest = sum((ord(c) - 48) * w for c, w in zip(digits, range(9, 1, -1), strict=True)) % 11
-    return check == ("X" if rest == 10 else str(rest))
+    rest: int = sum(map(mul, chars.translate(_VALUES), _RG_WEIGHTS)) % 11
+    return chars[8:].upper() == (b"X" if rest == 10 else b"%d" % rest)
 
 
-def _luhn_valid(digits: str) -> bool:
+def _luhn_valid(digits: bytes) -> bool:
     """Whether a digit string passes the Luhn (mod 10) check."""
-    total = 0
-    for i, c in enumerate(reversed(digits)):
-        value = ord(c) - 48
-        if i % 2:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
+    plain = sum(digits[-1::-2].translate(_VALUES))
+    doubled = sum(digits[-2::-2].translate(_LUHN_DOUBLED))
+    return (plain + doubled) % 10 == 0
 
 
-def _card_issuer_known(digits: str) -> bool:
-    """Whether the prefix and length of a card number belong to a known issuer."""
+def _card_valid(digits: bytes) -> bool:
+    """Whether a digit string is a plausible card: a known issuer's prefix and length, Luhn."""
     size = len(digits)
     for low, high, sizes in _CARD_ISSUERS:
         if size in sizes and low <= digits[: len(low)] <= high:
-            return True
+            return _luhn_valid(digits)
     return False
 
 
-def _card_valid(digits: str) -> bool:
-    """Whether a digit string is a plausible payment card: known issuer and Luhn-valid."""
-    return _card_issuer_known(digits) and _luhn_valid(digits)
-
-
-# --- Candidates per kind ------------------------------------------------------------------
-# Each finder yields (start, end) spans of matches that start in [pos, endpos).
-
-_Spans = Iterator[tuple[int, int]]
-
-
-def _cpf_spans(text: str, pos: int, endpos: int) -> _Spans:
-    """Spans of valid CPFs."""
-    for m in _CPF_RE.finditer(text, pos, endpos):
-        if _cpf_valid(m.group().translate(_STRIP)):
-            yield m.span()
-
-
-def _cnpj_spans(text: str, pos: int, endpos: int) -> _Spans:
-    """Spans of valid numeric CNPJs."""
-    for m in _CNPJ_RE.finditer(text, pos, endpos):
-        if _cnpj_valid(m.group().translate(_STRIP)):
-            yield m.span()
-
-
-def _rg_spans(text: str, pos: int, endpos: int) -> _Spans:
-    """Spans of valid formatted SSP-SP RGs."""
-    for m in _RG_FORMATTED_RE.finditer(text, pos, endpos):
-        if _rg_valid(m.group().translate(_STRIP)):
-            yield m.span()
-
-
-def _phone_spans(text: str, pos: int, endpos: int) -> _Spans:
-    """Spans of Brazilian phone numbers (the pattern itself checks the DDD and lengths)."""
-    for m in _PHONE_RE.finditer(text, pos, endpos):
-        yield m.span()
-
-
-def _card_spans(text: str, pos: int, endpos: int) -> _Spans:
-    """Spans of payment cards; a 4-4-4-4 card followed by a short group (a CVV) still counts."""
-    for m in _CARD_RE.finditer(text, pos, endpos):
-        if _card_valid(m.group().translate(_STRIP)):
-            yield m.span()
-        elif m.start("tail") >= 0:
-            start, end = m.start(), m.start("tail")
-            if _card_valid(text[start:end].translate(_STRIP)):
-                yield start, end
-
-
-def _cep_valid(chars: str) -> bool:
+def _cep_valid(digits: bytes) -> bool:
     """Whether a CEP is in range (the lowest is 01000-000)."""
-    return not chars.startswith("00")
+    return not digits.startswith(b"00")
 
 
-def _cep_spans(text: str, pos: int, endpos: int) -> _Spans:
-    """Spans of formatted CEPs."""
-    for m in _CEP_FORMATTED_RE.finditer(text, pos, endpos):
-        if _cep_valid(m.group()):
-            yield m.span()
+# --- Candidates ---------------------------------------------------------------------------
+# Candidates are (start, end, kind) tuples appended to one list; Finding objects are only
+# built for the ones that survive overlap resolution.
+
+_Candidates = list[tuple[int, int, str]]
 
 
-def _numeric_candidates(text: str, shape: bytes) -> Iterator[Finding]:
-    """Candidate findings of the numeric kinds (formatted or bare), cluster by cluster."""
+def _collect(
+    out: _Candidates,
+    kind: str,
+    pattern: re.Pattern[str],
+    valid: Callable[[bytes], bool],
+    text: str,
+    pos: int,
+    endpos: int,
+) -> None:
+    """Append the matches of a pattern in text[pos:endpos] whose characters pass `valid`."""
+    for m in pattern.finditer(text, pos, endpos):
+        if valid(_digits(m.group())):
+            out.append((m.start(), m.end(), kind))
+
+
+def _collect_cards(out: _Candidates, text: str, pos: int, endpos: int) -> None:
+    """Append payment cards; a 4-4-4-4 card followed by a short group (a CVV) still counts.
+
+    Space-separated groups can chain ("5678 4111 1111 1111 1111"), so after a candidate
+    fails the search resumes one character later rather than after the candidate.
+    """
+    while (m := _CARD_RE.search(text, pos, endpos)) is not None:
+        start, end = m.span()
+        tail = m.start("tail")
+        if _card_valid(_digits(m.group())):
+            out.append((start, end, "credit_card"))
+            pos = end
+        elif tail >= 0 and _card_valid(_digits(text[start:tail])):
+            out.append((start, tail, "credit_card"))
+            pos = tail
+        else:
+            pos = start + 1
+
+
+def _collect_numeric(out: _Candidates, text: str, shape: bytes) -> None:
+    """Append candidates of the numeric kinds in their formatted or bare forms."""
     size = len(text)
     for cluster in _CLUSTER_RE.finditer(shape):
         chars = cluster.group()
         digits = chars.count(b"0")
         start, end = cluster.span()
         pos, endpos = max(0, start - 1), min(size, end + _CLUSTER_MARGIN)
-        finders: list[tuple[str, Callable[[str, int, int], _Spans]]] = []
         if digits >= 11:
-            finders.append(("cpf", _cpf_spans))
-        if digits >= 14:
-            finders.append(("cnpj", _cnpj_spans))
-        if digits >= 13:
-            finders.append(("credit_card", _card_spans))
-        if digits >= 10:
-            finders.append(("phone", _phone_spans))
-        if b"-" in shape[start:endpos]:
-            if b"." in chars:
-                finders.append(("rg", _rg_spans))
-            finders.append(("cep", _cep_spans))
-        for kind, finder in finders:
-            for span_start, span_end in finder(text, pos, endpos):
-                yield Finding(kind, span_start, span_end)
+            _collect(out, "cpf", _CPF_RE, _cpf_valid, text, pos, endpos)
+            if digits >= 13:
+                _collect_cards(out, text, pos, endpos)
+                if digits >= 14:
+                    _collect(out, "cnpj", _CNPJ_RE, _cnpj_valid, text, pos, endpos)
+        # A phone ends in 4 digits after 4 or 5 digits and an optional separator.
+        if digits >= 10 and (
+            b"0000-0000" in chars or b"0000 0000" in chars or b"00000000" in chars
+        ):
+            out.extend((*m.span(), "phone") for m in _PHONE_RE.finditer(text, pos, endpos))
+        if b"000-000" in chars:
+            _collect(out, "cep", _CEP_FORMATTED_RE, _cep_valid, text, pos, endpos)
+        if b"0.000.000-0" in chars:
+            _collect(out, "rg", _RG_FORMATTED_RE, _rg_valid, text, pos, endpos)
 
 
-def _keyword_candidates(text: str, shape: bytes) -> Iterator[Finding]:
-    """Bare RGs and CEPs: 9 or 8 digits shortly after the keyword "RG" or "CEP"."""
+_KEYWORDED: tuple[
+    tuple[str, bytes, re.Pattern[str], re.Pattern[str], int, Callable[[bytes], bool]], ...
+] = (
+    ("rg", b"rg", _RG_KEYWORD_RE, _RG_BARE_RE, _RG_KEYWORD_GAP, _rg_valid),
+    ("cep", b"cep", _CEP_KEYWORD_RE, _CEP_BARE_RE, _CEP_KEYWORD_GAP, _cep_valid),
+)
+
+
+def _collect_keyworded(out: _Candidates, text: str, shape: bytes) -> None:
+    """Append bare RGs and CEPs: 9 or 8 digits shortly after the keyword "RG" or "CEP"."""
     lowered = shape.lower()
     size = len(text)
     for kind, word, keyword, bare, gap, valid in _KEYWORDED:
@@ -359,60 +360,51 @@ def _keyword_candidates(text: str, shape: bytes) -> Iterator[Finding]:
                 for m in bare.finditer(text, first, min(size, last + _BARE_TAIL)):
                     if m.start() > last:
                         break
-                    if valid(m.group().translate(_STRIP)):
-                        yield Finding(kind, *m.span())
+                    if valid(_digits(m.group())):
+                        out.append((m.start(), m.end(), kind))
             at = lowered.find(word, at + 1)
 
 
-_KEYWORDED: tuple[
-    tuple[str, bytes, re.Pattern[str], re.Pattern[str], int, Callable[[str], bool]], ...
-] = (
-    ("rg", b"rg", _RG_KEYWORD_RE, _RG_BARE_RE, _RG_KEYWORD_GAP, _rg_valid),
-    ("cep", b"cep", _CEP_KEYWORD_RE, _CEP_BARE_RE, _CEP_KEYWORD_GAP, _cep_valid),
-)
-
-
-def _alnum_cnpj_candidates(text: str) -> Iterator[Finding]:
-    """Candidate alphanumeric CNPJs, tried once per "/" that has the dots in place."""
+def _collect_alnum_cnpjs(out: _Candidates, text: str) -> None:
+    """Append alphanumeric CNPJs, tried once per "/" that has the dots in place."""
     slash = text.find("/", _CNPJ_ALNUM_SLASH)
     while slash >= 0:
         if text[slash - 4] == "." and text[slash - 8] == ".":
             m = _CNPJ_ALNUM_RE.match(text, slash - _CNPJ_ALNUM_SLASH)
-            if m is not None and _cnpj_valid(m.group().translate(_STRIP)):
-                yield Finding("cnpj", *m.span())
+            if m is not None and _cnpj_valid(_digits(m.group())):
+                out.append((m.start(), m.end(), "cnpj"))
         slash = text.find("/", slash + 1)
 
 
-def _email_candidates(text: str) -> Iterator[Finding]:
-    """Candidate e-mail addresses, one per "@" with a local part and a dotted domain."""
-    at = text.find("@")
-    if at < 0:
-        return
+def _collect_emails(out: _Candidates, text: str) -> None:
+    """Append e-mail addresses, one per "@" with a local part and a dotted domain."""
     reversed_text = text[::-1]
     size = len(text)
+    at = text.find("@")
     while at >= 0:
         # text[i] is reversed_text[size - 1 - i]: the local part ends at text[at - 1].
         local = _EMAIL_LOCAL_REVERSED_RE.match(reversed_text, size - at)
         if local is not None:
             domain = _EMAIL_DOMAIN_RE.match(text, at + 1)
             if domain is not None:
-                yield Finding("email", size - local.end(), domain.end())
+                out.append((size - local.end(), domain.end(), "email"))
         at = text.find("@", at + 1)
 
 
-def _resolve(candidates: list[Finding]) -> list[Finding]:
-    """Non-overlapping findings sorted by start: longest span first, then kind priority."""
-    candidates.sort(key=lambda f: (f.start - f.end, _PRIORITY[f.kind], f.start))
-    kept: list[Finding] = []
+def _resolve(candidates: _Candidates) -> _Candidates:
+    """Non-overlapping candidates sorted by start: longest span first, then kind priority."""
+    candidates.sort(key=lambda c: (c[0] - c[1], _PRIORITY[c[2]], c[0]))
+    kept: _Candidates = []
     starts: list[int] = []
-    for f in candidates:
-        i = bisect_left(starts, f.start)
-        if i > 0 and kept[i - 1].end > f.start:
+    for candidate in candidates:
+        start, end, _ = candidate
+        i = bisect_left(starts, start)
+        if i > 0 and kept[i - 1][1] > start:
             continue
-        if i < len(kept) and kept[i].start < f.end:
+        if i < len(kept) and kept[i][0] < end:
             continue
-        kept.insert(i, f)
-        starts.insert(i, f.start)
+        kept.insert(i, candidate)
+        starts.insert(i, start)
     return kept
 
 
@@ -422,16 +414,17 @@ def _resolve(candidates: list[Finding]) -> list[Finding]:
 def scan(text: str) -> list[Finding]:
     """All PII findings in the text, non-overlapping and ordered by start."""
     shape = text.encode("ascii", "replace").translate(_SHAPE)
-    candidates = list(_numeric_candidates(text, shape))
+    candidates: _Candidates = []
+    _collect_numeric(candidates, text, shape)
     if _EIGHT_DIGITS in shape:
-        candidates.extend(_keyword_candidates(text, shape))
+        _collect_keyworded(candidates, text, shape)
     if "/" in text:
-        candidates.extend(_alnum_cnpj_candidates(text))
+        _collect_alnum_cnpjs(candidates, text)
     if "@" in text:
-        candidates.extend(_email_candidates(text))
-    if len(candidates) < 2:
-        return candidates
-    return _resolve(candidates)
+        _collect_emails(candidates, text)
+    if len(candidates) > 1:
+        candidates = _resolve(candidates)
+    return [Finding(kind, start, end) for start, end, kind in candidates]
 
 
 def kinds_in(text: str) -> set[str]:

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from common.background import stop_task
 from common.logs import get_logger
 from common.redis import RedisStore
 
@@ -139,9 +140,7 @@ class Telemetry:
     async def aclose(self) -> None:
         """Stop the flush loop after a last flush."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 2.0)

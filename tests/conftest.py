@@ -400,3 +400,87 @@ def mock(mock_server: MockUpstream) -> MockUpstream:
 def mock_upstream(mock: MockUpstream) -> str:
     """The reset mock upstream's base URL."""
     return mock.url
+
+
+@dataclass
+class Tenant:
+    """A project created for a test, with its API key and a fresh access token."""
+
+    project_id: str
+    api_key: str
+    key_id: str
+    access_token: str = ""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Authorization header with the access token."""
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+    @property
+    def key_auth(self) -> dict[str, str]:
+        """Authorization header with the API key (OpenAI-compatible API)."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+async def create_tenant(
+    settings: Settings,
+    project_id: str = "proj_test",
+    *,
+    scopes: tuple[str, ...] = ("invoke_llm", "read_metrics"),
+    **fields: Any,
+) -> Tenant:
+    """Create a project (generous limits unless overridden) and an API key, straight in the DB."""
+    from common.apikeys import ApiKeyStore
+    from common.db import Database
+    from common.projects import ProjectFields, ProjectStore
+
+    values: dict[str, Any] = {
+        "name": f"Test {project_id}",
+        "budget_monthly_usd": "100",
+        "max_tokens_per_request": 4096,
+        "max_requests_per_hour": 100_000,
+        "max_requests_per_second": 10_000,
+        "allowed_models": ("gpt-4.1-nano", "gpt-4.1-mini", "gpt-4o-mini"),
+    }
+    values.update(fields)
+    db = Database(settings)
+    try:
+        await ProjectStore(db).create(project_id, ProjectFields(**values))
+        key, full = await ApiKeyStore(db).create(project_id, scopes=scopes)
+    finally:
+        await db.close()
+    return Tenant(project_id, full, key.key_id)
+
+
+async def login(http: httpx2.AsyncClient, tenant: Tenant) -> Tenant:
+    """Exchange the tenant's key for an access token (stored on the tenant)."""
+    reply = await http.post(
+        "/api/v1/auth/token", json={"project_id": tenant.project_id, "api_key": tenant.api_key}
+    )
+    assert reply.status_code == 200, reply.text
+    tenant.access_token = reply.json()["access_token"]
+    return tenant
+
+
+async def ledger_rows(settings: Settings, project_id: str | None = None) -> list[dict[str, Any]]:
+    """Drain the ledger stream into PostgreSQL, then return the ledger rows (oldest first)."""
+    from common.db import Database
+    from common.ledger import Drainer
+    from common.redis import RedisStore
+
+    db = Database(settings)
+    redis = RedisStore(settings)
+    try:
+        drainer = Drainer(redis, db, audit_enabled=settings.audit_logging_enabled)
+        while await drainer.drain_once():
+            pass
+        query = "SELECT * FROM usage_ledger"
+        args: list[Any] = []
+        if project_id is not None:
+            query += " WHERE project_id = $1"
+            args.append(project_id)
+        rows = await db.fetch(query + " ORDER BY created_at, request_id", *args)
+    finally:
+        await db.close()
+        await redis.close()
+    return [dict(row) for row in rows]
