@@ -16,17 +16,39 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import asyncpg
+from redis.exceptions import RedisError
+
 from common import audit as audit_chain
 from common.apikeys import ApiKeyStore
 from common.audit import AuditEvent, AuditTrail
 from common.db import Database
-from common.errors import ServiceUnavailable
+from common.errors import BrokerError, ServiceUnavailable
 from common.projects import ProjectFields, ProjectStore
 from common.redis import RedisStore
 from common.settings import Settings, load_settings
 from common.tokens import ALL_SCOPES
 
 ACTOR = "cli"
+INT32_MAX = 2**31 - 1
+MAX_GRACE_MINUTES = 30 * 24 * 60
+# Model field -> the option that sets it, so validation errors name what the user typed.
+OPTIONS = {
+    "budget_monthly_usd": "--budget-usd",
+    "max_tokens_per_request": "--max-tokens",
+    "allowed_models": "--models",
+    "compliance_rules": "--compliance",
+    "cache_enabled": "--cache",
+}
+
+
+class AdminError(BrokerError):
+    """A command that cannot be carried out: one line on stderr, exit status 1.
+
+    A BrokerError (not bradax_cli.cli.CliError) so `bradax` catches it however it was started:
+    under `python -m bradax_cli.cli` the running module is __main__, whose CliError is another
+    class than the one `import bradax_cli.cli` would give.
+    """
 
 
 @dataclass
@@ -40,21 +62,27 @@ class Admin:
     keys: ApiKeyStore
     audit: AuditTrail
 
-    async def deny(self, key: str, ttl: int | None) -> bool:
-        """Set a deny-list entry; False (with a warning) if Redis cannot be reached."""
+    async def deny(self, key: str, ttl: int | None, consequence: str) -> bool:
+        """Set a deny-list entry; False (warning with `consequence`) if Redis cannot be told."""
+        args: list[object] = ["SET", key, "1"] if ttl is None else ["SET", key, "1", "EX", ttl]
+        return await self._redis_or_warn(args, consequence)
+
+    async def allow(self, key: str, consequence: str) -> bool:
+        """Delete a deny-list entry; False (warning with `consequence`) if Redis cannot be told."""
+        return await self._redis_or_warn(["DEL", key], consequence)
+
+    async def _redis_or_warn(self, command: list[object], consequence: str) -> bool:
         try:
-            if ttl is None:
-                await self.redis.call("SET", key, "1")
-            else:
-                await self.redis.call("SET", key, "1", "EX", ttl)
-        except ServiceUnavailable:
-            print(
-                "bradax: warning: Redis unreachable; live tokens stop within "
-                f"{self.settings.policy_cache_seconds:g}s (policy cache) instead of at once",
-                file=sys.stderr,
-            )
+            await self.redis.call(*command)
+        except (ServiceUnavailable, RedisError):
+            print(f"bradax: warning: Redis unreachable; {consequence}", file=sys.stderr)
             return False
         return True
+
+    async def record(self, conn: asyncpg.Connection, *events: AuditEvent) -> None:
+        """Append audit events inside the caller's transaction (no change without its record)."""
+        if self.audit.enabled:
+            await audit_chain.append(conn, list(events))
 
     @property
     def token_deny_ttl(self) -> int:
@@ -99,10 +127,31 @@ def _money(value: str) -> Decimal:
     return amount
 
 
+def _count(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
+        return number
+
+    return parse
+
+
+def _scopes(value: str) -> tuple[str, ...]:
+    scopes = _csv(value) or ()
+    unknown = sorted(set(scopes) - set(ALL_SCOPES))
+    if unknown or not scopes:
+        raise argparse.ArgumentTypeError(
+            f"must be a non-empty, comma separated subset of {','.join(ALL_SCOPES)}"
+        )
+    return tuple(dict.fromkeys(scopes))
+
+
 def _fields(args: argparse.Namespace) -> ProjectFields:
     from pydantic import ValidationError
-
-    from bradax_cli.cli import CliError
 
     values: dict[str, Any] = {
         "name": args.name,
@@ -120,23 +169,27 @@ def _fields(args: argparse.Namespace) -> ProjectFields:
     try:
         return ProjectFields(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "value"
-        raise CliError(f"{field}: {error['msg']}") from None
+        error = exc.errors(include_url=False)[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        option = OPTIONS.get(name, "--" + name.replace("_", "-")) if name else "value"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise AdminError(f"{option}: {message}") from None
 
 
 async def project_create(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
     """Create a project and its first API key."""
     fields = _fields(args)
+    # One transaction: a failure anywhere leaves no project whose only key was never shown.
     async with admin.db.connection() as conn, conn.transaction():
         project = await admin.projects.create(args.id, fields, conn)
         key, full = await admin.keys.create(
-            project.id, scopes=_csv(args.scopes) or ALL_SCOPES, name="initial", conn=conn
+            project.id, scopes=args.scopes or ALL_SCOPES, name="initial", conn=conn
         )
-    await admin.audit.record(
-        AuditEvent("project.create", "allowed", project.id, ACTOR, details=project.public()),
-        AuditEvent("key.create", "allowed", project.id, ACTOR, details={"key_id": key.key_id}),
-    )
+        await admin.record(
+            conn,
+            AuditEvent("project.create", "allowed", project.id, ACTOR, details=project.public()),
+            AuditEvent("key.create", "allowed", project.id, ACTOR, details={"key_id": key.key_id}),
+        )
     return {"project": project.public(), "api_key": {**key.public(), "key": full}}
 
 
@@ -157,14 +210,26 @@ async def project_status(admin: Admin, args: argparse.Namespace) -> dict[str, An
     project = await admin.projects.set_status(args.id, status)
     key = f"bx:deny:proj:{project.id}"
     if status == "suspended":
-        immediate = await admin.deny(key, None)
+        immediate = await admin.deny(
+            key,
+            None,
+            "live access tokens are refused after the policy cache expires "
+            f"(POLICY_CACHE_SECONDS={admin.settings.policy_cache_seconds:g}) instead of at once",
+        )
     else:
-        try:
-            await admin.redis.call("DEL", key)
-            immediate = True
-        except ServiceUnavailable:
-            immediate = False
-    await admin.audit.record(AuditEvent(f"project.{args.action}", "allowed", project.id, ACTOR))
+        immediate = await admin.allow(
+            key,
+            "the project stays blocked until `bradax project resume` succeeds with Redis up",
+        )
+    await admin.audit.record(
+        AuditEvent(
+            f"project.{args.action}",
+            "allowed",
+            project.id,
+            ACTOR,
+            details={"effective_immediately": immediate},
+        )
+    )
     return {"project": project.public(), "effective_immediately": immediate}
 
 
@@ -183,12 +248,16 @@ async def project_list(admin: Admin, args: argparse.Namespace) -> dict[str, Any]
 async def key_create(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
     """A new API key for a project (printed once)."""
     await admin.projects.require(args.project)
-    key, full = await admin.keys.create(
-        args.project, scopes=_csv(args.scopes) or ALL_SCOPES, name=args.name or ""
-    )
-    await admin.audit.record(
-        AuditEvent("key.create", "allowed", key.project_id, ACTOR, details={"key_id": key.key_id})
-    )
+    async with admin.db.connection() as conn, conn.transaction():
+        key, full = await admin.keys.create(
+            args.project, scopes=args.scopes or ALL_SCOPES, name=args.name or "", conn=conn
+        )
+        await admin.record(
+            conn,
+            AuditEvent(
+                "key.create", "allowed", key.project_id, ACTOR, details={"key_id": key.key_id}
+            ),
+        )
     return {"api_key": {**key.public(), "key": full}}
 
 
@@ -200,10 +269,21 @@ async def key_list(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
 
 async def key_revoke(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
     """Revoke a key: no new tokens, and live tokens refused at once."""
-    key = await admin.keys.revoke(args.key_id)
-    immediate = await admin.deny(f"bx:deny:key:{key.key_id}", admin.token_deny_ttl)
-    await admin.audit.record(
-        AuditEvent("key.revoke", "allowed", key.project_id, ACTOR, details={"key_id": key.key_id})
+    async with admin.db.connection() as conn, conn.transaction():
+        key = await admin.keys.revoke(args.key_id, conn=conn)
+        await admin.record(
+            conn,
+            AuditEvent(
+                "key.revoke", "allowed", key.project_id, ACTOR, details={"key_id": key.key_id}
+            ),
+        )
+    # Nothing but the deny-list stops a live access token: without Redis it runs to its expiry.
+    immediate = await admin.deny(
+        f"bx:deny:key:{key.key_id}",
+        admin.token_deny_ttl,
+        "no new tokens are issued, but live access tokens of this key stay valid until they "
+        f"expire (up to {admin.settings.jwt_access_token_expire_minutes} min); "
+        "run the command again when Redis is back",
     )
     return {"api_key": key.public(), "effective_immediately": immediate}
 
@@ -211,28 +291,33 @@ async def key_revoke(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
 async def key_rotate(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
     """A replacement key; the old one keeps working for --grace-minutes."""
     now = datetime.now(UTC)
-    new, full = await admin.keys.rotate(args.key_id, timedelta(minutes=args.grace_minutes), now)
+    grace = timedelta(minutes=args.grace_minutes)
+    async with admin.db.connection() as conn, conn.transaction():
+        new, full = await admin.keys.rotate(args.key_id, grace, now, conn=conn)
+        await admin.record(
+            conn,
+            AuditEvent(
+                "key.rotate",
+                "allowed",
+                new.project_id,
+                ACTOR,
+                details={
+                    "old": args.key_id,
+                    "new": new.key_id,
+                    "grace_minutes": args.grace_minutes,
+                },
+            ),
+        )
     old = await admin.keys.get(args.key_id)
     assert old is not None
-    await admin.audit.record(
-        AuditEvent(
-            "key.rotate",
-            "allowed",
-            new.project_id,
-            ACTOR,
-            details={"old": old.key_id, "new": new.key_id, "grace_minutes": args.grace_minutes},
-        )
-    )
     return {"api_key": {**new.public(), "key": full}, "previous": old.public()}
 
 
 async def audit_verify(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
     """Walk the audit chain; fails (exit 1) naming the first broken entry."""
-    from bradax_cli.cli import CliError
-
     verdict = await audit_chain.verify(admin.db)
     if not verdict.ok:
-        raise CliError(
+        raise AdminError(
             f"audit chain broken at entry {verdict.broken_id}: {verdict.reason} "
             f"({verdict.checked} entries verified before it)"
         )
@@ -277,7 +362,15 @@ def _runner(handler: Handler) -> Callable[[argparse.Namespace], int]:
 
         async def go() -> dict[str, Any]:
             async with AsyncExitStack() as stack:
-                return await handler(await open_admin(stack), args)
+                try:
+                    return await handler(await open_admin(stack), args)
+                except asyncpg.UndefinedTableError:
+                    raise AdminError(
+                        "the database has no bradax schema; run `bradax migrate`"
+                    ) from None
+                except asyncpg.PostgresError as exc:
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise AdminError(f"database error: {first}") from None
 
         emit(run_async(go()))
         return 0
@@ -288,15 +381,19 @@ def _runner(handler: Handler) -> Callable[[argparse.Namespace], int]:
 def _project_options(parser: argparse.ArgumentParser, creating: bool) -> None:
     parser.add_argument("--id", required=True, help="project id, e.g. proj_inovacao_ia_chatbot")
     parser.add_argument("--name", required=creating, help="display name")
-    parser.add_argument("--division")
-    parser.add_argument("--team")
+    parser.add_argument("--division", help="business division, e.g. inovacao")
+    parser.add_argument("--team", help="owning team, e.g. ia")
     parser.add_argument("--budget-usd", type=_money, help="hard monthly budget in USD")
-    parser.add_argument("--max-tokens", type=int, help="max_tokens_per_request")
-    parser.add_argument("--max-requests-per-hour", type=int)
-    parser.add_argument("--max-requests-per-second", type=int, help="burst limit")
+    parser.add_argument("--max-tokens", type=_count(1, 10_000_000), help="max_tokens_per_request")
+    parser.add_argument(
+        "--max-requests-per-hour", type=_count(0, INT32_MAX), help="hourly request limit"
+    )
+    parser.add_argument("--max-requests-per-second", type=_count(0, INT32_MAX), help="burst limit")
     parser.add_argument("--models", help="allowed models, comma separated")
     parser.add_argument("--compliance", help="compliance rules: lgpd,pii_detection")
-    parser.add_argument("--pii-action", choices=["block", "redact"])
+    parser.add_argument(
+        "--pii-action", choices=["block", "redact"], help="what to do with personal data"
+    )
     parser.add_argument(
         "--cache",
         action=argparse.BooleanOptionalAction,
@@ -312,17 +409,19 @@ def register(sub: Any) -> None:
     psub.required = True
     create = psub.add_parser("create", help="create a project and its first API key")
     _project_options(create, creating=True)
-    create.add_argument("--scopes", help="scopes of the first key (default: all)")
+    create.add_argument(
+        "--scopes", type=_scopes, help="scopes of the first key, comma separated (default: all)"
+    )
     create.set_defaults(func=_runner(project_create))
     update = psub.add_parser("update", help="change a project's governance fields")
     _project_options(update, creating=False)
     update.set_defaults(func=_runner(project_update))
     for action, text in (("suspend", "suspend a project"), ("resume", "resume a project")):
         cmd = psub.add_parser(action, help=text)
-        cmd.add_argument("--id", required=True)
+        cmd.add_argument("--id", required=True, help="project id")
         cmd.set_defaults(func=_runner(project_status))
     show = psub.add_parser("show", help="a project and its keys")
-    show.add_argument("--id", required=True)
+    show.add_argument("--id", required=True, help="project id")
     show.set_defaults(func=_runner(project_show))
     listing = psub.add_parser("list", help="every project")
     listing.set_defaults(func=_runner(project_list))
@@ -331,19 +430,26 @@ def register(sub: Any) -> None:
     ksub = key.add_subparsers(dest="action", metavar="ACTION", parser_class=type(key))
     ksub.required = True
     kcreate = ksub.add_parser("create", help="a new API key (shown once)")
-    kcreate.add_argument("--project", required=True)
-    kcreate.add_argument("--scopes", help="comma separated: invoke_llm,read_metrics")
-    kcreate.add_argument("--name")
+    kcreate.add_argument("--project", required=True, help="project id")
+    kcreate.add_argument(
+        "--scopes", type=_scopes, help="comma separated: invoke_llm,read_metrics (default: all)"
+    )
+    kcreate.add_argument("--name", help="a label, e.g. the application using the key")
     kcreate.set_defaults(func=_runner(key_create))
     klist = ksub.add_parser("list", help="a project's keys (without secrets)")
-    klist.add_argument("--project", required=True)
+    klist.add_argument("--project", required=True, help="project id")
     klist.set_defaults(func=_runner(key_list))
     krevoke = ksub.add_parser("revoke", help="revoke a key at once")
-    krevoke.add_argument("--key-id", required=True)
+    krevoke.add_argument("--key-id", required=True, help="the key's public id (bx_<key-id>_...)")
     krevoke.set_defaults(func=_runner(key_revoke))
     krotate = ksub.add_parser("rotate", help="replace a key, keeping the old one for a while")
-    krotate.add_argument("--key-id", required=True)
-    krotate.add_argument("--grace-minutes", type=int, default=60)
+    krotate.add_argument("--key-id", required=True, help="the key's public id (bx_<key-id>_...)")
+    krotate.add_argument(
+        "--grace-minutes",
+        type=_count(0, MAX_GRACE_MINUTES),
+        default=60,
+        help="how long the old key keeps working (default: 60; 0 ends it at once)",
+    )
     krotate.set_defaults(func=_runner(key_rotate))
 
     audit = sub.add_parser("audit", help="the audit trail")

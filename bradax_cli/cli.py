@@ -135,4 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main, not this __main__ copy, so exception classes match.
+    from bradax_cli.cli import main as _main
+
+    raise SystemExit(_main())

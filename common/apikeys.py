@@ -152,18 +152,28 @@ class ApiKeyStore:
         )
         return [_from_row(row) for row in rows]
 
-    async def revoke(self, key_id: str) -> ApiKey:
-        """Revoke now; raises NotFound."""
-        row = await self._db.fetchrow(
+    async def revoke(self, key_id: str, *, conn: asyncpg.Connection | None = None) -> ApiKey:
+        """Revoke now (inside the caller's transaction when `conn` is given); raises NotFound."""
+        query = (
             "UPDATE api_keys SET status = 'revoked', revoked_at = coalesce(revoked_at, now()) "
-            f"WHERE key_id = $1 RETURNING {_COLUMNS}",
-            key_id,
+            f"WHERE key_id = $1 RETURNING {_COLUMNS}"
         )
+        if conn is not None:
+            row = await conn.fetchrow(query, key_id)
+        else:
+            row = await self._db.fetchrow(query, key_id)
         if row is None:
             raise NotFound(f"key {key_id} does not exist")
         return _from_row(row)
 
-    async def rotate(self, key_id: str, grace: timedelta, now: datetime) -> tuple[ApiKey, str]:
+    async def rotate(
+        self,
+        key_id: str,
+        grace: timedelta,
+        now: datetime,
+        *,
+        conn: asyncpg.Connection | None = None,
+    ) -> tuple[ApiKey, str]:
         """A new key with the old one's scopes; the old one stays valid for `grace`.
 
         Raises NotFound, or BadRequest for a negative grace or a key that is revoked, expired
@@ -171,28 +181,32 @@ class ApiKeyStore:
         """
         if grace < timedelta(0):
             raise BadRequest("the grace period cannot be negative")
-        async with self._db.connection() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = $1 FOR UPDATE", key_id
-            )
-            if row is None:
-                raise NotFound(f"key {key_id} does not exist")
-            old = _from_row(row)
-            if not old.usable(now):
-                raise BadRequest(f"key {key_id} is revoked or expired and cannot be rotated")
-            if old.replaced_by is not None:
-                raise BadRequest(
-                    f"key {key_id} was already rotated (replaced by {old.replaced_by})"
-                )
-            new, full = await self.create(
-                old.project_id, scopes=old.scopes, name=old.name, conn=conn
-            )
-            await conn.execute(
-                "UPDATE api_keys SET expires_at = $2, replaced_by = $3 WHERE key_id = $1",
-                key_id,
-                now + grace,
-                new.key_id,
-            )
+        if conn is not None:
+            async with conn.transaction():
+                return await self._rotate(conn, key_id, grace, now)
+        async with self._db.connection() as own, own.transaction():
+            return await self._rotate(own, key_id, grace, now)
+
+    async def _rotate(
+        self, conn: asyncpg.Connection, key_id: str, grace: timedelta, now: datetime
+    ) -> tuple[ApiKey, str]:
+        row = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = $1 FOR UPDATE", key_id
+        )
+        if row is None:
+            raise NotFound(f"key {key_id} does not exist")
+        old = _from_row(row)
+        if not old.usable(now):
+            raise BadRequest(f"key {key_id} is revoked or expired and cannot be rotated")
+        if old.replaced_by is not None:
+            raise BadRequest(f"key {key_id} was already rotated (replaced by {old.replaced_by})")
+        new, full = await self.create(old.project_id, scopes=old.scopes, name=old.name, conn=conn)
+        await conn.execute(
+            "UPDATE api_keys SET expires_at = $2, replaced_by = $3 WHERE key_id = $1",
+            key_id,
+            now + grace,
+            new.key_id,
+        )
         return new, full
 
     async def verify(self, full_key: str, project_id: str | None, now: datetime) -> ApiKey:

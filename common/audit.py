@@ -83,6 +83,10 @@ def _from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+def _text(value: str | None) -> str | None:
+    return value.replace("\x00", "\ufffd") if value is not None else None
+
+
 def canonical(row_id: int, occurred_us: int, values: Iterable[Any]) -> bytes:
     """The bytes a row's hash covers: id, time in microseconds and every field, as JSON."""
     return orjson.dumps([row_id, occurred_us, *values])
@@ -105,14 +109,15 @@ async def append(conn: asyncpg.Connection, events: list[AuditEvent]) -> int:
     for event in events:
         details = orjson.dumps(dict(event.details), option=orjson.OPT_SORT_KEYS).decode()
         occurred_us = _micros(event.occurred_at)
+        # PostgreSQL text cannot hold NUL; client-supplied strings may contain it.
         values = [
-            event.event,
-            event.outcome,
-            event.project_id,
-            event.actor,
-            event.request_id,
-            event.reason,
-            details,
+            _text(event.event),
+            _text(event.outcome),
+            _text(event.project_id),
+            _text(event.actor),
+            _text(event.request_id),
+            _text(event.reason),
+            _text(details),
         ]
         digest = chain_hash(prev, next_id, occurred_us, values)
         moment = _from_micros(occurred_us)

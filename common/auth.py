@@ -69,6 +69,7 @@ class Authenticator:
         self._clock = clock
         self._key_cache_seconds = key_cache_seconds
         self._key_cache: dict[bytes, tuple[float, Principal]] = {}
+        self._key_status: dict[str, float] = {}
 
     def verify_token(self, header: str | None, scope: str) -> Principal:
         """Signature, claims and scope of an access token (no revocation check)."""
@@ -95,19 +96,36 @@ class Authenticator:
             principal = await self.verify_credential(header, scope)
         else:
             principal = self.verify_token(header, scope)
+        await self.ensure_key_usable(principal)
         await self.check_revocation(principal)
         return principal
+
+    async def ensure_key_usable(self, principal: Principal) -> None:
+        """Unauthorized if the token's API key was revoked or expired (checked in PostgreSQL
+        at most every key_cache_seconds): revocation holds even if Redis missed it."""
+        if principal.via != "token":
+            return  # API keys are verified against PostgreSQL with the same cache
+        now = self._clock()
+        if self._key_status.get(principal.key_id, 0.0) > now:
+            return
+        key = await self._keys.get(principal.key_id)
+        if key is None or not key.usable(datetime.fromtimestamp(now, UTC)):
+            self._key_status.pop(principal.key_id, None)
+            raise Unauthorized("credential has been revoked", code="revoked")
+        if len(self._key_status) > 10_000:
+            self._key_status.clear()
+        until = now + self._key_cache_seconds
+        if key.expires_at is not None:
+            until = min(until, key.expires_at.timestamp())
+        self._key_status[principal.key_id] = until
 
     async def check_revocation(self, principal: Principal) -> None:
         """Unauthorized if any deny-list entry for the credential exists (503 if Redis is down)."""
         entries = principal.deny()
-        found = await self._redis.call("EXISTS", *(entry.key for entry in entries))
-        if int(found):
-            pipe_values = await self._redis.call("MGET", *(entry.key for entry in entries))
-            for entry, value in zip(entries, pipe_values, strict=True):
-                if value is not None:
-                    raise Unauthorized(entry.reason, code="revoked")
-            raise Unauthorized("credential has been revoked", code="revoked")
+        values = await self._redis.call("MGET", *(entry.key for entry in entries))
+        for entry, value in zip(entries, values, strict=True):
+            if value is not None:
+                raise Unauthorized(entry.reason, code="revoked")
 
     async def _api_key_principal(self, credential: str) -> Principal:
         digest = hashlib.sha256(credential.encode()).digest()
@@ -128,3 +146,4 @@ class Authenticator:
     def forget_keys(self) -> None:
         """Drop cached API-key verifications."""
         self._key_cache.clear()
+        self._key_status.clear()

@@ -10,6 +10,7 @@ OpenAI's shape under /v1/), turns anything else into a generic 500, and stamps X
 from __future__ import annotations
 
 import ipaddress
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -31,7 +32,7 @@ from common.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from common.logs import get_logger, request_id_var
+from common.logs import function_var, get_logger, request_id_var
 
 Handler = Callable[[Request], Awaitable[Response]]
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -45,10 +46,23 @@ class RequestTelemetry(Protocol):
     def request_finished(self, method: str, route: str, status: int, seconds: float) -> None: ...
 
 
+# Request ids need uniqueness, not secrecy: a PRNG seeded from the OS is enough and much
+# cheaper than a system call per request.
+_ids = random.Random(secrets.randbits(128))
+_stamp: tuple[int, str] = (0, "")
+
+
 def new_request_id(now: datetime | None = None) -> str:
     """A fresh request id: req_YYYYMMDD_HHMMSS_<12 hex>."""
-    moment = now or datetime.now(UTC)
-    return f"req_{moment:%Y%m%d_%H%M%S}_{secrets.token_hex(6)}"
+    global _stamp
+    if now is not None:
+        prefix = f"req_{now:%Y%m%d_%H%M%S}_"
+    else:
+        second = int(time.time())
+        if _stamp[0] != second:
+            _stamp = (second, f"req_{datetime.fromtimestamp(second, UTC):%Y%m%d_%H%M%S}_")
+        prefix = _stamp[1]
+    return f"{prefix}{_ids.getrandbits(48):012x}"
 
 
 class JSONResponse(Response):
@@ -219,8 +233,9 @@ class FunctionApp:
             telemetry.request_started()
         request_id = new_request_id()
         token = request_id_var.set(request_id)
+        function_token = function_var.set(self.name)
         request.state.request_id = request_id
-        path = request.url.path
+        path: str = request.scope["path"]
         route_label = path if path in self._table else "other"
         try:
             response = await self._dispatch(request, path)
@@ -233,6 +248,7 @@ class FunctionApp:
             )
         finally:
             request_id_var.reset(token)
+            function_var.reset(function_token)
         response.headers.setdefault("X-Request-ID", request.state.request_id)
         if telemetry is not None:
             elapsed = time.perf_counter() - started

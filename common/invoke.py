@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common import pii
+from common.apikeys import looks_like_key
 from common.audit import STREAM as AUDIT_STREAM
 from common.audit import AuditEvent
 from common.auth import Authenticator, Principal
@@ -61,6 +62,7 @@ from common.quota import (
 )
 from common.redis import RedisStore
 from common.schemas import ChatCompletionRequest, InvokeRequest
+from common.sessions import FailureGate
 from common.settings import Settings
 from common.telemetry import Telemetry
 
@@ -151,6 +153,7 @@ class Invoker:
         telemetry: Telemetry,
         drainer: Drainer,
         pending: PendingSettles,
+        failures: FailureGate,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -162,6 +165,7 @@ class Invoker:
         self.telemetry = telemetry
         self.drainer = drainer
         self.pending = pending
+        self.failures = failures
         self.clock = clock
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -173,12 +177,12 @@ class Invoker:
         request_id: str = request.state.request_id
         principal: Principal | None = None
         try:
+            header = request.headers.get("authorization")
             if api == "openai":
-                principal = await self.auth.verify_credential(
-                    request.headers.get("authorization"), SCOPE
-                )
+                principal = await self._api_credential(request, header)
             else:
-                principal = self.auth.verify_token(request.headers.get("authorization"), SCOPE)
+                principal = self.auth.verify_token(header, SCOPE)
+            await self.auth.ensure_key_usable(principal)
             raw = await read_body(request, self.settings.max_body_bytes)
             if not raw:
                 raise BadRequest("request body is empty; a JSON object is required")
@@ -188,11 +192,24 @@ class Invoker:
             await self._deny(request_id, principal, exc)
             raise
 
+    async def _api_credential(self, request: Request, header: str | None) -> Principal:
+        """A token or API key; failed API-key guesses count against the client IP."""
+        if not header or not looks_like_key(header.partition(" ")[2].strip()):
+            return await self.auth.verify_credential(header, SCOPE)
+        ip = client_ip(request, self.settings.trusted_proxies)
+        now_ms = int(self.clock() * 1000)
+        await self.failures.check(ip, None, now_ms)
+        try:
+            return await self.auth.verify_credential(header, SCOPE)
+        except Unauthorized:
+            await self.failures.record(ip, None, now_ms)
+            raise
+
     async def models(self, request: Request) -> Response:
         """GET /v1/models: the models this project may use."""
-        principal = await self.auth.authenticate(
-            request.headers.get("authorization"), SCOPE, allow_api_key=True
-        )
+        principal = await self._api_credential(request, request.headers.get("authorization"))
+        await self.auth.ensure_key_usable(principal)
+        await self.auth.check_revocation(principal)
         project = await self._project(principal)
         allowed = [m for m in project.allowed_models if self.client.catalog.get(m) is not None]
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "bradax"} for m in allowed]

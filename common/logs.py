@@ -21,10 +21,11 @@ from aws_lambda_powertools.logging.formatter import BasePowertoolsFormatter
 LOGGER_NAME = "bradax.broker"
 
 request_id_var: ContextVar[str | None] = ContextVar("bradax_request_id", default=None)
+function_var: ContextVar[str | None] = ContextVar("bradax_function", default=None)
 
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__.keys()
-    | {"message", "asctime", "taskName"}
+    | {"message", "asctime", "taskName", "service", "sampling_rate"}
 )
 
 
@@ -41,15 +42,18 @@ def mask_project(project_id: str | None) -> str | None:
 class SpecFormatter(BasePowertoolsFormatter):
     """Formats a record as {timestamp, level, logger, message, extra{request_id, ...}}."""
 
-    def __init__(self, function: str | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._static: dict[str, Any] = {"function": function} if function else {}
+        self._static: dict[str, Any] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         extra: dict[str, Any] = {}
         request_id = request_id_var.get()
         if request_id is not None:
             extra["request_id"] = request_id
+        function = function_var.get()
+        if function is not None:
+            extra["function"] = function
         extra.update(self._static)
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
@@ -105,11 +109,8 @@ def get_logger() -> Logger:
     return _logger
 
 
-def configure(level: str, function: str | None = None) -> Logger:
-    """Set the log level (LOG_LEVEL) and the function name shown on every line."""
+def configure(level: str) -> Logger:
+    """Set the log level (LOG_LEVEL)."""
     logger = get_logger()
     logger.setLevel(level)
-    formatter = logger.registered_formatter
-    if function and isinstance(formatter, SpecFormatter):
-        formatter.append_keys(function=function)
     return logger

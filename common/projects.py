@@ -36,8 +36,8 @@ class ProjectFields(BaseModel):
     team: str | None = Field(default=None, max_length=100)
     budget_monthly_usd: Decimal | None = Field(default=None, ge=0, max_digits=14, decimal_places=4)
     max_tokens_per_request: int | None = Field(default=None, gt=0, le=10_000_000)
-    max_requests_per_hour: int | None = Field(default=None, ge=0)
-    max_requests_per_second: int | None = Field(default=None, ge=0)
+    max_requests_per_hour: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    max_requests_per_second: int | None = Field(default=None, ge=0, le=2**31 - 1)
     allowed_models: tuple[str, ...] | None = None
     compliance_rules: tuple[str, ...] | None = None
     pii_action: Literal["block", "redact"] | None = None

@@ -14,9 +14,11 @@ admitting anything. Every Redis failure is ServiceUnavailable: nothing is grante
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
+
+import orjson
 
 from common.db import Database
 from common.errors import BudgetExceeded, RateLimited, ServiceUnavailable, Unauthorized
@@ -42,7 +44,8 @@ def from_nano(nano: int) -> Decimal:
 
 def budget_month(now: datetime) -> str:
     """The budget period a moment belongs to: YYYYMM in UTC."""
-    return now.astimezone(UTC).strftime("%Y%m")
+    now = now.astimezone(UTC)
+    return f"{now.year:04d}{now.month:02d}"
 
 
 def month_end(now: datetime) -> datetime:
@@ -159,56 +162,37 @@ class UsageRecord:
     cached: bool
     budget_month: str
     created_at_ms: int
-    extra: dict[str, str] = field(default_factory=dict)
 
-    def fields(self) -> list[str]:
-        """Flat field/value list for XADD."""
-        values: dict[str, str] = {
-            "rid": self.request_id,
-            "project": self.project_id,
-            "key": self.key_id or "",
-            "model": self.model,
-            "umodel": self.upstream_model or "",
-            "pt": str(self.prompt_tokens),
-            "ct": str(self.completion_tokens),
-            "cost": str(self.cost_usd),
-            "lat": str(self.latency_ms),
-            "status": self.status,
-            "http": str(self.http_status),
-            "err": self.error_code or "",
-            "stream": "1" if self.streamed else "0",
-            "cached": "1" if self.cached else "0",
-            "month": self.budget_month,
-            "at": str(self.created_at_ms),
-        }
-        values.update(self.extra)
-        flat: list[str] = []
-        for key, value in values.items():
-            flat.extend((key, value))
-        return flat
+    def to_json(self) -> bytes:
+        """The record as it travels in the ledger stream."""
+        return orjson.dumps(
+            [
+                self.request_id,
+                self.project_id,
+                self.key_id,
+                self.model,
+                self.upstream_model,
+                self.prompt_tokens,
+                self.completion_tokens,
+                str(self.cost_usd),
+                self.latency_ms,
+                self.status,
+                self.http_status,
+                self.error_code,
+                self.streamed,
+                self.cached,
+                self.budget_month,
+                self.created_at_ms,
+            ]
+        )
 
     @classmethod
-    def from_fields(cls, raw: Mapping[bytes, bytes]) -> UsageRecord:
-        """Inverse of fields() (stream entries come back as bytes)."""
-        get = {k.decode(): v.decode() for k, v in raw.items()}
-        return cls(
-            request_id=get["rid"],
-            project_id=get["project"],
-            key_id=get["key"] or None,
-            model=get["model"],
-            upstream_model=get["umodel"] or None,
-            prompt_tokens=int(get["pt"]),
-            completion_tokens=int(get["ct"]),
-            cost_usd=Decimal(get["cost"]),
-            latency_ms=int(get["lat"]),
-            status=get["status"],
-            http_status=int(get["http"]),
-            error_code=get["err"] or None,
-            streamed=get["stream"] == "1",
-            cached=get["cached"] == "1",
-            budget_month=get["month"],
-            created_at_ms=int(get["at"]),
-        )
+    def from_json(cls, raw: bytes) -> UsageRecord:
+        """Inverse of to_json()."""
+        values = orjson.loads(raw)
+        record = cls(*values)
+        record.cost_usd = Decimal(values[7])
+        return record
 
 
 class Governor:
@@ -322,20 +306,16 @@ class Governor:
             f"bx:bsoft:{project_id}:{month}",
             METRICS_HASH,
         ]
-        metric_items = list((metrics or {}).items())
         args: list[object] = [
             request_id,
             to_nano(actual),
             DONE_TTL,
             soft_nano,
             MONTH_TTL,
-            1 if record is not None else 0,
-            len(metric_items),
+            record.to_json() if record is not None else b"",
         ]
-        for name, amount in metric_items:
+        for name, amount in (metrics or {}).items():
             args.extend((name, amount))
-        if record is not None:
-            args.extend(record.fields())
         result = await self._redis.run("settle.lua", keys, args)
         if int(result[0]) == -1:
             return Settlement(duplicate=True)

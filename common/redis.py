@@ -7,18 +7,19 @@ the client reconnects on its own when Redis comes back.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Awaitable
 from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.errors import ServiceUnavailable
+from common.resp import RespClient, RespConnectionError
 from common.settings import Settings
 
 T = TypeVar("T")
@@ -44,24 +45,34 @@ class RedisStore:
             decode_responses=False,
             health_check_interval=0,
         )
-        self._scripts: dict[str, AsyncScript] = {}
+        # Hot-path scripts go through one pipelined connection (see common.resp).
+        self.fast = RespClient(settings.redis_url.get_secret_value(), timeout=timeout)
+        self._scripts: dict[str, tuple[str, str]] = {}
 
-    def script(self, name: str) -> AsyncScript:
-        """A registered script (EVALSHA, re-loaded by redis-py after a Redis restart)."""
+    def script(self, name: str) -> tuple[str, str]:
+        """(sha1, text) of a script shipped in common/lua/."""
         found = self._scripts.get(name)
         if found is None:
-            found = self.client.register_script(load_script(name))
+            text = load_script(name)
+            found = (hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest(), text)
             self._scripts[name] = found
         return found
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a Lua script atomically; unreachable Redis -> ServiceUnavailable."""
+        """Run a Lua script atomically (EVALSHA, loaded on NOSCRIPT); Redis down -> 503."""
+        sha, text = self.script(name)
         try:
-            return await self.script(name)(keys=keys, args=args)
-        except UNAVAILABLE as exc:
+            try:
+                return await self.fast.execute("EVALSHA", sha, len(keys), *keys, *args)
+            except ResponseError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await self.fast.execute("SCRIPT", "LOAD", text)
+                return await self.fast.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except RespConnectionError as exc:
             raise ServiceUnavailable("governance store (redis) unavailable") from exc
         except ResponseError as exc:
-            if "BUSY" in str(exc) or "LOADING" in str(exc):
+            if str(exc).startswith(("BUSY", "LOADING")):
                 raise ServiceUnavailable("governance store (redis) is busy") from exc
             raise
 
@@ -95,6 +106,7 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connections."""
+        self.fast.close()
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()

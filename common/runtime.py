@@ -24,7 +24,7 @@ def function_app(name: str, routes: Iterable[Route]) -> FunctionApp:
     except ConfigError as exc:
         print(f"bradax {name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logs(settings.log_level, name)
+    configure_logs(settings.log_level)
     from common import services
 
     return make_function(

@@ -15,7 +15,12 @@ from common.tokens import TokenService
 
 tokens: deps.Lazy[TokenService] = deps.Lazy(lambda: TokenService(deps.settings()))
 authenticator: deps.Lazy[Authenticator] = deps.Lazy(
-    lambda: Authenticator(tokens.get(), ApiKeyStore(deps.db.get()), deps.redis.get())
+    lambda: Authenticator(
+        tokens.get(),
+        ApiKeyStore(deps.db.get()),
+        deps.redis.get(),
+        key_cache_seconds=deps.settings().policy_cache_seconds,
+    )
 )
 governor: deps.Lazy[Governor] = deps.Lazy(
     lambda: Governor(

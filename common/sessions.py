@@ -2,8 +2,9 @@
 
 Refresh tokens are single-use and belong to a family (one login). Using one rotates it;
 presenting an already-used one again means it was stolen, so the whole family is revoked
-(in PostgreSQL for refresh, in the Redis deny-list for live access tokens). Failed attempts
-are counted per client IP and per project to contain brute force.
+(in PostgreSQL for refresh, in the Redis deny-list for live access tokens). Tokens never
+outlive their API key's rotation grace. Failed attempts are counted per client IP and per
+project to contain brute force.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from common.quota import Governor, Limit
 from common.redis import RedisStore
 from common.settings import Settings
 from common.tokens import Claims, TokenService
+
+KEY_GONE = "the API key behind this session was revoked or has expired"
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class SessionService:
             if state["key_status"] != "active" or (
                 state["key_expires_at"] is not None and state["key_expires_at"] <= now
             ):
-                raise Unauthorized("the API key behind this session was revoked", code="revoked")
+                raise Unauthorized(KEY_GONE, code="revoked")
             if state["project_status"] != "active":
                 raise ProjectSuspended(f"project {claims.project_id} is suspended")
             consumed = await conn.fetchval(
@@ -158,7 +161,7 @@ class SessionService:
                 await self._reused(conn, claims, now)
         key = await self._keys.get(claims.key_id)
         if key is None:
-            raise Unauthorized("the API key behind this session was revoked", code="revoked")
+            raise Unauthorized(KEY_GONE, code="revoked")
         return await self._issue(key, claims.family, now)
 
     async def _reused(self, conn: Any, claims: Claims, now: datetime) -> NoReturn:

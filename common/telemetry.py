@@ -17,6 +17,7 @@ import secrets
 import socket
 from collections import Counter
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from common.background import stop_task
@@ -48,6 +49,18 @@ def parse_field(raw: str) -> tuple[str, dict[str, str]]:
             key, _, value = pair.partition("=")
             labels[key] = value
     return name, labels
+
+
+@lru_cache(maxsize=4096)
+def _request_fields(method: str, route: str, status: int) -> tuple[str, list[str], str, str]:
+    """The hash fields one request increments (labels are few: cache the strings)."""
+    labels = {"method": method, "endpoint": route}
+    return (
+        field("requests_total", method=method, endpoint=route, status=str(status)),
+        [field("request_duration_bucket", **labels, le=repr(bound)) for bound in BUCKETS],
+        field("request_duration_count", **labels),
+        field("request_duration_sum_us", **labels),
+    )
 
 
 def _clean(value: str) -> str:
@@ -88,14 +101,14 @@ class Telemetry:
         if not self.enabled:
             return
         pending = self._pending
-        pending[field("requests_total", method=method, endpoint=route, status=str(status))] += 1
-        labels = {"method": method, "endpoint": route}
-        for bound in BUCKETS:
+        total, buckets, count, micros = _request_fields(method, route, status)
+        pending[total] += 1
+        for bound, name in zip(BUCKETS, buckets, strict=True):
             if seconds <= bound:
-                pending[field("request_duration_bucket", **labels, le=repr(bound))] += 1
+                pending[name] += 1
                 break
-        pending[field("request_duration_count", **labels)] += 1
-        pending[field("request_duration_sum_us", **labels)] += int(seconds * 1_000_000)
+        pending[count] += 1
+        pending[micros] += int(seconds * 1_000_000)
         self._ensure_task()
 
     def _ensure_task(self) -> None:

@@ -175,7 +175,11 @@ def configure(database_url: str, redis_url: str) -> Any:
     """Put settings with overrides in force: configure(openai_timeout=2, ...)."""
 
     def apply(**overrides: Any) -> Settings:
-        current = make_settings(database_url, redis_url, **overrides)
+        current = make_settings(
+            overrides.pop("database_url", database_url),
+            overrides.pop("redis_url", redis_url),
+            **overrides,
+        )
         deps.configure(current)
         return current
 
@@ -472,8 +476,15 @@ async def ledger_rows(settings: Settings, project_id: str | None = None) -> list
     redis = RedisStore(settings)
     try:
         drainer = Drainer(redis, db, audit_enabled=settings.audit_logging_enabled)
-        while await drainer.drain_once():
-            pass
+        # Another drainer (the broker's own) may hold entries it is writing: wait for it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            await drainer.drain_once()
+            backlog = int(await redis.call("XLEN", "bx:ledger"))
+            backlog += int(await redis.call("XLEN", "bx:audit"))
+            if backlog == 0:
+                break
+            await asyncio.sleep(0.02)
         query = "SELECT * FROM usage_ledger"
         args: list[Any] = []
         if project_id is not None:

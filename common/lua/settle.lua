@@ -8,8 +8,7 @@
 -- KEYS: 1 budget hash, 2 reservation zset, 3 reservation amounts, 4 done marker,
 --       5 ledger stream, 6 orphans hash, 7 soft-threshold marker, 8 metrics hash
 -- ARGV: 1 request_id, 2 actual_nano, 3 done_ttl_s, 4 soft_nano (0 = none), 5 soft_ttl_s,
---       6 record (0/1), 7 n metric increments, then metric field/amount pairs,
---       then ledger field/value pairs.
+--       6 the usage record (JSON; empty = none), then metric field/amount pairs.
 -- Returns {-1} if this call was already settled, else {1, spent_nano or -1, soft_crossed}.
 local rid = ARGV[1]
 local actual = tonumber(ARGV[2])
@@ -36,18 +35,11 @@ elseif actual > 0 then
   redis.call("HSET", KEYS[6], rid, actual)
 end
 
-local n_metrics = tonumber(ARGV[7])
-local pos = 8
-for _ = 1, n_metrics do
+for pos = 7, #ARGV, 2 do
   redis.call("HINCRBY", KEYS[8], ARGV[pos], tonumber(ARGV[pos + 1]))
-  pos = pos + 2
 end
 
-if ARGV[6] == "1" then
-  local fields = {}
-  for i = pos, #ARGV do
-    fields[#fields + 1] = ARGV[i]
-  end
-  redis.call("XADD", KEYS[5], "*", unpack(fields))
+if ARGV[6] ~= "" then
+  redis.call("XADD", KEYS[5], "*", "r", ARGV[6])
 end
 return {1, spent, crossed}

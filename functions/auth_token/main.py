@@ -6,9 +6,9 @@ Serve alone: functions-framework --asgi --source functions/auth_token/main.py --
 
 from __future__ import annotations
 
+import re
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -16,8 +16,9 @@ from starlette.responses import Response
 
 from common import deps, services
 from common.audit import AuditEvent
-from common.errors import BrokerError, RateLimited, Unauthorized
+from common.errors import BadRequest, BrokerError, RateLimited, Unauthorized
 from common.http import JSONResponse, Route, client_ip, parse_body
+from common.projects import PROJECT_ID_PATTERN
 from common.quota import Limit
 from common.runtime import function_app
 from common.schemas import RefreshRequest, RevokeRequest, TokenRequest
@@ -25,15 +26,20 @@ from common.settings import ConfigError
 from common.tokens import KeySet
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+PROJECT_ID_RULE = "must be 3-128 characters of letters, digits, '_', '.', '-'"
 
 
-@dataclass(frozen=True)
 class Attempt:
     """Who is asking (client IP, request id) and when: what the gate and the audit need."""
 
-    ip: str
-    request_id: str
-    now_ms: int
+    # A plain class, not a dataclass: loaders that exec this file without registering it in
+    # sys.modules (as some tools do) make @dataclass fail on postponed annotations.
+    __slots__ = ("ip", "now_ms", "request_id")
+
+    def __init__(self, ip: str, request_id: str, now_ms: int) -> None:
+        self.ip = ip
+        self.request_id = request_id
+        self.now_ms = now_ms
 
     async def audit(
         self,
@@ -84,6 +90,9 @@ async def _gate(request: Request, event: str, project_id: str | None) -> Attempt
 
 async def issue_token(request: Request) -> Response:
     body = await parse_body(request, TokenRequest, deps.settings().max_body_bytes)
+    if not re.fullmatch(PROJECT_ID_PATTERN, body.project_id):
+        # Checked before it reaches Redis keys and the audit trail (a NUL would break the COPY).
+        raise BadRequest(f"project_id: {PROJECT_ID_RULE}", param="project_id")
     attempt = await _gate(request, "token.issue", body.project_id)
     try:
         pair = await services.sessions.get().login(body.project_id, body.api_key, _now())

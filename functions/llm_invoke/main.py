@@ -41,6 +41,7 @@ _invoker = deps.Lazy(
         telemetry=services.telemetry.get(),
         drainer=services.drainer.get(),
         pending=services.pending_settles.get(),
+        failures=services.failures.get(),
     )
 )
 

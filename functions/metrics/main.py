@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common import deps, prometheus, reports, services
+from common.errors import ProjectSuspended, Unauthorized
 from common.http import JSONResponse, Route
 from common.quota import budget_month, from_nano
 from common.runtime import function_app
@@ -22,6 +23,10 @@ async def project_metrics(request: Request) -> Response:
         request.headers.get("authorization"), "read_metrics"
     )
     project = await services.policies.get().get(principal.project_id)
+    if project is None:
+        raise Unauthorized("project no longer exists", code="revoked")
+    if not project.active:
+        raise ProjectSuspended(f"project {project.id} is suspended")
     now = datetime.now(UTC)
     start, end = reports.window(dict(request.query_params), now)
     drainer = services.drainer.get()
@@ -32,7 +37,7 @@ async def project_metrics(request: Request) -> Response:
     spent = await reports.month_spend(deps.db.get(), principal.project_id, month)
     live = await services.governor.get().spent(principal.project_id, month)
     reserved = from_nano(live[1]) if live else Decimal(0)
-    budget = project.budget_monthly_usd if project else Decimal(0)
+    budget = project.budget_monthly_usd
     body["project_id"] = principal.project_id
     body["window"] = {"from": start.isoformat(), "to": end.isoformat()}
     body["budget"] = {
