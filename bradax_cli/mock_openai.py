@@ -10,6 +10,7 @@ Token arithmetic (so callers can assert exact numbers):
 
 * prompt_tokens = 3 + sum over messages of (4 + whitespace-separated words of the text);
   list contents count the words of their `{"type": "text"}` parts.
+* `/_mock/stats` also shows `last_messages`, the messages of the last chat request as received.
 * the reply is "w0 w1 w2 ..."; completion_tokens = min(reply_words, max_completion_tokens or
   max_tokens); finish_reason is "length" when max tokens cut the reply short, else "stop".
 
@@ -229,6 +230,8 @@ class _Mock:
         self.prompt_total = 0
         self.completion_total = 0
         self.calls: deque[dict[str, Any]] = deque(maxlen=MAX_CALLS)
+        # The messages of the last chat request, as received (lets tests see redaction).
+        self.last_messages: list[Any] | None = None
 
     def config_json(self) -> dict[str, Any]:
         """The current config as a JSON-ready dict."""
@@ -345,6 +348,7 @@ class _Mock:
             self._record(request, model, stream, str(bad.status))
             return bad
         messages: list[Any] = body["messages"]
+        self.last_messages = messages
         prompt = _prompt_tokens(messages)
         if prompt is None:
             self._record(request, model, stream, "400")
@@ -574,6 +578,7 @@ class _Mock:
                 "completion_tokens": self.completion_total,
                 "queued": len(self.queue),
                 "calls": list(self.calls),
+                "last_messages": self.last_messages,
             }
         )
         return web.Response(body=body, content_type=_JSON_CT)

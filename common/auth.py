@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from common.apikeys import ApiKeyStore, looks_like_key
+from common.apikeys import ApiKey, ApiKeyStore, looks_like_key
+from common.cache import AsyncTTLCache
 from common.errors import InsufficientScope, Unauthorized
 from common.quota import DenyKey, deny_keys
 from common.redis import RedisStore
@@ -61,6 +62,7 @@ class Authenticator:
         redis: RedisStore,
         *,
         key_cache_seconds: float = 5.0,
+        stale_for: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.tokens = tokens
@@ -69,7 +71,9 @@ class Authenticator:
         self._clock = clock
         self._key_cache_seconds = key_cache_seconds
         self._key_cache: dict[bytes, tuple[float, Principal]] = {}
-        self._key_status: dict[str, float] = {}
+        self._key_status: AsyncTTLCache[str, ApiKey | None] = AsyncTTLCache(
+            keys.get, ttl=key_cache_seconds, stale_for=stale_for
+        )
 
     def verify_token(self, header: str | None, scope: str) -> Principal:
         """Signature, claims and scope of an access token (no revocation check)."""
@@ -101,23 +105,13 @@ class Authenticator:
         return principal
 
     async def ensure_key_usable(self, principal: Principal) -> None:
-        """Unauthorized if the token's API key was revoked or expired (checked in PostgreSQL
+        """Unauthorized if the token's API key was revoked or expired (read from PostgreSQL
         at most every key_cache_seconds): revocation holds even if Redis missed it."""
         if principal.via != "token":
             return  # API keys are verified against PostgreSQL with the same cache
-        now = self._clock()
-        if self._key_status.get(principal.key_id, 0.0) > now:
-            return
-        key = await self._keys.get(principal.key_id)
-        if key is None or not key.usable(datetime.fromtimestamp(now, UTC)):
-            self._key_status.pop(principal.key_id, None)
+        key = await self._key_status.get(principal.key_id)
+        if key is None or not key.usable(datetime.fromtimestamp(self._clock(), UTC)):
             raise Unauthorized("credential has been revoked", code="revoked")
-        if len(self._key_status) > 10_000:
-            self._key_status.clear()
-        until = now + self._key_cache_seconds
-        if key.expires_at is not None:
-            until = min(until, key.expires_at.timestamp())
-        self._key_status[principal.key_id] = until
 
     async def check_revocation(self, principal: Principal) -> None:
         """Unauthorized if any deny-list entry for the credential exists (503 if Redis is down)."""
@@ -146,4 +140,4 @@ class Authenticator:
     def forget_keys(self) -> None:
         """Drop cached API-key verifications."""
         self._key_cache.clear()
-        self._key_status.clear()
+        self._key_status.forget()

@@ -2,7 +2,9 @@
 
 Every line is one JSON object: timestamp, level, logger, message and `extra`, which holds the
 request_id of the request being served (from a context variable, so concurrent requests never
-mix) and whatever fields the call passed. Secrets are never logged; project ids are masked.
+mix) and whatever fields the call passed. Secrets are never logged: callers pass ids, never
+credentials or prompt text, and the formatter masks any field whose name says it holds one
+(defence in depth). Project ids are masked (`proj_...c3d4`); money fields are JSON numbers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import traceback
 from collections.abc import Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -27,16 +30,63 @@ _STANDARD_ATTRS = frozenset(
     logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__.keys()
     | {"message", "asctime", "taskName", "service", "sampling_rate"}
 )
+# Keys powertools appends on its own; `logger` already names the service.
+_POWERTOOLS_KEYS = frozenset({"service", "sampling_rate"})
+# Fields the spec shows as JSON numbers, whatever type the caller passed.
+_NUMBER_FIELDS = frozenset({"cost_usd"})
+# Field names that would hold a credential or client text: their value is never written.
+_SECRET_FIELDS = frozenset(
+    {
+        "api_key",
+        "access_token",
+        "refresh_token",
+        "token",
+        "authorization",
+        "password",
+        "secret",
+        "jwt_secret_key",
+        "openai_api_key",
+        "database_url",
+        "redis_url",
+        "prompt",
+        "messages",
+        "content",
+    }
+)
+REDACTED = "***"
 
 
 def mask_project(project_id: str | None) -> str | None:
-    """The project id as logs show it: `proj_...c3d4` (prefix and last four characters)."""
+    """The project id as logs show it: `proj_...c3d4` (prefix and last four characters).
+
+    The tail is left out when it would leave fewer than four characters hidden.
+    """
     if not project_id:
         return project_id
-    if len(project_id) <= 8:
-        return project_id[:2] + "..."
-    prefix = project_id.split("_", 1)[0] + "_" if "_" in project_id else project_id[:2]
-    return f"{prefix}...{project_id[-4:]}"
+    head, sep, _ = project_id.partition("_")
+    prefix = head + sep if sep and len(head) <= 5 else project_id[:2]
+    tail = project_id[-4:]
+    if len(project_id) - len(prefix) - len(tail) < 4:
+        tail = ""
+    return f"{prefix}...{tail}"
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, str | Decimal):
+        return value
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        return value
+    return float(amount) if amount.is_finite() else value
+
+
+def _field(key: str, value: Any) -> Any:
+    if key.lower() in _SECRET_FIELDS:
+        return REDACTED
+    if key in _NUMBER_FIELDS:
+        return _number(value)
+    return value
 
 
 class SpecFormatter(BasePowertoolsFormatter):
@@ -54,10 +104,11 @@ class SpecFormatter(BasePowertoolsFormatter):
         function = function_var.get()
         if function is not None:
             extra["function"] = function
-        extra.update(self._static)
+        for key, value in self._static.items():
+            extra[key] = _field(key, value)
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                extra[key] = value
+                extra[key] = _field(key, value)
         line: dict[str, Any] = {
             "timestamp": datetime.fromtimestamp(record.created, UTC)
             .isoformat(timespec="milliseconds")
@@ -73,7 +124,7 @@ class SpecFormatter(BasePowertoolsFormatter):
 
     # powertools' key-management hooks: we keep per-request keys in a context variable.
     def append_keys(self, **additional_keys: Any) -> None:
-        self._static.update(additional_keys)
+        self._static.update({k: v for k, v in additional_keys.items() if k not in _POWERTOOLS_KEYS})
 
     def get_current_keys(self) -> dict[str, Any]:
         return dict(self._static)

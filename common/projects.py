@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.cache import AsyncTTLCache
 from common.db import Database
 from common.errors import BadRequest, Conflict, NotFound
 
@@ -191,27 +192,24 @@ def _to_db(name: str, value: Any) -> Any:
 
 
 class PolicyCache:
-    """Projects kept in memory for `ttl` seconds (None results too, briefly)."""
+    """Projects kept in memory for `ttl` seconds (misses too), single-flight, stale on outage."""
 
     def __init__(
-        self, store: ProjectStore, ttl: float, clock: Callable[[], float] = time.monotonic
+        self,
+        store: ProjectStore,
+        ttl: float,
+        *,
+        stale_for: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
-        self._ttl = ttl
-        self._clock = clock
-        self._items: dict[str, tuple[float, Project | None]] = {}
+        self._cache: AsyncTTLCache[str, Project | None] = AsyncTTLCache(
+            store.get, ttl=ttl, stale_for=stale_for, clock=clock
+        )
 
     async def get(self, project_id: str) -> Project | None:
         """The project as of at most `ttl` seconds ago."""
-        now = self._clock()
-        hit = self._items.get(project_id)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        project = await self._store.get(project_id)
-        if len(self._items) > 10_000:
-            self._items.clear()
-        self._items[project_id] = (now, project)
-        return project
+        return await self._cache.get(project_id)
 
     async def all(self) -> list[Project]:
         """Every project (not cached: used by the metrics scrape)."""
@@ -219,7 +217,4 @@ class PolicyCache:
 
     def forget(self, project_id: str | None = None) -> None:
         """Drop one project (or all) from the cache."""
-        if project_id is None:
-            self._items.clear()
-        else:
-            self._items.pop(project_id, None)
+        self._cache.forget(project_id)

@@ -21,7 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from common.quota import LEDGER_STREAM, from_nano
+from common.quota import LEDGER_STREAM, budget_keys, from_nano
 from common.redis import RedisStore
 from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, parse_field
 
@@ -85,24 +85,48 @@ class Snapshot:
 
 
 async def snapshot(redis: RedisStore, budgets: dict[str, tuple[Decimal, Decimal]]) -> Snapshot:
-    """Read the counters and live instances' gauges from Redis."""
+    """Read the counters and live instances' gauges from Redis (instances past their TTL
+    have expired and are not counted)."""
     raw = await redis.call("HGETALL", COUNTERS)
     counters = {k.decode(): int(v) for k, v in _pairs(raw)}
-    gauges: dict[str, int] = defaultdict(int)
-    instances = 0
+    keys: list[bytes] = []
     cursor = 0
     while True:
-        cursor, keys = await redis.call("SCAN", cursor, "MATCH", GAUGE_PREFIX + "*", "COUNT", 500)
+        cursor, found = await redis.call("SCAN", cursor, "MATCH", GAUGE_PREFIX + "*", "COUNT", 500)
+        keys.extend(found)
+        if int(cursor) == 0:
+            break
+    gauges: dict[str, int] = defaultdict(int)
+    instances = 0
+    if keys:
+        pipe = redis.pipeline(transaction=False)
         for key in keys:
-            values = await redis.call("HGETALL", key)
-            if values:
+            pipe.hgetall(key)
+        for values in await redis.guard(pipe.execute()):
+            if values:  # expired between SCAN and HGETALL: not live
                 instances += 1
                 for name, value in _pairs(values):
                     gauges[name.decode()] += int(value)
-        if int(cursor) == 0:
-            break
     pending = int(await redis.call("XLEN", LEDGER_STREAM))
     return Snapshot(counters, dict(gauges), instances, budgets, pending)
+
+
+async def live_budgets(
+    redis: RedisStore, project_ids: list[str], month: str
+) -> dict[str, tuple[Decimal, Decimal]]:
+    """Redis' (spent, reserved) USD of each project's month, for projects Redis holds."""
+    if not project_ids:
+        return {}
+    pipe = redis.pipeline(transaction=False)
+    for project_id in project_ids:
+        pipe.hmget(budget_keys(project_id, month)[0], "spent", "reserved")
+    found: dict[str, tuple[Decimal, Decimal]] = {}
+    for project_id, (spent, reserved) in zip(
+        project_ids, await redis.guard(pipe.execute()), strict=True
+    ):
+        if spent is not None:
+            found[project_id] = (from_nano(int(spent)), from_nano(int(reserved or 0)))
+    return found
 
 
 def _pairs(raw: object) -> Iterator[tuple[bytes, bytes]]:
@@ -150,8 +174,14 @@ class SnapshotCollector(Collector):
         )
         db.add_metric(["in_use"], gauges.get("db_in_use", 0))
         db.add_metric(["idle"], gauges.get("db_idle", 0))
-        db.add_metric(["max"], gauges.get("db_max", 0))
         yield db
+        # Capacity is not a state: summing the states above must give the open connections.
+        db_max = GaugeMetricFamily(
+            "bradax_database_connections_max",
+            "PostgreSQL pool capacity (pool size + overflow) across all instances.",
+        )
+        db_max.add_metric([], gauges.get("db_max", 0))
+        yield db_max
         instances = GaugeMetricFamily("bradax_instances", "Function instances reporting.")
         instances.add_metric([], self.snap.instances)
         yield instances

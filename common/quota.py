@@ -13,6 +13,7 @@ admitting anything. Every Redis failure is ServiceUnavailable: nothing is grante
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -202,6 +203,7 @@ class Governor:
         self._redis = redis
         self._db = db
         self._soft = soft_threshold
+        self._rebuilds: dict[tuple[str, str], asyncio.Future[int]] = {}
 
     async def admit(
         self,
@@ -262,8 +264,18 @@ class Governor:
                 )
             assert budget is not None
             assert code == 4
-            await self.rebuild(budget.project_id, budget.month)
+            await self._rebuild_once(budget.project_id, budget.month)
         raise ServiceUnavailable("budget state could not be rebuilt; retry shortly")
+
+    async def _rebuild_once(self, project_id: str, month: str) -> int:
+        """rebuild(), shared by every concurrent caller of this process (one ledger query)."""
+        key = (project_id, month)
+        flight = self._rebuilds.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self.rebuild(project_id, month))
+            self._rebuilds[key] = flight
+            flight.add_done_callback(lambda _: self._rebuilds.pop(key, None))
+        return await asyncio.shield(flight)
 
     async def rebuild(self, project_id: str, month: str) -> int:
         """Restore a month's spend from the ledger (plus calls settled meanwhile); nano-USD."""

@@ -13,6 +13,9 @@ from common.quota import month_end
 
 def parse_moment(value: str, name: str) -> datetime:
     """An ISO date or datetime (naive = UTC); BadRequest naming the parameter."""
+    # An unencoded "+01:00" offset arrives as " 01:00" (a query string's '+' is a space).
+    if len(value) > 6 and value[-6] == " " and value[-3] == ":":
+        value = value[:-6] + "+" + value[-5:]
     try:
         if len(value) == 10:
             return datetime.combine(date.fromisoformat(value), time(0), UTC)
@@ -64,18 +67,37 @@ async def project_usage(
         start,
         end,
     )
-    cost = Decimal(row["cost"]).normalize()
+    cost = Decimal(row["cost"])
     return {
         "total_requests": row["total"],
         "successful_requests": row["ok"],
         "failed_requests": row["total"] - row["ok"],
         "average_latency_ms": round(float(row["latency"])),
         "total_cost_usd": float(cost),
-        "total_cost_usd_exact": format(cost, "f"),
+        "total_cost_usd_exact": usd(cost),
         "models_usage": {r["model"]: r["n"] for r in models},
         "tokens": {"prompt": int(row["prompt"]), "completion": int(row["completion"])},
         "cached_requests": row["cached"],
     }
+
+
+def usd(amount: Decimal) -> str:
+    """A USD amount as an exact plain string without trailing zeros ("0.0000031", "100")."""
+    text = format(amount, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def budget_status(
+    budget: Decimal, ledger_spent: Decimal, live: tuple[Decimal, Decimal] | None
+) -> tuple[Decimal, Decimal, Decimal]:
+    """(used, reserved, remaining) of a month's budget.
+
+    `live` is Redis' (spent, reserved), which admission decides on; the ledger lags it by
+    the calls not drained yet, and holds the figure alone if Redis lost it.
+    """
+    spent, reserved = live if live is not None else (Decimal(0), Decimal(0))
+    used = max(ledger_spent, spent)
+    return used, reserved, max(Decimal(0), budget - used - reserved)
 
 
 async def month_spend(db: Database, project_id: str, month: str) -> Decimal:

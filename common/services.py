@@ -20,6 +20,7 @@ authenticator: deps.Lazy[Authenticator] = deps.Lazy(
         ApiKeyStore(deps.db.get()),
         deps.redis.get(),
         key_cache_seconds=deps.settings().policy_cache_seconds,
+        stale_for=deps.settings().policy_stale_seconds,
     )
 )
 governor: deps.Lazy[Governor] = deps.Lazy(
@@ -31,7 +32,11 @@ audit: deps.Lazy[AuditTrail] = deps.Lazy(
     lambda: AuditTrail(deps.db.get(), deps.settings().audit_logging_enabled)
 )
 policies: deps.Lazy[PolicyCache] = deps.Lazy(
-    lambda: PolicyCache(ProjectStore(deps.db.get()), deps.settings().policy_cache_seconds)
+    lambda: PolicyCache(
+        ProjectStore(deps.db.get()),
+        deps.settings().policy_cache_seconds,
+        stale_for=deps.settings().policy_stale_seconds,
+    )
 )
 sessions: deps.Lazy[SessionService] = deps.Lazy(
     lambda: SessionService(

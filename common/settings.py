@@ -164,6 +164,8 @@ class Settings(BaseSettings):
     budget_soft_threshold: Decimal = Field(default=Decimal("0.8"), gt=0, le=1)
     reservation_timeout_seconds: float | None = Field(default=None, gt=0)
     policy_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # how long cached policy may be served while PostgreSQL cannot answer
+    policy_stale_seconds: float = Field(default=300.0, ge=0, le=86_400)
 
     # Secrets store
     secrets_backend: Literal["env", "secretsmanager", "ssm"] = "env"

