@@ -41,6 +41,17 @@ class EmbeddedPostgres:
                 self._server.cleanup()
             self._server = None
 
+    def pause(self) -> None:
+        """Stop the PostgreSQL server but keep its data (an outage, for fault tests)."""
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=self.data_dir, user=self._server.system_user)
+
+    def resume(self) -> None:
+        """Start the paused server again, on the same socket."""
+        with self._server._lock:
+            self._server.ensure_postgres_running()
+
 
 @dataclass
 class EmbeddedRedis:

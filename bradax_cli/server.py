@@ -19,4 +19,7 @@ def serve(host: str, port: int, *, workers: int = 1, access_log: bool = False) -
         access_log=access_log,
         log_level="warning",
         timeout_graceful_shutdown=10,
+        # X-Forwarded-For is interpreted by the broker itself (TRUSTED_PROXIES), not here.
+        proxy_headers=False,
+        server_header=False,
     )
