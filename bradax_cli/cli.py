@@ -79,6 +79,20 @@ def _cmd_mock(args: argparse.Namespace) -> int:
     return mock_openai.main(args.rest)
 
 
+def _cmd_openapi(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bradax_cli import openapi_doc
+
+    if args.check:
+        current = Path(args.output).read_bytes() if Path(args.output).exists() else b""
+        if current != openapi_doc.render():
+            raise CliError(f"{args.output} is stale: run `bradax openapi`")
+        return 0
+    emit({"written": str(openapi_doc.write(Path(args.output)))})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
     parser = _Parser(prog="bradax", description=__doc__)
@@ -110,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mock.add_argument("rest", nargs=argparse.REMAINDER)
     mock.set_defaults(func=_cmd_mock)
+
+    spec = sub.add_parser("openapi", help="write the broker's merged OpenAPI document")
+    spec.add_argument("--output", default="docs/openapi.json")
+    spec.add_argument("--check", action="store_true", help="fail if the file is stale")
+    spec.set_defaults(func=_cmd_openapi)
 
     from bradax_cli import admin
 

@@ -43,9 +43,10 @@ class EmbeddedPostgres:
 
     def pause(self) -> None:
         """Stop the PostgreSQL server but keep its data (an outage, for fault tests)."""
-        from pgserver._commands import pg_ctl
+        from pgserver import _commands
 
-        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=self.data_dir, user=self._server.system_user)
+        stop = ["-w", "stop", "-m", "fast"]
+        _commands.pg_ctl(stop, pgdata=self.data_dir, user=self._server.system_user)  # type: ignore[attr-defined]
 
     def resume(self) -> None:
         """Start the paused server again, on the same socket."""

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from common import openapi
 from common.errors import (
     BadRequest,
     BrokerError,
@@ -33,6 +34,7 @@ from common.errors import (
     UnsupportedMediaType,
 )
 from common.logs import function_var, get_logger, request_id_var
+from common.openapi import Operation
 
 Handler = Callable[[Request], Awaitable[Response]]
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -191,11 +193,12 @@ def client_ip(request: Request, trusted: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class Route:
-    """One exact path of a function, the methods it accepts, and its handler."""
+    """One exact path of a function, the methods it accepts, its handler and its contract."""
 
     path: str
     handler: Handler
     methods: Sequence[str] = ("GET",)
+    doc: Operation | None = None
 
 
 @dataclass
@@ -221,6 +224,20 @@ class FunctionApp:
     def paths(self) -> list[str]:
         """The exact paths this function answers."""
         return list(self._table)
+
+    def openapi(self) -> dict[str, Any]:
+        """This function's OpenAPI 3.1 document (from its routes' operations)."""
+        operations = [(route.path, route.methods, route.doc) for route in self.routes if route.doc]
+        return openapi.document(f"bradax {self.name}", operations, self.name)
+
+    def serve_openapi(self, path: str) -> None:
+        """Answer GET `path` with this function's OpenAPI document."""
+        document = orjson.dumps(self.openapi())
+
+        async def handler(request: Request) -> Response:
+            return Response(document, media_type="application/json")
+
+        self._table.setdefault(path, {})["GET"] = handler
 
     async def __call__(self, request: Request) -> Response:
         if not self._started:

@@ -17,8 +17,11 @@ from common.logs import configure as configure_logs
 from common.settings import ConfigError
 
 
-def function_app(name: str, routes: Iterable[Route]) -> FunctionApp:
-    """Build a function's app, failing fast (exit 2, one line) on a configuration error."""
+def function_app(
+    name: str, routes: Iterable[Route], *, openapi_path: str | None = None
+) -> FunctionApp:
+    """Build a function's app, failing fast (exit 2, one line) on a configuration error;
+    its OpenAPI document is served at `openapi_path`."""
     try:
         settings = deps.settings()
     except ConfigError as exc:
@@ -27,9 +30,12 @@ def function_app(name: str, routes: Iterable[Route]) -> FunctionApp:
     configure_logs(settings.log_level)
     from common import services
 
-    return make_function(
+    app = make_function(
         name, routes, telemetry=services.telemetry.get, on_first_request=_freeze_startup
     )
+    if openapi_path is not None:
+        app.serve_openapi(openapi_path)
+    return app
 
 
 def _freeze_startup() -> None:

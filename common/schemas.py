@@ -177,3 +177,118 @@ class InvokeResponse(BaseModel):
     request_id: str
     cost_usd: str
     cached: bool = False
+
+
+class ChatCompletionMessage(BaseModel):
+    """The assistant message in an OpenAI chat.completion."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | None = None
+
+
+class ChatCompletionChoice(BaseModel):
+    """One choice of an OpenAI chat.completion."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    message: ChatCompletionMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's chat.completion object (as relayed from the upstream)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    """One model of GET /v1/models."""
+
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """GET /v1/models."""
+
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class HealthServices(BaseModel):
+    """Each dependency's state: healthy, unhealthy, not_configured."""
+
+    database: str
+    redis: str
+    openai: str
+
+
+class HealthResponse(BaseModel):
+    """GET /health."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    timestamp: str
+    services: HealthServices
+    version: str
+
+
+class DetailedHealthResponse(HealthResponse):
+    """GET /health/detailed."""
+
+    checks: dict[str, dict[str, object]]
+    pools: dict[str, dict[str, int]]
+    schema_: dict[str, int | None] = Field(alias="schema")
+    uptime_seconds: float
+
+
+class ReadyResponse(BaseModel):
+    """GET /ready (200: ready; 503: not_ready with reasons)."""
+
+    status: Literal["ready", "not_ready"]
+    reasons: list[str] | None = None
+
+
+class LiveResponse(BaseModel):
+    """GET /live."""
+
+    status: Literal["alive"]
+
+
+class BudgetReport(BaseModel):
+    """The project's budget for the current month (USD as exact strings)."""
+
+    month: str
+    monthly_usd: str
+    used_usd: str
+    reserved_usd: str
+    remaining_usd: str
+
+
+class ProjectMetrics(BaseModel):
+    """GET /metrics: the spec's per-project figures, exact from the ledger."""
+
+    model_config = ConfigDict(extra="allow")
+
+    total_requests: int
+    successful_requests: int
+    failed_requests: int
+    average_latency_ms: int
+    total_cost_usd: float
+    total_cost_usd_exact: str
+    models_usage: dict[str, int]
+    project_id: str
+    budget: BudgetReport

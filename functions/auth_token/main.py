@@ -18,12 +18,22 @@ from common import deps, services
 from common.audit import AuditEvent
 from common.errors import BadRequest, BrokerError, RateLimited, Unauthorized
 from common.http import JSONResponse, Route, client_ip, parse_body
+from common.openapi import Operation
 from common.projects import PROJECT_ID_PATTERN
 from common.quota import Limit
 from common.runtime import function_app
-from common.schemas import RefreshRequest, RevokeRequest, TokenRequest
+from common.schemas import (
+    RefreshRequest,
+    RevokeRequest,
+    RevokeResponse,
+    TokenRequest,
+    TokenResponse,
+)
 from common.settings import ConfigError
 from common.tokens import KeySet
+
+TOKEN_ERRORS = (400, 401, 403, 413, 415, 429, 503)
+JWKS = {"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array"}}}
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 PROJECT_ID_RULE = "must be 3-128 characters of letters, digits, '_', '.', '-'"
@@ -165,11 +175,27 @@ def _check_keys() -> None:
 _app = function_app(
     "auth_token",
     [
-        Route("/api/v1/auth/token", issue_token, ("POST",)),
-        Route("/api/v1/auth/refresh", refresh_token, ("POST",)),
-        Route("/api/v1/auth/revoke", revoke_token, ("POST",)),
-        Route("/.well-known/jwks.json", jwks),
+        Route(
+            "/api/v1/auth/token",
+            issue_token,
+            ("POST",),
+            Operation("Issue tokens", TokenRequest, TokenResponse, TOKEN_ERRORS),
+        ),
+        Route(
+            "/api/v1/auth/refresh",
+            refresh_token,
+            ("POST",),
+            Operation("Refresh tokens", RefreshRequest, TokenResponse, TOKEN_ERRORS),
+        ),
+        Route(
+            "/api/v1/auth/revoke",
+            revoke_token,
+            ("POST",),
+            Operation("Revoke a token", RevokeRequest, RevokeResponse, TOKEN_ERRORS),
+        ),
+        Route("/.well-known/jwks.json", jwks, doc=Operation("JSON Web Key Set", response=JWKS)),
     ],
+    openapi_path="/api/v1/auth/openapi.json",
 )
 _check_keys()
 

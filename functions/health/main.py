@@ -15,7 +15,9 @@ from starlette.responses import Response
 from common import deps, migrate
 from common.health import UNHEALTHY, UpstreamProbe, check_database, check_redis, overall
 from common.http import JSONResponse, Route
+from common.openapi import Operation
 from common.runtime import function_app
+from common.schemas import DetailedHealthResponse, HealthResponse, LiveResponse, ReadyResponse
 from common.settings import VERSION
 
 CHECK_TIMEOUT = 1.0
@@ -97,11 +99,20 @@ async def get_live(request: Request) -> Response:
 _app = function_app(
     "health",
     [
-        Route("/health", get_health),
-        Route("/health/detailed", get_health_detailed),
-        Route("/ready", get_ready),
-        Route("/live", get_live),
+        Route(
+            "/health", get_health, doc=Operation("Health", response=HealthResponse, errors=(503,))
+        ),
+        Route(
+            "/health/detailed",
+            get_health_detailed,
+            doc=Operation("Detailed health", response=DetailedHealthResponse, errors=(503,)),
+        ),
+        Route(
+            "/ready", get_ready, doc=Operation("Readiness", response=ReadyResponse, errors=(503,))
+        ),
+        Route("/live", get_live, doc=Operation("Liveness", response=LiveResponse)),
     ],
+    openapi_path="/health/openapi.json",
 )
 
 

@@ -13,8 +13,18 @@ from common import deps, services
 from common.http import Route
 from common.invoke import Invoker
 from common.llm import ModelCatalog, UpstreamClient
+from common.openapi import Operation
 from common.pricing import PriceTable
 from common.runtime import function_app
+from common.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    InvokeRequest,
+    InvokeResponse,
+    ModelList,
+)
+
+INVOKE_ERRORS = (400, 401, 402, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504)
 
 
 def _client() -> UpstreamClient:
@@ -61,10 +71,46 @@ async def list_models(request: Request) -> Response:
 _app = function_app(
     "llm_invoke",
     [
-        Route("/api/v1/llm/invoke", invoke, ("POST",)),
-        Route("/v1/chat/completions", chat_completions, ("POST",)),
-        Route("/v1/models", list_models),
+        Route(
+            "/api/v1/llm/invoke",
+            invoke,
+            ("POST",),
+            Operation(
+                "Invoke a model",
+                InvokeRequest,
+                InvokeResponse,
+                INVOKE_ERRORS,
+                auth=True,
+                stream=True,
+            ),
+        ),
+        Route(
+            "/v1/chat/completions",
+            chat_completions,
+            ("POST",),
+            Operation(
+                "Create a chat completion (OpenAI-compatible)",
+                ChatCompletionRequest,
+                ChatCompletion,
+                INVOKE_ERRORS,
+                auth=True,
+                stream=True,
+                openai_errors=True,
+            ),
+        ),
+        Route(
+            "/v1/models",
+            list_models,
+            doc=Operation(
+                "List the project's models (OpenAI-compatible)",
+                response=ModelList,
+                errors=(401, 403, 429, 503),
+                auth=True,
+                openai_errors=True,
+            ),
+        ),
     ],
+    openapi_path="/api/v1/llm/openapi.json",
 )
 
 

@@ -1,0 +1,184 @@
+"""OpenAPI 3.1 documents built from the same pydantic models the functions validate with.
+
+Each route may carry an `Operation`; `document()` turns a function's operations into its
+OpenAPI document, and `merge()` joins the four functions' documents into the broker's.
+Every error a route can answer is listed with its schema (the spec's error shape, or
+OpenAI's on /v1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from common.settings import VERSION
+
+REF = "#/components/schemas/{model}"
+
+ERROR_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "request_id"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "request_id": {"type": "string"},
+            },
+            "additionalProperties": True,
+        }
+    },
+}
+OPENAI_ERROR_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+STATUS_TEXT = {
+    400: "Invalid request",
+    401: "Missing, invalid, expired or revoked credentials",
+    402: "Monthly budget exhausted",
+    403: "Not allowed (scope, model, suspended project)",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict (idempotent call in progress)",
+    413: "Body too large",
+    415: "Body is not JSON",
+    422: "Personal data in the prompt",
+    429: "Rate limited (Retry-After)",
+    500: "Internal error (quote the request id)",
+    502: "Upstream failed",
+    503: "A dependency is unavailable (fail closed)",
+    504: "Upstream timed out",
+}
+# Every route can answer these: routing and the generic 500.
+ALWAYS = (404, 405, 500)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What one route accepts and answers, for the OpenAPI document."""
+
+    summary: str
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | dict[str, Any] | None = None
+    errors: Sequence[int] = ()
+    auth: bool = False
+    stream: bool = False
+    content_type: str = "application/json"
+    query: Sequence[tuple[str, str]] = ()
+    openai_errors: bool = False
+    tags: Sequence[str] = field(default_factory=tuple)
+
+
+def _schema(model: type[BaseModel], components: dict[str, Any], mode: str) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
+    for name, sub in schema.pop("$defs", {}).items():
+        components.setdefault(name, sub)
+    components.setdefault(model.__name__, schema)
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def operation_object(
+    op: Operation, method: str, components: dict[str, Any], tag: str
+) -> dict[str, Any]:
+    """The OpenAPI operation object for one route."""
+    out: dict[str, Any] = {
+        "summary": op.summary,
+        "tags": list(op.tags) or [tag],
+        "operationId": f"{tag}_{method}_{op.summary.lower().replace(' ', '_')}"[:100],
+    }
+    if op.auth:
+        out["security"] = [{"bearer": []}]
+    if op.query:
+        out["parameters"] = [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": text,
+            }
+            for name, text in op.query
+        ]
+    if op.request is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _schema(op.request, components, "validation")}
+            },
+        }
+    ok: dict[str, Any] = {
+        "description": "OK",
+        "headers": {"X-Request-ID": {"schema": {"type": "string"}}},
+    }
+    content: dict[str, Any] = {}
+    if isinstance(op.response, dict):
+        content[op.content_type] = {"schema": op.response}
+    elif op.response is not None:
+        content[op.content_type] = {"schema": _schema(op.response, components, "serialization")}
+    else:
+        content[op.content_type] = {"schema": {}}
+    if op.stream:
+        content["text/event-stream"] = {"schema": {"type": "string"}}
+    ok["content"] = content
+    responses: dict[str, Any] = {"200": ok}
+    error_schema = "OpenAIError" if op.openai_errors else "Error"
+    for status in sorted(set(op.errors) | set(ALWAYS)):
+        responses[str(status)] = {
+            "description": STATUS_TEXT.get(status, "Error"),
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=error_schema)}}},
+        }
+    out["responses"] = responses
+    return out
+
+
+def document(
+    title: str, operations: Iterable[tuple[str, Sequence[str], Operation]], tag: str
+) -> dict[str, Any]:
+    """An OpenAPI 3.1 document for (path, methods, operation) triples."""
+    components: dict[str, Any] = {"Error": ERROR_BODY, "OpenAIError": OPENAI_ERROR_BODY}
+    paths: dict[str, Any] = {}
+    for path, methods, op in operations:
+        for method in methods:
+            paths.setdefault(path, {})[method.lower()] = operation_object(
+                op, method.lower(), components, tag
+            )
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": VERSION},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or bx_ API key"}
+            },
+        },
+    }
+
+
+def merge(title: str, documents: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """One document holding every path and schema of the given documents."""
+    merged = document(title, [], "bradax")
+    for doc in documents:
+        merged["paths"].update(doc["paths"])
+        merged["components"]["schemas"].update(doc["components"]["schemas"])
+    merged["paths"] = dict(sorted(merged["paths"].items()))
+    merged["components"]["schemas"] = dict(sorted(merged["components"]["schemas"].items()))
+    return merged
