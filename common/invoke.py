@@ -189,6 +189,10 @@ class Invoker:
             call = parse_call(raw, api)
             return await self._governed(request, request_id, principal, call)
         except BrokerError as exc:
+            if principal is not None and not isinstance(exc, Unauthorized | ServiceUnavailable):
+                # Admission checks the deny-list; an answer given before it must not tell a
+                # revoked credential anything (allowed models, body errors): check now.
+                await self.auth.check_revocation(principal)
             await self._deny(request_id, principal, exc)
             raise
 
@@ -232,6 +236,7 @@ class Invoker:
         if idem_key:
             replay = await self._idempotency_begin(project, idem_key, call, body)
             if replay is not None:
+                await self.auth.check_revocation(principal)
                 return replay
         try:
             cache_key = self._cache_key(project, call, body)
@@ -242,7 +247,7 @@ class Invoker:
                     response = await self._serve_cached(
                         request_id, principal, project, call, month, created_ms, cached, admission
                     )
-                    return await self._idempotency_end(project, idem_key, response)
+                    return await self._idempotency_end(project, idem_key, response, request_id)
             completion_bound = (body.get("n") or 1) * self._cap(body)
             worst = max(u.price.cost(prompt_bound, completion_bound) for u in chain)
             claim = BudgetClaim(
@@ -261,7 +266,7 @@ class Invoker:
             if call.stream:
                 return await self._stream(ctx, body)
             response = await self._complete(ctx, body, cache_key)
-            return await self._idempotency_end(project, idem_key, response)
+            return await self._idempotency_end(project, idem_key, response, request_id)
         except BaseException:
             if idem_key:
                 await self._idempotency_abort(project, idem_key)
@@ -639,15 +644,12 @@ class Invoker:
         )
 
     async def _idempotency_end(
-        self, project: Project, key: str | None, response: Response
+        self, project: Project, key: str | None, response: Response, request_id: str
     ) -> Response:
         if not key:
             return response
-        keep = {
-            k: v
-            for k, v in response.headers.items()
-            if k.lower().startswith(("x-bradax", "x-request-id"))
-        }
+        keep = {k: v for k, v in response.headers.items() if k.lower().startswith("x-bradax")}
+        keep["X-Request-ID"] = request_id  # a replay answers with the original call's id
         fingerprint_record = await self.redis.call("GET", _idem_key(project.id, key))
         fingerprint = orjson.loads(fingerprint_record).get("fp") if fingerprint_record else None
         record = {
