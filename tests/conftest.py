@@ -371,24 +371,11 @@ class MockUpstream:
 
 @pytest.fixture(scope="session")
 def mock_server() -> Iterator[MockUpstream]:
-    """One mock upstream process for the whole session."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bradax_cli.mock_openai",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    assert line.startswith("mock-openai listening"), line
-    yield MockUpstream(f"http://127.0.0.1:{port}/v1")
+    """One mock upstream process for the whole session (started as `bradax dev` starts it)."""
+    from bradax_cli.dev import start_mock_upstream
+
+    proc, url = start_mock_upstream()
+    yield MockUpstream(url)
     proc.terminate()
     proc.wait(10)
 
