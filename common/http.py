@@ -33,7 +33,7 @@ from common.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from common.logs import function_var, get_logger, request_id_var
+from common.logs import function_var, get_logger, request_id_var, request_log_var
 from common.openapi import Operation
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -251,26 +251,45 @@ class FunctionApp:
         request_id = new_request_id()
         token = request_id_var.set(request_id)
         function_token = function_var.set(self.name)
+        outcome: dict[str, Any] = {}
+        log_token = request_log_var.set(outcome)
         request.state.request_id = request_id
         path: str = request.scope["path"]
         route_label = path if path in self._table else "other"
+        status = 499  # if the task is cancelled before an answer exists
         try:
-            response = await self._dispatch(request, path)
-        except BrokerError as exc:
-            response = error_response(exc, request_id, path)
-        except Exception:
-            get_logger().exception("unhandled error", path=route_label)
-            response = error_response(
-                BrokerError("internal error; quote the request id to support"), request_id, path
+            try:
+                response = await self._dispatch(request, path)
+            except BrokerError as exc:
+                response = error_response(exc, request_id, path)
+                outcome.setdefault("error_code", exc.code)
+            except Exception:
+                get_logger().exception("unhandled error", path=route_label)
+                response = error_response(
+                    BrokerError("internal error; quote the request id to support"),
+                    request_id,
+                    path,
+                )
+            response.headers.setdefault("X-Request-ID", request.state.request_id)
+            status = response.status_code
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+            message = outcome.pop("message", "request completed")
+            outcome.setdefault("latency_ms", elapsed_ms)
+            get_logger().info(
+                message,
+                method=request.method,
+                endpoint=route_label,
+                http_status=status,
+                **outcome,
             )
+            return response
         finally:
             request_id_var.reset(token)
             function_var.reset(function_token)
-        response.headers.setdefault("X-Request-ID", request.state.request_id)
-        if telemetry is not None:
-            elapsed = time.perf_counter() - started
-            telemetry.request_finished(request.method, route_label, response.status_code, elapsed)
-        return response
+            request_log_var.reset(log_token)
+            if telemetry is not None:
+                elapsed = time.perf_counter() - started
+                telemetry.request_finished(request.method, route_label, status, elapsed)
 
     async def _dispatch(self, request: Request, path: str) -> Response:
         methods = self._table.get(path)

@@ -18,7 +18,8 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -49,7 +50,7 @@ from common.errors import (
 from common.http import JSONResponse, client_ip, read_body, validation_error
 from common.ledger import Drainer, PendingSettles
 from common.llm import Completion, StreamCall, Upstream, UpstreamClient
-from common.logs import get_logger, mask_project, request_id_var
+from common.logs import get_logger, log_outcome, mask_project, request_id_var
 from common.projects import PolicyCache, Project
 from common.quota import (
     Admission,
@@ -64,13 +65,14 @@ from common.redis import RedisStore
 from common.schemas import ChatCompletionRequest, InvokeRequest
 from common.sessions import FailureGate
 from common.settings import Settings
-from common.telemetry import Telemetry
+from common.telemetry import Telemetry, field
 
 Api = Literal["invoke", "openai"]
 SCOPE = "invoke_llm"
 # Tokens reserved per image part: image tokens are not bounded by the part's bytes.
 IMAGE_TOKEN_BOUND = 3000
 IDEMPOTENCY_TTL = 86_400
+LGPD_IDEMPOTENCY_TTL = 600
 _FORWARD_EXCLUDE = {"model", "messages", "stream", "stream_options", "parameters"}
 
 
@@ -133,7 +135,7 @@ class Context:
     created_ms: int
     claim: BudgetClaim | None
     admission: Admission
-    started: float = field(default_factory=time.perf_counter)
+    started: float = dataclass_field(default_factory=time.perf_counter)
     prompt_bound: int = 0
     settled: bool = False
 
@@ -189,6 +191,8 @@ class Invoker:
             call = parse_call(raw, api)
             return await self._governed(request, request_id, principal, call)
         except BrokerError as exc:
+            if getattr(request.state, "admitted", False):
+                raise  # an admitted call's outcome is in the ledger and its audit row
             if principal is not None and not isinstance(exc, Unauthorized | ServiceUnavailable):
                 # Admission checks the deny-list; an answer given before it must not tell a
                 # revoked credential anything (allowed models, body errors): check now.
@@ -244,6 +248,7 @@ class Invoker:
                 cached = await self._cache_get(cache_key)
                 if cached is not None:
                     admission = await self._admit(request, principal, project, None, created_ms)
+                    request.state.admitted = True
                     response = await self._serve_cached(
                         request_id, principal, project, call, month, created_ms, cached, admission
                     )
@@ -259,6 +264,7 @@ class Invoker:
                 created_ms + int(self.settings.reservation_ttl * 1000),
             )
             admission = await self._admit(request, principal, project, claim, created_ms)
+            request.state.admitted = True
             ctx = Context(
                 request_id, principal, project, call, chain, month, created_ms, claim, admission
             )
@@ -529,10 +535,10 @@ class Invoker:
         if not cached:
             model = ctx.call.model
             metrics = {
-                f"openai_requests_total|model={model},status={status}": 1,
-                f"openai_cost_nano_total|model={model}": to_nano(cost),
-                f"openai_tokens_total|model={model},kind=prompt": prompt,
-                f"openai_tokens_total|model={model},kind=completion": completion,
+                field("openai_requests_total", model=model, status=status): 1,
+                field("openai_cost_nano_total", model=model): to_nano(cost),
+                field("openai_tokens_total", model=model, kind="prompt"): prompt,
+                field("openai_tokens_total", model=model, kind="completion"): completion,
             }
         if not self.settings.metrics_enabled:
             metrics = {}
@@ -559,7 +565,7 @@ class Invoker:
             await settle()
         except (ServiceUnavailable, OSError):
             self.pending.add(settle, record)
-        get_logger().info(
+        log_outcome(
             "LLM request completed" if status == "success" else "LLM request ended",
             project_token=mask_project(ctx.project.id),
             model=ctx.call.model,
@@ -590,10 +596,9 @@ class Invoker:
             await self.redis.call("XADD", AUDIT_STREAM, "*", *_flat(event.to_stream()))
         except ServiceUnavailable:
             get_logger().warning("audit of a denial dropped: redis unreachable")
-        get_logger().info(
+        log_outcome(
             "LLM request denied",
             status=exc.code,
-            http_status=exc.status,
             project_token=mask_project(principal.project_id if principal else None),
         )
 
@@ -659,9 +664,9 @@ class Invoker:
             "headers": keep,
             "body": bytes(response.body).decode(),
         }
-        await self.redis.call(
-            "SET", _idem_key(project.id, key), orjson.dumps(record), "EX", IDEMPOTENCY_TTL
-        )
+        # Under LGPD the stored answer lives only as long as a client retry plausibly needs it.
+        ttl = LGPD_IDEMPOTENCY_TTL if "lgpd" in project.compliance_rules else IDEMPOTENCY_TTL
+        await self.redis.call("SET", _idem_key(project.id, key), orjson.dumps(record), "EX", ttl)
         return response
 
     async def _idempotency_abort(self, project: Project, key: str) -> None:
@@ -675,6 +680,7 @@ class Invoker:
     def _cache_key(self, project: Project, call: Call, body: dict[str, Any]) -> str | None:
         if (
             not project.cache_enabled
+            or "lgpd" in project.compliance_rules  # answers are not kept under LGPD
             or call.stream
             or self.settings.redis_cache_ttl <= 0
             or body.get("temperature") != 0

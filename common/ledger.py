@@ -15,6 +15,7 @@ row straight to PostgreSQL and keeps retrying the settle until Redis answers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import secrets
 import socket
@@ -138,12 +139,16 @@ class Drainer:
         self._task: asyncio.Task[None] | None = None
         self._groups_ready = False
         self._stopping = False
+        self._lock = asyncio.Lock()
 
     def ensure_started(self) -> None:
         """Start the background loop if it is not running."""
         if self._task is None or self._task.done():
             self._stopping = False
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+            # A fresh context: the loop must not carry the request id of whoever started it.
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), context=contextvars.Context()
+            )
 
     async def _loop(self) -> None:
         delay = 0.5
@@ -176,6 +181,10 @@ class Drainer:
 
     async def drain_once(self, block_ms: int = 0) -> int:
         """Move one batch of each stream (own pending first, then stale, then new)."""
+        async with self._lock:  # one pass at a time: a second would re-read unacked entries
+            return await self._drain_once(block_ms)
+
+    async def _drain_once(self, block_ms: int) -> int:
         try:
             await self._ensure_groups()
             moved = await self._drain_ledger(block_ms)

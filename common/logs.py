@@ -25,6 +25,20 @@ LOGGER_NAME = "bradax.broker"
 
 request_id_var: ContextVar[str | None] = ContextVar("bradax_request_id", default=None)
 function_var: ContextVar[str | None] = ContextVar("bradax_function", default=None)
+# Fields of the one line logged when the current request completes (see common.http).
+request_log_var: ContextVar[dict[str, Any] | None] = ContextVar("bradax_request_log", default=None)
+
+
+def log_outcome(message: str, **fields: Any) -> None:
+    """Describe the current request's outcome: merged into its completion line when a request
+    is being served (one line per request), else logged now (e.g. a stream settling later)."""
+    pending = request_log_var.get()
+    if pending is not None:
+        pending["message"] = message
+        pending.update(fields)
+    else:
+        get_logger().info(message, **fields)
+
 
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__.keys()

@@ -82,7 +82,8 @@ class Operation:
     auth: bool = False
     stream: bool = False
     content_type: str = "application/json"
-    query: Sequence[tuple[str, str]] = ()
+    # (name, description) or (name, description, JSON schema); a plain string by default
+    query: Sequence[tuple[str, str] | tuple[str, str, dict[str, Any]]] = ()
     openai_errors: bool = False
     tags: Sequence[str] = field(default_factory=tuple)
 
@@ -109,13 +110,13 @@ def operation_object(
     if op.query:
         out["parameters"] = [
             {
-                "name": name,
+                "name": item[0],
                 "in": "query",
                 "required": False,
-                "schema": {"type": "string"},
-                "description": text,
+                "schema": item[2] if len(item) > 2 else {"type": "string"},
+                "description": item[1],
             }
-            for name, text in op.query
+            for item in op.query
         ]
     if op.request is not None:
         out["requestBody"] = {

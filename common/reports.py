@@ -1,4 +1,7 @@
-"""Per-project usage reports computed from the PostgreSQL ledger (GET /metrics)."""
+"""Per-project usage reports computed from the PostgreSQL ledger (GET /metrics).
+
+`UsageReport` is the documented shape of the answer (OpenAPI); the spec's fields come first.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +9,74 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from common.db import Database
 from common.errors import BadRequest
+from common.projects import Project
 from common.quota import month_end
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TokenTotals(_Strict):
+    """Tokens metered in the window."""
+
+    prompt: int
+    completion: int
+
+
+class ReportWindow(_Strict):
+    """The window reported on: [from, to)."""
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+
+
+class BudgetBlock(_Strict):
+    """The current budget month: amounts in USD as exact decimal strings."""
+
+    month: str = Field(description="YYYYMM (UTC)")
+    monthly_usd: str
+    used_usd: str
+    reserved_usd: str = Field(description="held by calls in flight")
+    remaining_usd: str
+
+
+class UsageReport(_Strict):
+    """GET /metrics: the spec's figures for the caller's project, plus tokens, window, budget."""
+
+    total_requests: int
+    successful_requests: int
+    failed_requests: int
+    average_latency_ms: int
+    total_cost_usd: float
+    total_cost_usd_exact: str = Field(description="total_cost_usd as an exact decimal string")
+    models_usage: dict[str, int]
+    tokens: TokenTotals
+    cached_requests: int
+    project_id: str
+    window: ReportWindow
+    budget: BudgetBlock
+
+
 def parse_moment(value: str, name: str) -> datetime:
-    """An ISO date or datetime (naive = UTC); BadRequest naming the parameter."""
+    """An ISO date or datetime (naive = UTC) as a UTC instant; BadRequest naming the parameter."""
     # An unencoded "+01:00" offset arrives as " 01:00" (a query string's '+' is a space).
-    if len(value) > 6 and value[-6] == " " and value[-3] == ":":
-        value = value[:-6] + "+" + value[-5:]
+    head, tail = value[:-6], value[-6:]
+    if ":" in head and tail[0] == " " and tail[3] == ":":
+        value = f"{head}+{tail[1:]}"
     try:
         if len(value) == 10:
             return datetime.combine(date.fromisoformat(value), time(0), UTC)
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise BadRequest(f"{name}: not an ISO date or datetime", param=name) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def window(params: dict[str, str], now: datetime) -> tuple[datetime, datetime]:
@@ -81,6 +135,31 @@ async def project_usage(
     }
 
 
+async def project_report(
+    db: Database,
+    project: Project,
+    start: datetime,
+    end: datetime,
+    month: str,
+    live: tuple[Decimal, Decimal] | None,
+) -> dict[str, Any]:
+    """The whole GET /metrics answer (UsageReport): usage over [start, end), the month's budget."""
+    body = await project_usage(db, project.id, start, end)
+    spent = await month_spend(db, project.id, month)
+    budget = project.budget_monthly_usd
+    used, reserved, remaining = budget_status(budget, spent, live)
+    body["project_id"] = project.id
+    body["window"] = {"from": start.isoformat(), "to": end.isoformat()}
+    body["budget"] = {
+        "month": month,
+        "monthly_usd": usd(budget),
+        "used_usd": usd(used),
+        "reserved_usd": usd(reserved),
+        "remaining_usd": usd(remaining),
+    }
+    return body
+
+
 def usd(amount: Decimal) -> str:
     """A USD amount as an exact plain string without trailing zeros ("0.0000031", "100")."""
     text = format(amount, "f")
@@ -93,7 +172,8 @@ def budget_status(
     """(used, reserved, remaining) of a month's budget.
 
     `live` is Redis' (spent, reserved), which admission decides on; the ledger lags it by
-    the calls not drained yet, and holds the figure alone if Redis lost it.
+    the calls not drained yet, and holds the figure alone if Redis lost it. The larger of
+    the two spends counts, and the remainder is never negative.
     """
     spent, reserved = live if live is not None else (Decimal(0), Decimal(0))
     used = max(ledger_spent, spent)
@@ -111,11 +191,31 @@ async def month_spend(db: Database, project_id: str, month: str) -> Decimal:
     return Decimal(value)
 
 
-async def all_month_spend(db: Database, month: str) -> dict[str, Decimal]:
-    """Ledger spend per project for a budget month."""
+async def month_spend_of(db: Database, month: str, project_ids: list[str]) -> dict[str, Decimal]:
+    """Ledger spend of some projects for a budget month (absent: nothing spent)."""
     rows = await db.fetch(
         "SELECT project_id, coalesce(sum(cost_usd), 0) AS spent FROM usage_ledger "
-        "WHERE budget_month = $1 GROUP BY project_id",
+        "WHERE budget_month = $1 AND project_id = ANY($2::text[]) GROUP BY project_id",
         month,
+        project_ids,
     )
     return {r["project_id"]: Decimal(r["spent"]) for r in rows}
+
+
+async def remaining_budgets(
+    db: Database, projects: list[Project], live: dict[str, tuple[Decimal, Decimal]], month: str
+) -> dict[str, tuple[Decimal, Decimal]]:
+    """(monthly budget, remaining) per project for a budget month.
+
+    Redis (`live`) holds the month of every project that spent in it; summing a month of
+    ledger rows at each scrape would not scale, so the ledger answers only for the others.
+    """
+    missing = [p.id for p in projects if p.id not in live]
+    spend = await month_spend_of(db, month, missing) if missing else {}
+    return {
+        p.id: (
+            p.budget_monthly_usd,
+            budget_status(p.budget_monthly_usd, spend.get(p.id, Decimal(0)), live.get(p.id))[2],
+        )
+        for p in projects
+    }

@@ -151,6 +151,8 @@ class Settings(BaseSettings):
     # Features
     rate_limiting_enabled: bool = True
     metrics_enabled: bool = True
+    # if set, GET /prometheus requires `Authorization: Bearer <this token>`
+    metrics_scrape_token: SecretStr | None = None
     audit_logging_enabled: bool = True
 
     # Governance

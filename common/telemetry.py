@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import secrets
 import socket
@@ -122,9 +123,13 @@ class Telemetry:
     def _ensure_task(self) -> None:
         if self._task is None or self._task.done():
             try:
-                self._task = asyncio.get_running_loop().create_task(self._loop())
+                loop = asyncio.get_running_loop()
             except RuntimeError:
                 self._task = None
+                return
+            # A fresh context: the loop outlives the request that started it, whose request id
+            # must not label the loop's log lines.
+            self._task = loop.create_task(self._loop(), context=contextvars.Context())
 
     async def _loop(self) -> None:
         while True:
@@ -140,7 +145,8 @@ class Telemetry:
             return
         pending, self._pending = self._pending, Counter()
         redis = self._redis_factory()
-        pipe = redis.pipeline(transaction=False)
+        # MULTI/EXEC: a failed flush applied nothing, so re-adding its counts cannot double them.
+        pipe = redis.pipeline(transaction=True)
         for name, amount in pending.items():
             pipe.hincrby(COUNTERS, name, amount)
         gauge_key = self.gauge_key

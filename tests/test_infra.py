@@ -908,6 +908,7 @@ def _function_env() -> dict[str, str]:
         "REDIS_URL": "redis://127.0.0.1:9/0",
         "JWT_SECRET_KEY": "x" * 40,
         "OPENAI_API_KEY": "sk-unused",
+        "LOG_LEVEL": "WARNING",  # stdout carries the adapter's JSON answer only
     }
 
 

@@ -529,6 +529,7 @@ async def test_reset_and_stats(http: aiohttp.ClientSession) -> None:
     assert stats["by_outcome"] == {"ok": 2}
     assert (stats["prompt_tokens"], stats["completion_tokens"]) == (18, 4)
     assert [c["request_id"] for c in stats["calls"]] == ["req-1", "req-2"]
+    assert stats["last_messages"] == USER
     assert stats["calls"][0] == {
         "request_id": "req-1",
         "model": "gpt-4o",
@@ -547,6 +548,7 @@ async def test_reset_and_stats(http: aiohttp.ClientSession) -> None:
         "completion_tokens": 0,
         "queued": 0,
         "calls": [],
+        "last_messages": None,
     }
     status, answer = await _chat(http, body)  # the queued 500 is gone
     assert status == 200

@@ -5,17 +5,32 @@ Serve alone: functions-framework --asgi --source functions/metrics/main.py --tar
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 from datetime import UTC, datetime
-from decimal import Decimal
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from common import deps, prometheus, reports, services
+from common.auth import bearer
 from common.errors import ProjectSuspended, Unauthorized
 from common.http import JSONResponse, Route
-from common.quota import budget_month, from_nano
+from common.ledger import Drainer
+from common.openapi import Operation
+from common.quota import budget_month
 from common.runtime import function_app
+
+# Before reading the ledger, /metrics copies in what was settled so far. It does so as a
+# consumer of its own, one task at a time: a consumer drained from two tasks at once (say, the
+# background loop and a request) re-reads its unacknowledged entries, and the audit stream,
+# unlike the ledger, has no unique key to drop the second copy.
+_catch_up = deps.Lazy(
+    lambda: Drainer(
+        deps.redis.get(), deps.db.get(), audit_enabled=deps.settings().audit_logging_enabled
+    )
+)
+_catch_up_lock = asyncio.Lock()
 
 
 async def project_metrics(request: Request) -> Response:
@@ -29,44 +44,77 @@ async def project_metrics(request: Request) -> Response:
         raise ProjectSuspended(f"project {project.id} is suspended")
     now = datetime.now(UTC)
     start, end = reports.window(dict(request.query_params), now)
-    drainer = services.drainer.get()
-    drainer.ensure_started()
-    await drainer.drain_once()  # the ledger includes every call settled so far
-    body = await reports.project_usage(deps.db.get(), principal.project_id, start, end)
+    services.drainer.get().ensure_started()
+    async with _catch_up_lock:
+        await _catch_up.get().drain_once()
     month = budget_month(now)
-    spent = await reports.month_spend(deps.db.get(), principal.project_id, month)
-    live = await services.governor.get().spent(principal.project_id, month)
-    reserved = from_nano(live[1]) if live else Decimal(0)
-    budget = project.budget_monthly_usd
-    body["project_id"] = principal.project_id
-    body["window"] = {"from": start.isoformat(), "to": end.isoformat()}
-    body["budget"] = {
-        "month": month,
-        "monthly_usd": str(budget),
-        "used_usd": str(spent),
-        "reserved_usd": str(reserved),
-        "remaining_usd": str(max(Decimal(0), budget - spent - reserved)),
-    }
+    live = await prometheus.live_budgets(deps.redis.get(), [project.id], month)
+    body = await reports.project_report(
+        deps.db.get(), project, start, end, month, live.get(project.id)
+    )
     return JSONResponse(body)
 
 
 async def prometheus_text(request: Request) -> Response:
+    _check_scrape_token(request.headers.get("authorization"))
     services.drainer.get().ensure_started()
     await services.telemetry.get().flush()
     month = budget_month(datetime.now(UTC))
     projects = await services.policies.get().all()
-    spend = await reports.all_month_spend(deps.db.get(), month)
-    budgets = {
-        p.id: (p.budget_monthly_usd, max(Decimal(0), p.budget_monthly_usd - spend.get(p.id, 0)))
-        for p in projects
-    }
+    live = await prometheus.live_budgets(deps.redis.get(), [p.id for p in projects], month)
+    budgets = await reports.remaining_budgets(deps.db.get(), projects, live, month)
     snap = await prometheus.snapshot(deps.redis.get(), budgets)
     return Response(prometheus.render(snap), media_type=prometheus.CONTENT_TYPE)
 
 
+MOMENT = {
+    "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]
+}
+
+
+def _check_scrape_token(header: str | None) -> None:
+    """With METRICS_SCRAPE_TOKEN set, /prometheus needs `Authorization: Bearer <token>`."""
+    expected = deps.settings().metrics_scrape_token
+    if expected is None:
+        return
+    presented = bearer(header)
+    if not hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
+        raise Unauthorized("invalid scrape token")
+
+
 _app = function_app(
     "metrics",
-    [Route("/metrics", project_metrics), Route("/prometheus", prometheus_text)],
+    [
+        Route(
+            "/metrics",
+            project_metrics,
+            doc=Operation(
+                "Project metrics",
+                response=reports.UsageReport,
+                errors=(400, 401, 403, 503),
+                auth=True,
+                query=(
+                    (
+                        "from",
+                        "start (ISO date or datetime, UTC if naive); default: month start",
+                        MOMENT,
+                    ),
+                    ("to", "end, exclusive, after 'from'; default: next month's start", MOMENT),
+                ),
+            ),
+        ),
+        Route(
+            "/prometheus",
+            prometheus_text,
+            doc=Operation(
+                "Prometheus metrics of the whole broker",
+                response={"type": "string"},
+                errors=(401, 503),
+                content_type=prometheus.CONTENT_TYPE,
+            ),
+        ),
+    ],
+    openapi_path="/metrics/openapi.json",
 )
 
 
