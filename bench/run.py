@@ -50,11 +50,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (from /proc)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    return sum(cpu_times(pid))
 
 
 def rss_mb(pid: int) -> float:
@@ -317,10 +322,13 @@ def main(argv: list[str] | None = None) -> int:
                     stderr=subprocess.DEVNULL,
                 )
             before = cpu_seconds(broker.pid)
+            user_before, sys_before = cpu_times(broker.pid)
             through = wrk(
                 base + "/api/v1/llm/invoke", BODY_SPEC, auth, level, args.duration, args.load_core
             )
             used = cpu_seconds(broker.pid) - before
+            user_after, sys_after = cpu_times(broker.pid)
+            system_share = (sys_after - sys_before) / used if used else 0.0
             if spy is not None:
                 spy.wait()
             through.cpu_ms_per_request = used * 1000 / max(1, through.requests)
@@ -329,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 f" | {through.rps:>10.0f} {through.p50_ms:>6.2f}m {through.p99_ms:>6.2f}m "
                 f"{through.errors:>6} | {through.p50_ms - direct.p50_ms:>8.2f}m "
                 f"{through.p99_ms - direct.p99_ms:>8.2f}m | {through.cpu_ms_per_request:>10.3f}"
+                f"  ({system_share:.0%} in the kernel)"
             )
         print()
         print(f"broker RSS: {rss_start:.1f} MiB after warm-up, {rss_mb(broker.pid):.1f} MiB at end")

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -50,10 +51,14 @@ class Upstream:
     model: str
     price: Price
     fallbacks: tuple[str, ...] = ()
+    key_header: str = "authorization"
+    query: tuple[tuple[str, str], ...] = ()
 
     @property
     def url(self) -> str:
         """The chat-completions endpoint."""
+        if self.query:
+            return f"{self.base_url}/chat/completions?{urlencode(self.query)}"
         return f"{self.base_url}/chat/completions"
 
 
@@ -82,6 +87,8 @@ class ModelCatalog:
                 model=route.upstream_model if route and route.upstream_model else alias,
                 price=price,
                 fallbacks=route.fallbacks if route else (),
+                key_header=route.key_header if route else "authorization",
+                query=tuple(sorted(route.query.items())) if route else (),
             )
 
     def get(self, alias: str) -> Upstream | None:
@@ -503,7 +510,10 @@ def _headers(upstream: Upstream, request_id: str) -> dict[str, str]:
         "User-Agent": "bradax/1.0",
     }
     if upstream.api_key:
-        headers["Authorization"] = f"Bearer {upstream.api_key}"
+        if upstream.key_header == "api-key":
+            headers["api-key"] = upstream.api_key
+        else:
+            headers["Authorization"] = f"Bearer {upstream.api_key}"
     return headers
 
 

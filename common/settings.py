@@ -55,6 +55,9 @@ class ModelRoute(BaseModel):
     input_per_1m: Decimal | None = Field(default=None, ge=0)
     output_per_1m: Decimal | None = Field(default=None, ge=0)
     fallbacks: tuple[str, ...] = ()
+    # Azure OpenAI takes the key in an `api-key` header and an api-version query parameter.
+    key_header: Literal["authorization", "api-key"] = "authorization"
+    query: dict[str, str] = Field(default_factory=dict)
 
 
 def redact_url(url: str) -> str:
