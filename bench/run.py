@@ -322,13 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                     stderr=subprocess.DEVNULL,
                 )
             before = cpu_seconds(broker.pid)
-            user_before, sys_before = cpu_times(broker.pid)
+            sys_before = cpu_times(broker.pid)[1]
             through = wrk(
                 base + "/api/v1/llm/invoke", BODY_SPEC, auth, level, args.duration, args.load_core
             )
             used = cpu_seconds(broker.pid) - before
-            user_after, sys_after = cpu_times(broker.pid)
-            system_share = (sys_after - sys_before) / used if used else 0.0
+            system_share = (cpu_times(broker.pid)[1] - sys_before) / used if used else 0.0
             if spy is not None:
                 spy.wait()
             through.cpu_ms_per_request = used * 1000 / max(1, through.requests)

@@ -46,6 +46,7 @@ from common.errors import (
     RateLimited,
     ServiceUnavailable,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from common.http import JSONResponse, client_ip, read_body, validation_error
 from common.ledger import Drainer, PendingSettles
@@ -185,6 +186,9 @@ class Invoker:
             else:
                 principal = self.auth.verify_token(header, SCOPE)
             await self.auth.ensure_key_usable(principal)
+            content_type = request.headers.get("content-type", "application/json")
+            if "json" not in content_type.lower():
+                raise UnsupportedMediaType("Content-Type must be application/json")
             raw = await read_body(request, self.settings.max_body_bytes)
             if not raw:
                 raise BadRequest("request body is empty; a JSON object is required")
@@ -232,7 +236,7 @@ class Invoker:
         chain = self._chain(project, call.model)
         messages = self._screen(project, call)
         body = self._body(project, call, messages)
-        prompt_bound = len(orjson.dumps(messages)) + call.images * IMAGE_TOKEN_BOUND
+        prompt_bound = len(_dumps(messages)) + call.images * IMAGE_TOKEN_BOUND
         now = self.clock()
         created_ms = int(now * 1000)
         month = budget_month(datetime.fromtimestamp(now, UTC))
@@ -401,8 +405,8 @@ class Invoker:
     def _payload(self, body: dict[str, Any]) -> Callable[[Upstream], bytes]:
         def build(upstream: Upstream) -> bytes:
             if upstream.model == body["model"]:
-                return orjson.dumps(body)
-            return orjson.dumps({**body, "model": upstream.model})
+                return _dumps(body)
+            return _dumps({**body, "model": upstream.model})
 
         return build
 
@@ -417,8 +421,12 @@ class Invoker:
         except BrokerError as exc:
             await self._settle(ctx, None, 0, 0, "upstream_error", exc.status, exc.code, False)
             raise
-        except BaseException:
+        except asyncio.CancelledError:
             await self._settle(ctx, None, 0, 0, "cancelled", 499, "client_disconnected", False)
+            raise
+        except Exception:
+            # A bug of ours after admission: release the reservation, record what happened.
+            await self._settle(ctx, None, 0, 0, "internal_error", 500, "internal_error", False)
             raise
         cost = await self._settle(
             ctx,
@@ -458,8 +466,12 @@ class Invoker:
         except BrokerError as exc:
             await self._settle(ctx, None, 0, 0, "upstream_error", exc.status, exc.code, True)
             raise
-        except BaseException:
+        except asyncio.CancelledError:
             await self._settle(ctx, None, 0, 0, "cancelled", 499, "client_disconnected", True)
+            raise
+        except Exception:
+            # A bug of ours after admission: release the reservation, record what happened.
+            await self._settle(ctx, None, 0, 0, "internal_error", 500, "internal_error", True)
             raise
         headers = {
             "Cache-Control": "no-cache",
@@ -613,9 +625,7 @@ class Invoker:
             )
         if len(key) > 255:
             raise BadRequest("Idempotency-Key is longer than 255 characters")
-        fingerprint = hashlib.sha256(
-            orjson.dumps([call.api, body], option=orjson.OPT_SORT_KEYS)
-        ).hexdigest()
+        fingerprint = hashlib.sha256(_dumps([call.api, body], sort_keys=True)).hexdigest()
         redis_key = _idem_key(project.id, key)
         claim = orjson.dumps({"state": "pending", "fp": fingerprint})
         created = await self.redis.call(
@@ -687,7 +697,7 @@ class Invoker:
             or (body.get("n") or 1) != 1
         ):
             return None
-        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        digest = hashlib.sha256(_dumps(body, sort_keys=True)).hexdigest()
         return f"bx:cache:{project.id}:{call.api}:{digest}"
 
     async def _cache_get(self, key: str) -> dict[str, Any] | None:
@@ -770,6 +780,17 @@ def spec_body(
         "cost_usd": str(cost),
         "cached": cached,
     }
+
+
+def _dumps(value: Any, sort_keys: bool = False) -> bytes:
+    """orjson, or the standard library for integers beyond 64 bits (valid JSON all the same)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
+    except TypeError:
+        import json
+
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+        return text.encode()
 
 
 def _reasoning(model: str) -> bool:

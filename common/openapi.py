@@ -137,7 +137,19 @@ def operation_object(
     else:
         content[op.content_type] = {"schema": {}}
     if op.stream:
-        content["text/event-stream"] = {"schema": {"type": "string"}}
+        # OpenAPI 3.1 media-type schemas of event streams describe one event (3.2: itemSchema).
+        content["text/event-stream"] = {
+            "schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {"type": "string"},
+                    "event": {"type": "string"},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer"},
+                },
+            }
+        }
     ok["content"] = content
     responses: dict[str, Any] = {"200": ok}
     error_schema = "OpenAIError" if op.openai_errors else "Error"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+
+def _no_coercion(value: object) -> object:
+    """JSON numbers only: lax mode would turn true into 1 and "16" into 16."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number")
+    return value
 
 
 class Strict(BaseModel):
@@ -16,7 +23,12 @@ class Strict(BaseModel):
 class TokenRequest(Strict):
     """POST /api/v1/auth/token: exchange a project API key for tokens."""
 
-    project_id: str = Field(min_length=1, max_length=128)
+    # Documented here, checked (with its own message) by the handler: PROJECT_ID_PATTERN.
+    project_id: str = Field(
+        min_length=1,
+        max_length=128,
+        json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,127}$"},
+    )
     api_key: str = Field(min_length=1, max_length=512)
 
 
@@ -28,6 +40,19 @@ class RefreshRequest(Strict):
 
 class RevokeRequest(Strict):
     """POST /api/v1/auth/revoke: revoke a refresh token's session (or one access token)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["refresh_token"],
+                    "properties": {"refresh_token": {"type": "string"}},
+                },
+                {"required": ["token"], "properties": {"token": {"type": "string"}}},
+            ]
+        },
+    )
 
     refresh_token: str | None = Field(default=None, min_length=1, max_length=8192)
     token: str | None = Field(default=None, min_length=1, max_length=8192)
@@ -78,7 +103,19 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     """A chat message in OpenAI's shape (extra fields such as tool_calls pass through)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "if": {
+                "properties": {"role": {"enum": ["system", "developer", "user"]}},
+                "required": ["role"],
+            },
+            "then": {
+                "required": ["content"],
+                "properties": {"content": {"not": {"type": "null"}}},
+            },
+        },
+    )
 
     role: Role
     content: str | list[ContentPart] | None = None
@@ -101,18 +138,26 @@ class ChatParameters(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1, le=8)
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     user: str | None = Field(default=None, max_length=256)
 
-    @field_validator("stop")
+    @field_validator(
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        mode="before",
+    )
     @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
+    def _numbers_only(cls, value: object) -> object:
+        return _no_coercion(value)
 
 
 class InvokeRequest(Strict):
@@ -121,7 +166,7 @@ class InvokeRequest(Strict):
     model: str = Field(min_length=1, max_length=128)
     messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
     parameters: ChatParameters = Field(default_factory=ChatParameters)
-    stream: bool = False
+    stream: StrictBool = False
 
 
 class StreamOptions(BaseModel):
@@ -129,7 +174,7 @@ class StreamOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = None
 
 
 class ChatCompletionRequest(ChatParameters):
@@ -137,7 +182,7 @@ class ChatCompletionRequest(ChatParameters):
 
     model: str = Field(min_length=1, max_length=128)
     messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
 
 

@@ -548,3 +548,57 @@ async def test_expired_token_is_401(broker: Any) -> None:
     )
     assert reply.status_code == 401
     assert reply.json()["error"]["message"] == "token has expired"
+
+
+async def test_out_of_range_integers_are_refused_or_forwarded(broker: Any) -> None:
+    """A seed beyond 64 bits is a 400; a huge integer in a forwarded field is not a 500."""
+    http, tenant, _ = broker
+    bad = await http.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4.1-nano", "messages": MESSAGES, "seed": 2**64},
+        headers=tenant.key_auth,
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "seed"
+    forwarded = await http.post(
+        "/v1/chat/completions",
+        json={
+            "model": "gpt-4.1-nano",
+            "messages": MESSAGES,
+            "max_tokens": 2,
+            "metadata": {"order": 2**70},
+        },
+        headers=tenant.key_auth,
+    )
+    assert forwarded.status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_non_json_bodies_are_415(broker: Any, mock: MockUpstream, content_type: str) -> None:
+    """A JSON body sent with another Content-Type is refused with 415 on both APIs."""
+    http, tenant, _ = broker
+    raw = b'{"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}]}'
+    for path, headers in (
+        ("/api/v1/llm/invoke", tenant.auth),
+        ("/v1/chat/completions", tenant.key_auth),
+    ):
+        reply = await http.post(
+            path, content=raw, headers={**headers, "Content-Type": content_type}
+        )
+        assert reply.status_code == 415
+    assert mock.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"n": True}, {"max_tokens": "16"}, {"stream": "yes"}, {"temperature": "0.5"}],
+)
+async def test_wrong_json_types_are_not_coerced(broker: Any, extra: dict[str, Any]) -> None:
+    """Booleans and strings where numbers or booleans belong are 400, never silently coerced."""
+    http, tenant, _ = broker
+    reply = await http.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4.1-nano", "messages": MESSAGES, **extra},
+        headers=tenant.key_auth,
+    )
+    assert reply.status_code == 400
