@@ -332,6 +332,7 @@ class UpstreamClient:
                 connector=connector,
                 json_serialize=lambda obj: orjson.dumps(obj).decode(),
                 skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),  # upstream cookies are never wanted
             )
         return self._session
 

@@ -9,7 +9,11 @@ credentials or prompt text, and the formatter masks any field whose name says it
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
+import sys
 import traceback
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -166,11 +170,52 @@ class SpecFormatter(BasePowertoolsFormatter):
 _logger: Logger | None = None
 
 
+class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes the lines of one event-loop turn in a single write (one system call per turn
+    instead of one per line); outside a running loop it writes at once."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self._lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write(line)
+            return
+        if not self._lines:
+            loop.call_soon(self.flush)
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self._write("".join(lines))
+
+    def _write(self, text: str) -> None:
+        # A closed or broken stdout must not break requests.
+        with contextlib.suppress(Exception):
+            self.stream.write(text)
+            self.stream.flush()
+
+
 def get_logger() -> Logger:
     """The process' broker logger (created on first use at INFO; `configure` sets the level)."""
     global _logger
     if _logger is None:
-        _logger = Logger(service=LOGGER_NAME, level="INFO", logger_formatter=SpecFormatter())
+        _logger = Logger(
+            service=LOGGER_NAME,
+            level="INFO",
+            logger_formatter=SpecFormatter(),
+            logger_handler=TurnBufferedHandler(),
+        )
+        atexit.register(_logger.registered_handler.flush)
     return _logger
 
 

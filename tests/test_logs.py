@@ -56,6 +56,7 @@ def captured() -> Iterator[io.StringIO]:
 
 def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
     """Every captured line, each parsed as one JSON object."""
+    logs.get_logger().registered_handler.flush()  # lines are written once per loop turn
     return [json.loads(line) for line in buffer.getvalue().splitlines()]
 
 
@@ -175,6 +176,7 @@ async def test_invoke_logs_one_spec_line_per_call(broker: Any, captured: io.Stri
     tenant = await login(
         http, await create_tenant(settings, "proj_inovacao_ia_chatbot_2025_a1b2c3d4")
     )
+    logs.get_logger().registered_handler.flush()  # lines are written once per loop turn
     captured.truncate(0)
     captured.seek(0)
     ok = await http.post(
