@@ -9,6 +9,7 @@ ledger drainer; low-volume ones (tokens, admin changes) are appended directly.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,20 @@ import orjson
 from common.db import Database
 
 GENESIS = bytes(32)
+CHUNK = 32
+COPY_COLUMNS = [
+    "id",
+    "occurred_at",
+    "event",
+    "outcome",
+    "project_id",
+    "actor",
+    "request_id",
+    "reason",
+    "details",
+    "prev_hash",
+    "hash",
+]
 LOCK_KEY = 0x6272616478_02
 STREAM = "bx:audit"
 
@@ -106,7 +121,9 @@ async def append(conn: asyncpg.Connection, events: list[AuditEvent]) -> int:
     prev = bytes(last["hash"]) if last else GENESIS
     next_id = (last["id"] + 1) if last else 1
     rows = []
-    for event in events:
+    for index, event in enumerate(events):
+        if index and index % CHUNK == 0:
+            await asyncio.sleep(0)  # long batches: let the loop serve requests meanwhile
         details = orjson.dumps(dict(event.details), option=orjson.OPT_SORT_KEYS).decode()
         occurred_us = _micros(event.occurred_at)
         # PostgreSQL text cannot hold NUL; client-supplied strings may contain it.
@@ -124,23 +141,10 @@ async def append(conn: asyncpg.Connection, events: list[AuditEvent]) -> int:
         rows.append((next_id, moment, *values, prev, digest))
         prev = digest
         next_id += 1
-    await conn.copy_records_to_table(
-        "audit_log",
-        records=rows,
-        columns=[
-            "id",
-            "occurred_at",
-            "event",
-            "outcome",
-            "project_id",
-            "actor",
-            "request_id",
-            "reason",
-            "details",
-            "prev_hash",
-            "hash",
-        ],
-    )
+    for start in range(0, len(rows), CHUNK * 4):
+        await conn.copy_records_to_table(
+            "audit_log", records=rows[start : start + CHUNK * 4], columns=COPY_COLUMNS
+        )
     return len(rows)
 
 

@@ -37,6 +37,7 @@ from common.redis import RedisStore
 
 GROUP = "drainer"
 BATCH = 500
+CHUNK = 32
 BLOCK_MS = 200
 # After a partial batch, wait this long: records reach PostgreSQL within ~PACE_S, in
 # batches, instead of one transaction per call when traffic is light.
@@ -118,10 +119,12 @@ async def write(
     conn: asyncpg.Connection, records: list[UsageRecord], *, with_audit: bool
 ) -> list[UsageRecord]:
     """Insert records (duplicates ignored) and their audit entries; returns the new ones."""
-    if not records:
-        return []
-    columns = list(zip(*(_row(record) for record in records), strict=True))
-    inserted = {row["request_id"] for row in await conn.fetch(INSERT, *columns)}
+    inserted: set[str] = set()
+    # Chunks keep each stretch of encoding short: the loop serves requests in between.
+    for start in range(0, len(records), CHUNK):
+        chunk = records[start : start + CHUNK]
+        columns = list(zip(*(_row(record) for record in chunk), strict=True))
+        inserted.update(row["request_id"] for row in await conn.fetch(INSERT, *columns))
     fresh = [record for record in records if record.request_id in inserted]
     if with_audit and fresh:
         await audit.append(conn, [decision(r) for r in fresh])
