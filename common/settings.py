@@ -87,7 +87,12 @@ class _SecretsStoreSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         if self._backend == "env" or not self._name:
             return {}
-        from aws_lambda_powertools.utilities import parameters
+        try:
+            from aws_lambda_powertools.utilities import parameters
+        except ImportError:
+            raise ConfigError(
+                f"SECRETS_BACKEND={self._backend} needs boto3 (pip install boto3)"
+            ) from None
 
         values: dict[str, Any]
         try:
