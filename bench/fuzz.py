@@ -50,10 +50,8 @@ from tests.conftest import (
     MockUpstream,
     Process,
     Tenant,
-    free_port,
     make_settings,
     serve_broker,
-    wait_http,
 )
 
 
@@ -180,23 +178,10 @@ async def _create_projects(settings: Any) -> dict[str, Tenant]:
 
 
 def _start_mock() -> tuple[subprocess.Popen[bytes], MockUpstream]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bradax_cli.mock_openai",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    mock = MockUpstream(f"http://127.0.0.1:{port}/v1")
-    wait_http(mock.url + "/models", proc=proc)
-    return proc, mock
+    from bradax_cli.dev import start_mock_upstream
+
+    proc, url = start_mock_upstream()
+    return proc, MockUpstream(url)
 
 
 def report(results: Results, target: fz.FuzzTarget, broker: Process, elapsed: float) -> int:

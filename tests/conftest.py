@@ -388,6 +388,17 @@ def mock(mock_server: MockUpstream) -> MockUpstream:
 
 
 @pytest.fixture
+async def broker(
+    settings: Settings, configure: Any, mock: MockUpstream, router: Any
+) -> AsyncIterator[tuple[httpx2.AsyncClient, Settings]]:
+    """The whole broker in-process over the mock upstream: (client, settings in force)."""
+    current = configure(openai_api_key="mock-key", openai_base_url=mock.url)
+    transport = httpx2.ASGITransport(app=router, client=("10.9.8.7", 1234))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://broker") as http:
+        yield http, current
+
+
+@pytest.fixture
 def mock_upstream(mock: MockUpstream) -> str:
     """The reset mock upstream's base URL."""
     return mock.url

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -87,17 +86,6 @@ def bradax_verify(settings: Settings) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
-
-
-@pytest.fixture
-async def broker(
-    settings: Settings, configure: Any, mock: MockUpstream, router: Any
-) -> AsyncIterator[tuple[httpx2.AsyncClient, Settings]]:
-    """The broker in-process over the mock upstream."""
-    current = configure(openai_api_key="mock-key", openai_base_url=mock.url)
-    transport = httpx2.ASGITransport(app=router, client=("10.9.8.7", 1234))
-    async with httpx2.AsyncClient(transport=transport, base_url="http://broker") as http:
-        yield http, current
 
 
 async def invoke(http: httpx2.AsyncClient, tenant: Tenant, **body: Any) -> httpx2.Response:

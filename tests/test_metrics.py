@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -34,17 +33,6 @@ EMPTY = {
     "tokens": {"prompt": 0, "completion": 0},
     "cached_requests": 0,
 }
-
-
-@pytest.fixture
-async def broker(
-    settings: Settings, configure: Any, mock: MockUpstream, router: Any
-) -> AsyncIterator[tuple[httpx2.AsyncClient, Settings]]:
-    """The whole broker in-process over the mock upstream."""
-    current = configure(openai_api_key="mock-key", openai_base_url=mock.url)
-    transport = httpx2.ASGITransport(app=router, client=("10.9.8.7", 1234))
-    async with httpx2.AsyncClient(transport=transport, base_url="http://broker") as http:
-        yield http, current
 
 
 async def invoke(http: httpx2.AsyncClient, tenant: Tenant, **body: Any) -> httpx2.Response:

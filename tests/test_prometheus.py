@@ -351,17 +351,6 @@ async def test_two_invoke_processes_one_scrape_exact_counts(
             proc.stop()
 
 
-@pytest.fixture
-async def broker(
-    settings: Settings, configure: Any, mock: MockUpstream, router: Any
-) -> AsyncIterator[tuple[httpx2.AsyncClient, Settings]]:
-    """The whole broker in-process over the mock upstream."""
-    current = configure(openai_api_key="mock-key", openai_base_url=mock.url)
-    transport = httpx2.ASGITransport(app=router, client=("10.9.8.7", 1234))
-    async with httpx2.AsyncClient(transport=transport, base_url="http://broker") as http:
-        yield http, current
-
-
 async def test_disabled_metrics_record_nothing(
     broker: Any, configure: Any, mock: MockUpstream
 ) -> None:
