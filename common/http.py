@@ -139,14 +139,20 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_body(request: Request, model: type[ModelT], max_bytes: int) -> ModelT:
-    """The body validated as `model`; invalid JSON or fields -> 400, too big -> 413."""
+async def read_json_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body of a JSON request: not JSON -> 415, empty -> 400, too big -> 413."""
     content_type = request.headers.get("content-type", "application/json")
     if "json" not in content_type.lower():
         raise UnsupportedMediaType("Content-Type must be application/json")
     raw = await read_body(request, max_bytes)
     if not raw:
         raise BadRequest("request body is empty; a JSON object is required")
+    return raw
+
+
+async def parse_body(request: Request, model: type[ModelT], max_bytes: int) -> ModelT:
+    """The body validated as `model`; invalid JSON or fields -> 400, too big -> 413."""
+    raw = await read_json_body(request, max_bytes)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:

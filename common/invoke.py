@@ -46,9 +46,8 @@ from common.errors import (
     RateLimited,
     ServiceUnavailable,
     Unauthorized,
-    UnsupportedMediaType,
 )
-from common.http import JSONResponse, client_ip, read_body, validation_error
+from common.http import JSONResponse, client_ip, read_json_body, validation_error
 from common.ledger import Drainer, PendingSettles
 from common.llm import Completion, StreamCall, Upstream, UpstreamClient
 from common.logs import get_logger, log_outcome, mask_project, request_id_var
@@ -186,12 +185,7 @@ class Invoker:
             else:
                 principal = self.auth.verify_token(header, SCOPE)
             await self.auth.ensure_key_usable(principal)
-            content_type = request.headers.get("content-type", "application/json")
-            if "json" not in content_type.lower():
-                raise UnsupportedMediaType("Content-Type must be application/json")
-            raw = await read_body(request, self.settings.max_body_bytes)
-            if not raw:
-                raise BadRequest("request body is empty; a JSON object is required")
+            raw = await read_json_body(request, self.settings.max_body_bytes)
             call = parse_call(raw, api)
             return await self._governed(request, request_id, principal, call)
         except BrokerError as exc:
@@ -241,8 +235,10 @@ class Invoker:
         created_ms = int(now * 1000)
         month = budget_month(datetime.fromtimestamp(now, UTC))
         idem_key = request.headers.get("idempotency-key")
+        fingerprint = ""
         if idem_key:
-            replay = await self._idempotency_begin(project, idem_key, call, body)
+            fingerprint = hashlib.sha256(_dumps([call.api, body], sort_keys=True)).hexdigest()
+            replay = await self._idempotency_begin(project, idem_key, call, fingerprint)
             if replay is not None:
                 await self.auth.check_revocation(principal)
                 return replay
@@ -256,7 +252,9 @@ class Invoker:
                     response = await self._serve_cached(
                         request_id, principal, project, call, month, created_ms, cached, admission
                     )
-                    return await self._idempotency_end(project, idem_key, response, request_id)
+                    return await self._idempotency_end(
+                        project, idem_key, fingerprint, response, request_id
+                    )
             completion_bound = (body.get("n") or 1) * self._cap(body)
             worst = max(u.price.cost(prompt_bound, completion_bound) for u in chain)
             claim = BudgetClaim(
@@ -276,7 +274,7 @@ class Invoker:
             if call.stream:
                 return await self._stream(ctx, body)
             response = await self._complete(ctx, body, cache_key)
-            return await self._idempotency_end(project, idem_key, response, request_id)
+            return await self._idempotency_end(project, idem_key, fingerprint, response, request_id)
         except BaseException:
             if idem_key:
                 await self._idempotency_abort(project, idem_key)
@@ -617,7 +615,7 @@ class Invoker:
     # -- idempotency and response cache -------------------------------------------------
 
     async def _idempotency_begin(
-        self, project: Project, key: str, call: Call, body: dict[str, Any]
+        self, project: Project, key: str, call: Call, fingerprint: str
     ) -> Response | None:
         if call.stream:
             raise BadRequest(
@@ -625,7 +623,6 @@ class Invoker:
             )
         if len(key) > 255:
             raise BadRequest("Idempotency-Key is longer than 255 characters")
-        fingerprint = hashlib.sha256(_dumps([call.api, body], sort_keys=True)).hexdigest()
         redis_key = _idem_key(project.id, key)
         claim = orjson.dumps({"state": "pending", "fp": fingerprint})
         created = await self.redis.call(
@@ -659,14 +656,17 @@ class Invoker:
         )
 
     async def _idempotency_end(
-        self, project: Project, key: str | None, response: Response, request_id: str
+        self,
+        project: Project,
+        key: str | None,
+        fingerprint: str,
+        response: Response,
+        request_id: str,
     ) -> Response:
         if not key:
             return response
         keep = {k: v for k, v in response.headers.items() if k.lower().startswith("x-bradax")}
         keep["X-Request-ID"] = request_id  # a replay answers with the original call's id
-        fingerprint_record = await self.redis.call("GET", _idem_key(project.id, key))
-        fingerprint = orjson.loads(fingerprint_record).get("fp") if fingerprint_record else None
         record = {
             "state": "done",
             "fp": fingerprint,
