@@ -136,8 +136,3 @@ class Authenticator:
             expires = min(expires, key.expires_at.timestamp())
         self._key_cache[digest] = (expires, principal)
         return principal
-
-    def forget_keys(self) -> None:
-        """Drop cached API-key verifications."""
-        self._key_cache.clear()
-        self._key_status.forget()

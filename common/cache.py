@@ -70,10 +70,3 @@ class AsyncTTLCache(Generic[K, V]):
             del self._flights[key]
         if not flight.cancelled():
             flight.exception()  # retrieved: failures are re-raised to the awaiting callers
-
-    def forget(self, key: K | None = None) -> None:
-        """Drop one entry (or all)."""
-        if key is None:
-            self._items.clear()
-        else:
-            self._items.pop(key, None)

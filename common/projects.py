@@ -214,7 +214,3 @@ class PolicyCache:
     async def all(self) -> list[Project]:
         """Every project (not cached: used by the metrics scrape)."""
         return await self._store.list()
-
-    def forget(self, project_id: str | None = None) -> None:
-        """Drop one project (or all) from the cache."""
-        self._cache.forget(project_id)

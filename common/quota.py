@@ -339,14 +339,6 @@ class Governor:
         _, resv_key, _ = claim.keys
         await self._redis.call("ZADD", resv_key, "XX", expires_ms, claim.request_id)
 
-    async def spent(self, project_id: str, month: str) -> tuple[int, int] | None:
-        """(spent, reserved) nano-USD for the month, or None if Redis holds no figure."""
-        budget_key, _, _ = budget_keys(project_id, month)
-        values = await self._redis.call("HMGET", budget_key, "spent", "reserved")
-        if values[0] is None:
-            return None
-        return int(values[0]), int(values[1] or 0)
-
 
 def _window_name(window: int) -> str:
     return {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(window, f"{window}s")

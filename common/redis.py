@@ -98,13 +98,6 @@ class RedisStore:
         except UNAVAILABLE as exc:
             raise ServiceUnavailable("governance store (redis) unavailable") from exc
 
-    async def ping(self) -> bool:
-        """True when Redis answers PING."""
-        try:
-            return bool(await self.client.ping())
-        except RedisError:
-            return False
-
     async def close(self) -> None:
         """Close the connections."""
         self.fast.close()

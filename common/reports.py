@@ -182,13 +182,7 @@ def budget_status(
 
 async def month_spend(db: Database, project_id: str, month: str) -> Decimal:
     """The ledger's spend of a project for a budget month (YYYYMM)."""
-    value = await db.fetchval(
-        "SELECT coalesce(sum(cost_usd), 0) FROM usage_ledger "
-        "WHERE project_id = $1 AND budget_month = $2",
-        project_id,
-        month,
-    )
-    return Decimal(value)
+    return (await month_spend_of(db, month, [project_id])).get(project_id, Decimal(0))
 
 
 async def month_spend_of(db: Database, month: str, project_ids: list[str]) -> dict[str, Decimal]:

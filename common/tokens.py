@@ -163,10 +163,6 @@ class TokenService:
             self._cache[token] = claims
         return claims
 
-    def clear_cache(self) -> None:
-        """Forget verified tokens (after a key rotation)."""
-        self._cache.clear()
-
     def _decode(self, token: str, expected: TokenType | None, now: int) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
