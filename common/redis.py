@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -42,6 +44,9 @@ class RedisStore:
             socket_timeout=timeout,
             socket_connect_timeout=min(timeout, 5.0),
             retry_on_timeout=False,
+            # After a Redis restart every pooled connection is stale: retry a command once on
+            # a fresh connection instead of failing it (timeouts are not retried).
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             decode_responses=False,
             health_check_interval=0,
         )

