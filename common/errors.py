@@ -15,6 +15,8 @@
     ├── RateLimited (429 rate_limited, with Retry-After and X-RateLimit-*)
     ├── BudgetExceeded (402 budget_exceeded, with the remaining budget)
     ├── ServiceUnavailable (503 service_unavailable: Redis/PostgreSQL down, fail closed)
+    │   └── StoreUnsupported (503: Redis below 7.0 or with an evicting maxmemory-policy)
+    ├── StoreError (500 internal_error: Redis refused a command; logged, never shown)
     └── UpstreamError (502 upstream_error)
         ├── UpstreamTimeout (504 upstream_timeout)
         └── UpstreamRateLimited (429 upstream_rate_limited)
@@ -198,6 +200,21 @@ class ServiceUnavailable(BrokerError):
         headers = kwargs.pop("headers", None) or {}
         headers.setdefault("Retry-After", "1")
         super().__init__(message, headers=headers, **kwargs)
+
+
+class StoreUnsupported(ServiceUnavailable):
+    """The Redis server is older than bradax supports or may evict keys (money state)."""
+
+
+class StoreError(BrokerError):
+    """Redis refused a command for a reason that retrying will not fix (`reply` says which).
+
+    The reply is logged where the error is raised; the client sees a generic 500.
+    """
+
+    def __init__(self, reply: str) -> None:
+        super().__init__("internal error in the governance store; quote the request id")
+        self.reply = reply
 
 
 class UpstreamError(BrokerError):

@@ -17,6 +17,7 @@ import aiohttp
 
 from common import migrate
 from common.db import Database
+from common.errors import StoreUnsupported
 from common.redis import RedisStore
 from common.settings import Settings
 
@@ -50,6 +51,8 @@ async def timed(
         info = await asyncio.wait_for(probe(), timeout)
     except TimeoutError:
         return Check(UNHEALTHY, _ms(started), f"{what} did not answer within {timeout:g}s")
+    except StoreUnsupported as exc:
+        return Check(UNHEALTHY, _ms(started), exc.message)
     except Exception as exc:  # a probe must never raise: its failure is the answer
         return Check(UNHEALTHY, _ms(started), f"{what} unreachable ({type(exc).__name__})")
     return Check(HEALTHY, _ms(started), info=info or {})
@@ -113,11 +116,11 @@ async def check_database(db: Database, timeout: float) -> Check:
 
 
 async def check_redis(redis: RedisStore, timeout: float) -> Check:
-    """PING within `timeout`."""
+    """PING within `timeout`; a server outside the supported contract is unhealthy."""
 
     async def probe() -> dict[str, Any]:
-        await redis.client.ping()
-        return {}
+        await redis.call("PING")
+        return {"server": redis.server}
 
     return await timed(probe, timeout, "redis")
 

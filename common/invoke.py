@@ -202,14 +202,19 @@ class Invoker:
         """A token or API key; failed API-key guesses count against the client IP."""
         if not header or not looks_like_key(header.partition(" ")[2].strip()):
             return await self.auth.verify_credential(header, SCOPE)
+        if self.auth.knows_key(header):
+            return await self.auth.verify_credential(header, SCOPE)  # verified moments ago
         ip = client_ip(request, self.settings.trusted_proxies)
-        now_ms = int(self.clock() * 1000)
-        await self.failures.check(ip, None, now_ms)
+        slot = await self.failures.take(ip, None, int(self.clock() * 1000))
         try:
-            return await self.auth.verify_credential(header, SCOPE)
+            principal = await self.auth.verify_credential(header, SCOPE)
         except Unauthorized:
-            await self.failures.record(ip, None, now_ms)
+            raise  # the slot stays taken: a failed guess
+        except BaseException:
+            await self.failures.refund(slot)
             raise
+        await self.failures.refund(slot)
+        return principal
 
     async def models(self, request: Request) -> Response:
         """GET /v1/models: the models this project may use."""

@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from common import audit
 from common.audit import AuditEvent
 from common.background import stop_task
 from common.db import Database
-from common.errors import ServiceUnavailable
+from common.errors import ServiceUnavailable, StoreError
 from common.logs import get_logger
 from common.quota import LEDGER_STREAM, UsageRecord
 from common.redis import RedisStore
@@ -177,8 +177,8 @@ class Drainer:
         for stream in (LEDGER_STREAM, audit.STREAM):
             try:
                 await self._redis.call("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM")
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
+            except StoreError as exc:
+                if not exc.reply.startswith("BUSYGROUP"):
                     raise
         self._groups_ready = True
 
@@ -192,8 +192,8 @@ class Drainer:
             await self._ensure_groups()
             moved = await self._drain_ledger(block_ms)
             moved += await self._drain_audit()
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):
+        except StoreError as exc:
+            if exc.reply.startswith("NOGROUP"):
                 self._groups_ready = False  # Redis lost its data: recreate on the next pass
             raise
         return moved
@@ -300,7 +300,7 @@ class PendingSettles:
             try:
                 await settle()
                 return
-            except (ServiceUnavailable, RedisError, OSError):
+            except (ServiceUnavailable, StoreError, RedisError, OSError):
                 log.warning("settle deferred: redis unreachable", retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -15,6 +15,7 @@ import asyncpg
 
 from common.db import UNAVAILABLE
 from common.errors import ServiceUnavailable
+from common.settings import redact_url
 
 # An arbitrary, fixed 64-bit key for pg_advisory_lock ("bradax-migrate").
 LOCK_KEY = 0x6272616478_01
@@ -90,6 +91,8 @@ async def migrate(dsn: str) -> list[Migration]:
         conn = await asyncpg.connect(dsn, timeout=10)
     except UNAVAILABLE as exc:
         raise ServiceUnavailable("database unavailable") from exc
+    except asyncpg.PostgresError as exc:  # no such database, bad password, no permission
+        raise MigrationError(f"cannot connect to {redact_url(dsn)}: {exc}") from None
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
         try:

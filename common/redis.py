@@ -1,18 +1,29 @@
 """Thin adapter over redis.asyncio: one client per process, Lua scripts, errors translated.
 
-Every failure to reach Redis surfaces as `ServiceUnavailable` so governance fails closed;
-the client reconnects on its own when Redis comes back.
+The contract: Redis 7.0+ or Valkey 7.2+ (scripts use 7.0 semantics; the drainer needs
+XAUTOCLAIM), with `maxmemory-policy noeviction` (budgets, reservations and pending ledger
+records must never be evicted). Both are checked once, on the first command, and a server
+that fails them refuses every command with one clear line (`StoreUnsupported`, 503).
+
+Errors are translated here and only here: an unreachable server, and the replies that mean
+"not now" (READONLY, OOM, LOADING, BUSY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN), become
+`ServiceUnavailable` (503 with Retry-After, fail closed); any other error reply becomes a
+logged `StoreError`. The client reconnects on its own when Redis comes back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import inspect
+import logging
 from collections.abc import Awaitable
 from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis import exceptions
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -20,18 +31,82 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import ServiceUnavailable
+from common.errors import ServiceUnavailable, StoreError, StoreUnsupported
 from common.resp import RespClient, RespConnectionError
 from common.settings import Settings
 
 T = TypeVar("T")
 
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, RespConnectionError, OSError, TimeoutError)
+# Error replies that mean the server cannot serve right now: retry later, never a 500.
+TRANSIENT = ("READONLY", "OOM", "LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+_CLASS_WORDS: dict[type[Exception], str] = {
+    exceptions.ReadOnlyError: "READONLY",
+    exceptions.OutOfMemoryError: "OOM",
+    exceptions.BusyLoadingError: "LOADING",
+    exceptions.MasterDownError: "MASTERDOWN",
+    exceptions.ClusterDownError: "CLUSTERDOWN",
+    exceptions.TryAgainError: "TRYAGAIN",
+}
+MIN_VERSION = (7, 0)
+SAFE_POLICIES = ("noeviction",)
+
+_log = logging.getLogger("bradax.redis")
 
 
 def load_script(name: str) -> str:
     """The text of a Lua script shipped in common/lua/."""
     return resources.files("common").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def translate(exc: Exception) -> Exception:
+    """The broker error for a failure of a Redis command (anything else is returned as is)."""
+    if isinstance(exc, StoreError | ServiceUnavailable):
+        return exc
+    if isinstance(exc, ResponseError):
+        reply = str(exc)
+        # redis-py turns some replies into classes and drops their first word.
+        word = _CLASS_WORDS.get(type(exc)) or reply.split(" ", 1)[0].upper()
+        if word in TRANSIENT:
+            return ServiceUnavailable(f"governance store (redis) unavailable: {word}")
+        _log.error("redis refused a command: %s", reply[:200])
+        return StoreError(reply)
+    if isinstance(exc, UNAVAILABLE):
+        return ServiceUnavailable("governance store (redis) unavailable")
+    return exc
+
+
+def _info_fields(info: bytes | str) -> dict[str, str]:
+    text = info.decode() if isinstance(info, bytes) else info
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name.strip()] = value.strip()
+    return fields
+
+
+def check_contract(info: bytes | str) -> str:
+    """The server's name and version from its INFO; StoreUnsupported if below the contract."""
+    fields = _info_fields(info)
+    valkey = fields.get("valkey_version")
+    version = fields.get("redis_version", "0")
+    name = f"Valkey {valkey}" if valkey else f"Redis {version}"
+    try:
+        numbers = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        numbers = (0, 0)
+    if numbers < MIN_VERSION:
+        raise StoreUnsupported(
+            f"{name} is not supported: bradax needs Redis 7.0+ or Valkey 7.2+ (REDIS_URL)"
+        )
+    policy = fields.get("maxmemory_policy", "noeviction")
+    if policy not in SAFE_POLICIES:
+        raise StoreUnsupported(
+            f"{name} has maxmemory-policy {policy}: budgets and pending ledger records must "
+            "not be evicted; set maxmemory-policy noeviction"
+        )
+    return name
 
 
 class RedisStore:
@@ -53,6 +128,9 @@ class RedisStore:
         # Hot-path scripts go through one pipelined connection (see common.resp).
         self.fast = RespClient(settings.redis_url.get_secret_value(), timeout=timeout)
         self._scripts: dict[str, tuple[str, str]] = {}
+        # "Redis 7.0.15" / "Valkey 9.0.1" once the server passed the contract check.
+        self.server: str | None = None
+        self._checking: asyncio.Lock | None = None
 
     def script(self, name: str) -> tuple[str, str]:
         """(sha1, text) of a script shipped in common/lua/."""
@@ -63,8 +141,29 @@ class RedisStore:
             self._scripts[name] = found
         return found
 
+    async def ensure_supported(self) -> str:
+        """Check the server against the contract once (StoreUnsupported, 503 if unreachable)."""
+        if self.server is not None:
+            return self.server
+        if self._checking is None:
+            self._checking = asyncio.Lock()
+        async with self._checking:
+            if self.server is None:
+                try:
+                    info = await self.fast.execute("INFO")
+                except Exception as exc:
+                    raise translate(exc) from exc
+                try:
+                    self.server = check_contract(info)
+                except StoreUnsupported as exc:
+                    _log.error("%s", exc.message)
+                    raise
+        return self.server
+
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a Lua script atomically (EVALSHA, loaded on NOSCRIPT); Redis down -> 503."""
+        """Run a Lua script atomically (EVALSHA, loaded on NOSCRIPT); errors translated."""
+        if self.server is None:
+            await self.ensure_supported()
         sha, text = self.script(name)
         try:
             try:
@@ -74,34 +173,35 @@ class RedisStore:
                     raise
                 await self.fast.execute("SCRIPT", "LOAD", text)
                 return await self.fast.execute("EVALSHA", sha, len(keys), *keys, *args)
-        except RespConnectionError as exc:
-            raise ServiceUnavailable("governance store (redis) unavailable") from exc
-        except ResponseError as exc:
-            if str(exc).startswith(("BUSY", "LOADING")):
-                raise ServiceUnavailable("governance store (redis) is busy") from exc
-            raise
+        except Exception as exc:
+            raise translate(exc) from exc
 
     async def call(self, *args: Any) -> Any:
-        """One raw command; unreachable Redis -> ServiceUnavailable."""
+        """One raw command; errors translated (ServiceUnavailable / StoreError)."""
+        if self.server is None:
+            await self.ensure_supported()
         try:
             return await self.client.execute_command(*args)  # type: ignore[no-untyped-call]
-        except UNAVAILABLE as exc:
-            raise ServiceUnavailable("governance store (redis) unavailable") from exc
-        except ResponseError as exc:
-            if "LOADING" in str(exc):
-                raise ServiceUnavailable("governance store (redis) is loading") from exc
-            raise
+        except Exception as exc:
+            raise translate(exc) from exc
 
     def pipeline(self, transaction: bool = True) -> Pipeline:
         """A pipeline on the shared client (the caller translates errors with `guard`)."""
         return self.client.pipeline(transaction=transaction)
 
     async def guard(self, pending: Awaitable[T]) -> T:
-        """Await a pipeline or command; unreachable Redis -> ServiceUnavailable."""
+        """Await a pipeline or command; errors translated (ServiceUnavailable / StoreError)."""
+        if self.server is None:
+            try:
+                await self.ensure_supported()
+            except BaseException:
+                if inspect.iscoroutine(pending):
+                    pending.close()  # never run a command on a server that failed the check
+                raise
         try:
             return await pending
-        except UNAVAILABLE as exc:
-            raise ServiceUnavailable("governance store (redis) unavailable") from exc
+        except Exception as exc:
+            raise translate(exc) from exc
 
     async def close(self) -> None:
         """Close the connections."""

@@ -44,7 +44,7 @@ sessions: deps.Lazy[SessionService] = deps.Lazy(
     )
 )
 failures: deps.Lazy[FailureGate] = deps.Lazy(
-    lambda: FailureGate(governor.get(), deps.redis.get(), deps.settings())
+    lambda: FailureGate(deps.redis.get(), deps.settings())
 )
 telemetry: deps.Lazy[Telemetry] = deps.Lazy(
     lambda: Telemetry(

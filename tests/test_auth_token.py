@@ -727,6 +727,7 @@ async def test_failed_attempts_per_ip_are_limited(
     assert error(response) == {
         "code": "too_many_failed_attempts",
         "message": "too many failed authentication attempts; try again later",
+        "limit_name": "failed_auth_per_ip",
     }
     refresh = await client.post(REFRESH, json={"refresh_token": "x"})
     assert refresh.status_code == 429
@@ -742,22 +743,50 @@ async def test_failed_refreshes_count_towards_the_ip_limit(
     assert (await login(client, creds)).status_code == 429
 
 
-async def test_failed_attempts_per_project_are_limited(
+async def test_failed_attempts_per_project_are_limited_per_client_ip(
     client: httpx2.AsyncClient, creds: Creds, configure: Any, settings: Settings
 ) -> None:
-    """After AUTH_FAILURES_PER_PROJECT failures from many IPs, that project is locked for all."""
+    """AUTH_FAILURES_PER_PROJECT failures lock that project out for the IP that sent them only:
+    guesses sent from elsewhere never lock the project's real key out."""
     configure(
         auth_failures_per_ip=100, auth_failures_per_project=2, trusted_proxies=("10.0.0.0/8",)
     )
     other = await _make_project(settings, "proj_other")
     wrong = {"project_id": PROJECT, "api_key": "bx_0000000000000000_" + "A" * 43}
-    for ip in ("203.0.113.1", "203.0.113.2"):
-        response = await client.post(TOKEN, json=wrong, headers={"X-Forwarded-For": ip})
-        assert response.status_code == 401
-    locked = await login(client, creds, **{"X-Forwarded-For": "198.51.100.7"})
+    attacker = {"X-Forwarded-For": "203.0.113.1"}
+    for _ in range(2):
+        assert (await client.post(TOKEN, json=wrong, headers=attacker)).status_code == 401
+    locked = await client.post(TOKEN, json=wrong, headers=attacker)
     assert locked.status_code == 429
     assert error(locked)["code"] == "too_many_failed_attempts"
-    assert (await login(client, other, **{"X-Forwarded-For": "198.51.100.7"})).status_code == 200
+    assert (await login(client, creds, **attacker)).status_code == 429  # right key, same IP
+    assert (await login(client, other, **attacker)).status_code == 200  # another project
+    assert (await login(client, creds, **{"X-Forwarded-For": "198.51.100.7"})).status_code == 200
+
+
+async def test_concurrent_guesses_cannot_pass_the_limit(
+    client: httpx2.AsyncClient, creds: Creds, configure: Any
+) -> None:
+    """Attempts are counted before verification: 40 concurrent wrong keys under a limit of 20
+    get exactly 20 verdicts (401) and 20 refusals (429)."""
+    configure(auth_failures_per_ip=20, auth_failures_per_project=1000)
+    wrong = {"project_id": PROJECT, "api_key": "bx_0000000000000000_" + "A" * 43}
+    answers = await asyncio.gather(*(client.post(TOKEN, json=wrong) for _ in range(40)))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [401] * 20 + [429] * 20
+
+
+async def test_successful_logins_do_not_count_as_failures(
+    client: httpx2.AsyncClient, creds: Creds, configure: Any
+) -> None:
+    """A verified credential gives its attempt back: many logins never exhaust the failure
+    limit, and the failures that follow are counted from zero."""
+    configure(auth_failures_per_ip=3)
+    for _ in range(6):
+        assert (await login(client, creds)).status_code == 200
+    wrong = {"project_id": PROJECT, "api_key": "bx_0000000000000000_" + "A" * 43}
+    statuses = [(await client.post(TOKEN, json=wrong)).status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
 
 
 async def test_login_rate_per_ip(client: httpx2.AsyncClient, creds: Creds, configure: Any) -> None:

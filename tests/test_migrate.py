@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from common import migrate
-from tests.conftest import Services, _with_database
+from tests.conftest import Services, with_database
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ async def empty_db(services: Services) -> AsyncIterator[str]:
     admin = await asyncpg.connect(services.admin_dsn)
     await admin.execute(f"CREATE DATABASE {name}")
     await admin.close()
-    yield _with_database(services.admin_dsn, name)
+    yield with_database(services.admin_dsn, name)
     admin = await asyncpg.connect(services.admin_dsn)
     await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     await admin.close()

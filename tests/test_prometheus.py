@@ -344,8 +344,8 @@ async def test_two_invoke_processes_one_scrape_exact_counts(
         assert samples[s("bradax_request_duration_seconds_sum", **invoke)] > 0
         in_use = samples[s("bradax_database_connections", state="in_use")]
         idle = samples[s("bradax_database_connections", state="idle")]
-        assert in_use >= 0
         assert idle >= 1
+        assert 0 <= in_use <= samples[s("bradax_database_connections_max")] - idle
     finally:
         for proc in procs:
             proc.stop()

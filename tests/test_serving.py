@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -83,44 +84,54 @@ def test_the_dev_router_serves_every_function(settings: Settings, tmp_path: Path
 
 @pytest.mark.slow
 def test_bradax_dev_starts_embedded_services(tmp_path: Path) -> None:
-    """`bradax dev` with nothing set starts embedded PostgreSQL, Redis and the mock, says so,
-    serves /ready, and stops cleanly on Ctrl-C."""
+    """`bradax dev` with nothing set starts embedded PostgreSQL, Redis and the mock, says so
+    with their URLs, limits wrong keys (401, then 429), lets `bradax project list` in the same
+    directory administer it, and stops everything it started on SIGTERM."""
     port = free_port()
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY", "JWT_SECRET_KEY")
-        and not key.startswith("TEST_")
+        and not key.startswith(("TEST_", "BRADAX_"))
     }
+    env["AUTH_FAILURES_PER_PROJECT"] = "3"
     log = (tmp_path / "dev.log").open("wb")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bradax_cli.cli",
-            "dev",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
+        [sys.executable, "-m", "bradax_cli.cli", "dev", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"http://127.0.0.1:{port}/live", timeout=90, proc=proc)
-        ready = httpx2.get(f"http://127.0.0.1:{port}/ready", timeout=10)
+        wait_http(f"{base}/live", timeout=90, proc=proc)
+        ready = httpx2.get(f"{base}/ready", timeout=10)
         assert ready.status_code == 200, ready.text
-        health = httpx2.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+        health = httpx2.get(f"{base}/health", timeout=10).json()
         assert health["services"] == {
             "database": "healthy",
             "redis": "healthy",
             "openai": "healthy",
         }
+        wrong = {"project_id": "proj_demo", "api_key": "bx_0123456789abcdef_" + "w" * 43}
+        statuses = [
+            httpx2.post(f"{base}/api/v1/auth/token", json=wrong, timeout=10).status_code
+            for _ in range(4)
+        ]
+        assert statuses == [401, 401, 401, 429]
+        listed = subprocess.run(
+            [sys.executable, "-m", "bradax_cli.cli", "project", "list"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert [p["id"] for p in json.loads(listed.stdout)["projects"]] == ["proj_demo"]
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -131,8 +142,13 @@ def test_bradax_dev_starts_embedded_services(tmp_path: Path) -> None:
     assert any("DATABASE_URL not set: using an embedded PostgreSQL" in line for line in head)
     assert any("REDIS_URL not set: using an embedded Redis" in line for line in head)
     assert any("OPENAI_API_KEY not set: using the bundled mock upstream" in line for line in head)
+    assert any(line.startswith("bradax dev:   REDIS_URL=unix://") for line in head)
+    assert "Redis server: Valkey" in output
     assert "created demo project proj_demo with API key bx_" in output
-    assert code == 0, output
+    assert "`bradax project list` in this directory" in output
+    assert code == 128 + signal.SIGTERM, output
     time.sleep(0.5)
-    postmaster = tmp_path / "data" / "postgres" / "postmaster.pid"
-    assert not postmaster.exists(), "embedded PostgreSQL was left running"
+    data = tmp_path / ".bradax"
+    assert not (data / "postgres" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
+    assert not (data / "redis" / "redis.sock").exists(), "embedded Redis left running"
+    assert not (data / "dev.json").exists()

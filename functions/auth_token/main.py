@@ -29,6 +29,7 @@ from common.schemas import (
     TokenRequest,
     TokenResponse,
 )
+from common.sessions import FailureSlot
 from common.settings import ConfigError
 from common.tokens import KeySet
 
@@ -44,12 +45,13 @@ class Attempt:
 
     # A plain class, not a dataclass: loaders that exec this file without registering it in
     # sys.modules (as some tools do) make @dataclass fail on postponed annotations.
-    __slots__ = ("ip", "now_ms", "request_id")
+    __slots__ = ("ip", "now_ms", "request_id", "slot")
 
     def __init__(self, ip: str, request_id: str, now_ms: int) -> None:
         self.ip = ip
         self.request_id = request_id
         self.now_ms = now_ms
+        self.slot: FailureSlot | None = None
 
     async def audit(
         self,
@@ -72,9 +74,10 @@ class Attempt:
             )
         )
 
-    async def failed(self, project_id: str | None) -> None:
-        """Count a failed credential towards the brute-force limits."""
-        await services.failures.get().record(self.ip, project_id, self.now_ms)
+    async def settle(self, exc: BaseException | None) -> None:
+        """Keep the attempt counted if the credential was wrong, else give it back."""
+        if self.slot is not None and not isinstance(exc, Unauthorized):
+            await services.failures.get().refund(self.slot)
 
 
 async def _gate(request: Request, event: str, project_id: str | None) -> Attempt:
@@ -86,12 +89,12 @@ async def _gate(request: Request, event: str, project_id: str | None) -> Attempt
         int(time.time() * 1000),
     )
     try:
-        await services.failures.get().check(attempt.ip, project_id, attempt.now_ms)
         if settings.rate_limiting_enabled and settings.rate_limit_auth_per_minute:
             limit = Limit(
                 "auth_per_ip", f"auth:ip:{attempt.ip}", settings.rate_limit_auth_per_minute, 60
             )
             await services.governor.get().admit(now_ms=attempt.now_ms, limits=[limit])
+        attempt.slot = await services.failures.get().take(attempt.ip, project_id, attempt.now_ms)
     except RateLimited as exc:
         await attempt.audit(event, "denied", project_id, exc.code)
         raise
@@ -106,11 +109,12 @@ async def issue_token(request: Request) -> Response:
     attempt = await _gate(request, "token.issue", body.project_id)
     try:
         pair = await services.sessions.get().login(body.project_id, body.api_key, _now())
-    except BrokerError as exc:
-        if isinstance(exc, Unauthorized):
-            await attempt.failed(body.project_id)
-        await attempt.audit("token.issue", "denied", body.project_id, exc.code)
+    except BaseException as exc:
+        await attempt.settle(exc)
+        if isinstance(exc, BrokerError):
+            await attempt.audit("token.issue", "denied", body.project_id, exc.code)
         raise
+    await attempt.settle(None)
     await attempt.audit(
         "token.issue", "allowed", pair.project_id, key_id=pair.key_id, family=pair.family
     )
@@ -122,11 +126,12 @@ async def refresh_token(request: Request) -> Response:
     attempt = await _gate(request, "token.refresh", None)
     try:
         pair = await services.sessions.get().refresh(body.refresh_token, _now())
-    except BrokerError as exc:
-        if isinstance(exc, Unauthorized):
-            await attempt.failed(None)
-        await attempt.audit("token.refresh", "denied", None, exc.code)
+    except BaseException as exc:
+        await attempt.settle(exc)
+        if isinstance(exc, BrokerError):
+            await attempt.audit("token.refresh", "denied", None, exc.code)
         raise
+    await attempt.settle(None)
     await attempt.audit(
         "token.refresh", "allowed", pair.project_id, key_id=pair.key_id, family=pair.family
     )
@@ -138,11 +143,12 @@ async def revoke_token(request: Request) -> Response:
     attempt = await _gate(request, "token.revoke", None)
     try:
         claims = await services.sessions.get().revoke(body.value, _now())
-    except BrokerError as exc:
-        if isinstance(exc, Unauthorized):
-            await attempt.failed(None)
-        await attempt.audit("token.revoke", "denied", None, exc.code)
+    except BaseException as exc:
+        await attempt.settle(exc)
+        if isinstance(exc, BrokerError):
+            await attempt.audit("token.revoke", "denied", None, exc.code)
         raise
+    await attempt.settle(None)
     await attempt.audit(
         "token.revoke",
         "allowed",
