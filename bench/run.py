@@ -161,8 +161,11 @@ def wait_http(url: str, timeout: float = 30) -> None:
 
 async def _setup_project(env: dict[str, str]) -> str:
     os.environ.update(env)
-    from bradax_cli import admin
+    from decimal import Decimal
+
+    from bradax_cli import provision
     from common import migrate
+    from common.projects import ProjectFields
     from common.settings import load_settings
 
     settings = load_settings()
@@ -170,28 +173,20 @@ async def _setup_project(env: dict[str, str]) -> str:
     from contextlib import AsyncExitStack
 
     async with AsyncExitStack() as stack:
-        adm = await admin.open_admin(stack, settings)
+        adm = await provision.open_admin(stack, settings)
         await adm.db.execute("DELETE FROM projects WHERE id = 'proj_bench'")
         await adm.redis.call("FLUSHDB")
-        args = argparse.Namespace(
-            id="proj_bench",
+        fields = ProjectFields(
             name="Benchmark",
             division="bench",
             team="bench",
-            budget_usd=None,
-            max_tokens=4096,
+            budget_monthly_usd=Decimal("1000000"),
+            max_tokens_per_request=4096,
             max_requests_per_hour=1_000_000_000,
             max_requests_per_second=1_000_000,
-            models="gpt-4.1-nano",
-            compliance=None,
-            pii_action=None,
-            cache=None,
-            scopes=None,
+            allowed_models=("gpt-4.1-nano",),
         )
-        from decimal import Decimal
-
-        args.budget_usd = Decimal("1000000")
-        created = await admin.project_create(adm, args)
+        created = await provision.create_project(adm, "proj_bench", fields)
     key: str = created["api_key"]["key"]
     return key
 

@@ -53,35 +53,32 @@ PROMPTS = [
 async def setup(env: dict[str, str]) -> dict[str, str]:
     """Create the soak projects (fresh) and return their API keys."""
     os.environ.update(env)
-    from bradax_cli import admin
+    from bradax_cli import provision
     from common import migrate
+    from common.projects import ProjectFields
     from common.settings import load_settings
 
     settings = load_settings()
     await migrate.migrate(settings.database_url.get_secret_value())
     keys: dict[str, str] = {}
     async with AsyncExitStack() as stack:
-        adm = await admin.open_admin(stack, settings)
+        adm = await provision.open_admin(stack, settings)
         await adm.redis.call("FLUSHDB")
         for project_id, (budget, per_hour, compliance) in PROJECTS.items():
             await adm.db.execute("DELETE FROM usage_ledger WHERE project_id = $1", project_id)
             await adm.db.execute("DELETE FROM projects WHERE id = $1", project_id)
-            args = argparse.Namespace(
-                id=project_id,
+            fields = ProjectFields(
                 name=project_id,
                 division="soak",
                 team="soak",
-                budget_usd=Decimal(budget),
-                max_tokens=256,
+                budget_monthly_usd=Decimal(budget),
+                max_tokens_per_request=256,
                 max_requests_per_hour=per_hour,
                 max_requests_per_second=1_000_000,
-                models="gpt-4.1-nano,gpt-4.1-mini",
-                compliance=compliance,
-                pii_action=None,
-                cache=None,
-                scopes=None,
+                allowed_models=("gpt-4.1-nano", "gpt-4.1-mini"),
+                compliance_rules=tuple(compliance.split(",")) if compliance else None,
             )
-            created = await admin.project_create(adm, args)
+            created = await provision.create_project(adm, project_id, fields)
             keys[project_id] = created["api_key"]["key"]
     return keys
 

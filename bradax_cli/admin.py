@@ -1,37 +1,27 @@
-"""Admin commands: `bradax project ...`, `bradax key ...`, `bradax audit verify`.
+"""The `bradax project ...`, `bradax key ...` and `bradax audit verify` commands (argparse only).
 
-They replace the spec's raw SQL: each change goes to PostgreSQL, the Redis deny-list (so
-suspensions and revocations bite at once) and the audit trail, and prints JSON. An API key
-is printed once, when created; only its hash is stored.
+Each command turns its options into the typed values of a `bradax_cli.provision`
+operation, runs it and prints its JSON; option errors are one line naming the option.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import asyncpg
-from redis.exceptions import RedisError
 
-from common import audit as audit_chain
-from common.apikeys import KEY_PREFIX, ApiKeyStore, parse_key
-from common.audit import AuditEvent, AuditTrail
-from common.db import Database
-from common.errors import BrokerError, ServiceUnavailable, StoreError, StoreUnsupported
-from common.pricing import PriceTable
-from common.projects import ProjectFields, ProjectStore
-from common.redis import RedisStore
-from common.settings import Settings, load_settings
+from bradax_cli import provision
+from bradax_cli.console import emit, run_async
+from bradax_cli.provision import Admin, AdminError
+from common.apikeys import KEY_PREFIX, parse_key
+from common.projects import ProjectFields
 from common.tokens import ALL_SCOPES
 
-ACTOR = "cli"
 INT32_MAX = 2**31 - 1
 MAX_GRACE_MINUTES = 30 * 24 * 60
 # Model field -> the option that sets it, so validation errors name what the user typed.
@@ -42,76 +32,6 @@ OPTIONS = {
     "compliance_rules": "--compliance",
     "cache_enabled": "--cache",
 }
-
-
-class AdminError(BrokerError):
-    """A command that cannot be carried out: one line on stderr, exit status 1.
-
-    A BrokerError (not bradax_cli.cli.CliError) so `bradax` catches it however it was started:
-    under `python -m bradax_cli.cli` the running module is __main__, whose CliError is another
-    class than the one `import bradax_cli.cli` would give.
-    """
-
-
-@dataclass
-class Admin:
-    """The stores an admin command works on."""
-
-    settings: Settings
-    db: Database
-    redis: RedisStore
-    projects: ProjectStore
-    keys: ApiKeyStore
-    audit: AuditTrail
-
-    async def deny(self, key: str, ttl: int | None, consequence: str) -> bool:
-        """Set a deny-list entry; False (warning with `consequence`) if Redis cannot be told."""
-        args: list[object] = ["SET", key, "1"] if ttl is None else ["SET", key, "1", "EX", ttl]
-        return await self._redis_or_warn(args, consequence)
-
-    async def allow(self, key: str, consequence: str) -> bool:
-        """Delete a deny-list entry; False (warning with `consequence`) if Redis cannot be told."""
-        return await self._redis_or_warn(["DEL", key], consequence)
-
-    async def _redis_or_warn(self, command: list[object], consequence: str) -> bool:
-        try:
-            await self.redis.call(*command)
-        except (ServiceUnavailable, StoreError, RedisError) as exc:
-            why = exc.message if isinstance(exc, StoreUnsupported) else "Redis unreachable"
-            print(f"bradax: warning: {why}; {consequence}", file=sys.stderr)
-            return False
-        return True
-
-    async def record(self, conn: asyncpg.Connection, *events: AuditEvent) -> None:
-        """Append audit events inside the caller's transaction (no change without its record)."""
-        if self.audit.enabled:
-            await audit_chain.append(conn, list(events))
-
-    @property
-    def token_deny_ttl(self) -> int:
-        """How long a deny entry must outlive the longest-lived access token."""
-        return (
-            self.settings.jwt_access_token_expire_minutes * 60
-            + self.settings.jwt_leeway_seconds
-            + 60
-        )
-
-
-async def open_admin(stack: AsyncExitStack, settings: Settings | None = None) -> Admin:
-    """Stores for one command, closed when `stack` closes."""
-    settings = settings or load_settings()
-    db = Database(settings)
-    stack.push_async_callback(db.close)
-    redis = RedisStore(settings, timeout=3.0)
-    stack.push_async_callback(redis.close)
-    return Admin(
-        settings,
-        db,
-        redis,
-        ProjectStore(db),
-        ApiKeyStore(db),
-        AuditTrail(db, settings.audit_logging_enabled),
-    )
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -194,210 +114,35 @@ def _fields(args: argparse.Namespace) -> ProjectFields:
         raise AdminError(f"{option}: {message}") from None
 
 
-def _check_models(settings: Settings, fields: ProjectFields) -> None:
-    """AdminError unless every allowed model is one this broker serves (exact names)."""
-    if not fields.allowed_models:
-        return
-    prices = PriceTable(settings)
-    served = {m for m in (*prices.models, *settings.model_routes) if prices.get(m) is not None}
-    unknown = [m for m in fields.allowed_models if m not in served]
-    if unknown:
-        raise AdminError(
-            f"--models: not served by this broker: {', '.join(unknown)} "
-            f"(served: {', '.join(sorted(served))}; add others with MODEL_ROUTES/MODEL_PRICES)"
-        )
+Command = Callable[[Admin, argparse.Namespace], Awaitable[dict[str, Any]]]
+
+COMMANDS: dict[str, Command] = {
+    "project create": lambda a, o: provision.create_project(
+        a, o.id, _fields(o), o.scopes or ALL_SCOPES
+    ),
+    "project update": lambda a, o: provision.update_project(a, o.id, _fields(o)),
+    "project suspend": lambda a, o: provision.set_project_status(a, o.id, suspend=True),
+    "project resume": lambda a, o: provision.set_project_status(a, o.id, suspend=False),
+    "project show": lambda a, o: provision.show_project(a, o.id),
+    "project list": lambda a, o: provision.list_projects(a),
+    "key create": lambda a, o: provision.create_key(
+        a, o.project, o.scopes or ALL_SCOPES, o.name or ""
+    ),
+    "key list": lambda a, o: provision.list_keys(a, o.project),
+    "key revoke": lambda a, o: provision.revoke_key(a, o.key_id),
+    "key rotate": lambda a, o: provision.rotate_key(a, o.key_id, o.grace_minutes),
+    "audit verify": lambda a, o: provision.verify_audit(a),
+}
 
 
-async def project_create(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
-    """Create a project and its first API key."""
-    fields = _fields(args)
-    _check_models(admin.settings, fields)
-    # One transaction: a failure anywhere leaves no project whose only key was never shown.
-    async with admin.db.connection() as conn, conn.transaction():
-        project = await admin.projects.create(args.id, fields, conn)
-        key, full = await admin.keys.create(
-            project.id, scopes=args.scopes or ALL_SCOPES, name="initial", conn=conn
-        )
-        await admin.record(
-            conn,
-            AuditEvent("project.create", "allowed", project.id, ACTOR, details=project.public()),
-            AuditEvent("key.create", "allowed", project.id, ACTOR, details={"key_id": key.key_id}),
-        )
-    return {"project": project.public(), "api_key": {**key.public(), "key": full}}
+def _runner(name: str) -> Callable[[argparse.Namespace], int]:
+    command = COMMANDS[name]
 
-
-async def project_update(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
-    """Change a project's governance fields."""
-    fields = _fields(args)
-    _check_models(admin.settings, fields)
-    project = await admin.projects.update(args.id, fields)
-    changed = fields.model_dump(mode="json", exclude_none=True)
-    await admin.audit.record(
-        AuditEvent("project.update", "allowed", project.id, ACTOR, details=changed)
-    )
-    return {"project": project.public()}
-
-
-async def project_status(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
-    """Suspend or resume a project (deny-list updated at once)."""
-    status = "suspended" if args.action == "suspend" else "active"
-    project = await admin.projects.set_status(args.id, status)
-    key = f"bx:deny:proj:{project.id}"
-    if status == "suspended":
-        immediate = await admin.deny(
-            key,
-            None,
-            "live access tokens are refused after the policy cache expires "
-            f"(POLICY_CACHE_SECONDS={admin.settings.policy_cache_seconds:g}) instead of at once",
-        )
-    else:
-        immediate = await admin.allow(
-            key,
-            "the project stays blocked until `bradax project resume` succeeds with Redis up",
-        )
-    await admin.audit.record(
-        AuditEvent(
-            f"project.{args.action}",
-            "allowed",
-            project.id,
-            ACTOR,
-            details={"effective_immediately": immediate},
-        )
-    )
-    return {"project": project.public(), "effective_immediately": immediate}
-
-
-async def project_show(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
-    """A project and its keys (never their secrets)."""
-    project = await admin.projects.require(args.id)
-    keys = await admin.keys.list(project.id)
-    return {"project": project.public(), "keys": [k.public() for k in keys]}
-
-
-async def project_list(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
-    """Every project."""
-    return {"projects": [p.public() for p in await admin.projects.list()]}
-
-
-async def key_create(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
-    """A new API key for a project (printed once)."""
-    await admin.projects.require(args.project)
-    async with admin.db.connection() as conn, conn.transaction():
-        key, full = await admin.keys.create(
-            args.project, scopes=args.scopes or ALL_SCOPES, name=args.name or "", conn=conn
-        )
-        await admin.record(
-            conn,
-            AuditEvent(
-                "key.create", "allowed", key.project_id, ACTOR, details={"key_id": key.key_id}
-            ),
-        )
-    return {"api_key": {**key.public(), "key": full}}
-
-
-async def key_list(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
-    """A project's keys, without secrets."""
-    await admin.projects.require(args.project)
-    return {"keys": [k.public() for k in await admin.keys.list(args.project)]}
-
-
-async def key_revoke(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
-    """Revoke a key: no new tokens, and live tokens refused at once."""
-    async with admin.db.connection() as conn, conn.transaction():
-        key = await admin.keys.revoke(args.key_id, conn=conn)
-        await admin.record(
-            conn,
-            AuditEvent(
-                "key.revoke", "allowed", key.project_id, ACTOR, details={"key_id": key.key_id}
-            ),
-        )
-    # Nothing but the deny-list stops a live access token: without Redis it runs to its expiry.
-    immediate = await admin.deny(
-        f"bx:deny:key:{key.key_id}",
-        admin.token_deny_ttl,
-        "no new tokens are issued, but live access tokens of this key stay valid until they "
-        f"expire (up to {admin.settings.jwt_access_token_expire_minutes} min); "
-        "run the command again when Redis is back",
-    )
-    return {"api_key": key.public(), "effective_immediately": immediate}
-
-
-async def key_rotate(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
-    """A replacement key; the old one keeps working for --grace-minutes."""
-    now = datetime.now(UTC)
-    grace = timedelta(minutes=args.grace_minutes)
-    async with admin.db.connection() as conn, conn.transaction():
-        new, full = await admin.keys.rotate(args.key_id, grace, now, conn=conn)
-        await admin.record(
-            conn,
-            AuditEvent(
-                "key.rotate",
-                "allowed",
-                new.project_id,
-                ACTOR,
-                details={
-                    "old": args.key_id,
-                    "new": new.key_id,
-                    "grace_minutes": args.grace_minutes,
-                },
-            ),
-        )
-    old = await admin.keys.get(args.key_id)
-    assert old is not None
-    return {"api_key": {**new.public(), "key": full}, "previous": old.public()}
-
-
-async def audit_verify(admin: Admin, args: argparse.Namespace) -> dict[str, Any]:
-    """Walk the audit chain; fails (exit 1) naming the first broken entry."""
-    verdict = await audit_chain.verify(admin.db)
-    if not verdict.ok:
-        raise AdminError(
-            f"audit chain broken at entry {verdict.broken_id}: {verdict.reason} "
-            f"({verdict.checked} entries verified before it)"
-        )
-    return {
-        "ok": True,
-        "entries": verdict.checked,
-        "head_id": verdict.head_id,
-        "head_hash": verdict.head_hash,
-    }
-
-
-async def ensure_demo_project(settings: Settings) -> dict[str, Any] | None:
-    """On an empty database, create `proj_demo` with a key (for `bradax dev`); else None."""
-    async with AsyncExitStack() as stack:
-        admin = await open_admin(stack, settings)
-        if await admin.projects.list():
-            return None
-        args = argparse.Namespace(
-            id="proj_demo",
-            name="Demo project",
-            division="demo",
-            team="demo",
-            budget_usd=Decimal("10"),
-            max_tokens=4096,
-            max_requests_per_hour=1000,
-            max_requests_per_second=10,
-            models="gpt-4.1,gpt-4.1-mini,gpt-4.1-nano,gpt-4o,gpt-4o-mini",
-            compliance="pii_detection",
-            pii_action=None,
-            cache=None,
-            scopes=None,
-        )
-        return await project_create(admin, args)
-
-
-Handler = Callable[[Admin, argparse.Namespace], Awaitable[dict[str, Any]]]
-
-
-def _runner(handler: Handler) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from bradax_cli.cli import emit, run_async
-
         async def go() -> dict[str, Any]:
             async with AsyncExitStack() as stack:
                 try:
-                    return await handler(await open_admin(stack), args)
+                    return await command(await provision.open_admin(stack), args)
                 except asyncpg.UndefinedTableError:
                     raise AdminError(
                         "the database has no bradax schema; run `bradax migrate`"
@@ -446,19 +191,19 @@ def register(sub: Any) -> None:
     create.add_argument(
         "--scopes", type=_scopes, help="scopes of the first key, comma separated (default: all)"
     )
-    create.set_defaults(func=_runner(project_create))
+    create.set_defaults(func=_runner("project create"))
     update = psub.add_parser("update", help="change a project's governance fields")
     _project_options(update, creating=False)
-    update.set_defaults(func=_runner(project_update))
+    update.set_defaults(func=_runner("project update"))
     for action, text in (("suspend", "suspend a project"), ("resume", "resume a project")):
         cmd = psub.add_parser(action, help=text)
         cmd.add_argument("--id", required=True, help="project id")
-        cmd.set_defaults(func=_runner(project_status))
+        cmd.set_defaults(func=_runner(f"project {action}"))
     show = psub.add_parser("show", help="a project and its keys")
     show.add_argument("--id", required=True, help="project id")
-    show.set_defaults(func=_runner(project_show))
+    show.set_defaults(func=_runner("project show"))
     listing = psub.add_parser("list", help="every project")
-    listing.set_defaults(func=_runner(project_list))
+    listing.set_defaults(func=_runner("project list"))
 
     key = sub.add_parser("key", help="manage project API keys")
     ksub = key.add_subparsers(dest="action", metavar="ACTION", parser_class=type(key))
@@ -469,13 +214,13 @@ def register(sub: Any) -> None:
         "--scopes", type=_scopes, help="comma separated: invoke_llm,read_metrics (default: all)"
     )
     kcreate.add_argument("--name", help="a label, e.g. the application using the key")
-    kcreate.set_defaults(func=_runner(key_create))
+    kcreate.set_defaults(func=_runner("key create"))
     klist = ksub.add_parser("list", help="a project's keys (without secrets)")
     klist.add_argument("--project", required=True, help="project id")
-    klist.set_defaults(func=_runner(key_list))
+    klist.set_defaults(func=_runner("key list"))
     krevoke = ksub.add_parser("revoke", help="revoke a key at once")
     krevoke.add_argument("--key-id", required=True, type=_key_id, help=KEY_ID_HELP)
-    krevoke.set_defaults(func=_runner(key_revoke))
+    krevoke.set_defaults(func=_runner("key revoke"))
     krotate = ksub.add_parser("rotate", help="replace a key, keeping the old one for a while")
     krotate.add_argument("--key-id", required=True, type=_key_id, help=KEY_ID_HELP)
     krotate.add_argument(
@@ -484,10 +229,10 @@ def register(sub: Any) -> None:
         default=60,
         help="how long the old key keeps working (default: 60; 0 ends it at once)",
     )
-    krotate.set_defaults(func=_runner(key_rotate))
+    krotate.set_defaults(func=_runner("key rotate"))
 
     audit = sub.add_parser("audit", help="the audit trail")
     asub = audit.add_subparsers(dest="action", metavar="ACTION", parser_class=type(audit))
     asub.required = True
     verify = asub.add_parser("verify", help="check the hash chain; names the first broken entry")
-    verify.set_defaults(func=_runner(audit_verify))
+    verify.set_defaults(func=_runner("audit verify"))

@@ -7,40 +7,17 @@ commands print JSON.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
-import orjson
-
-from bradax_cli import devstate
+from bradax_cli import admin, devstate
+from bradax_cli.console import CliError, Parser, emit, run_async
 from common.errors import BrokerError
 from common.migrate import MigrationError
 from common.settings import ConfigError
 
 Command = Callable[[argparse.Namespace], int]
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def emit(value: Any) -> None:
-    """Print a JSON document (the admin commands' output)."""
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
-    sys.stdout.flush()
-
-
-def run_async(coro: Any) -> Any:
-    """Run a coroutine to completion on a fresh event loop."""
-    return asyncio.run(coro)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -97,8 +74,8 @@ def _cmd_openapi(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
-    parser = _Parser(prog="bradax", description=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog="bradax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     dev = sub.add_parser(
@@ -136,8 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--check", action="store_true", help="fail if the file is stale")
     spec.set_defaults(func=_cmd_openapi)
 
-    from bradax_cli import admin
-
     admin.register(sub)
     return parser
 
@@ -169,7 +144,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy, so exception classes match.
-    from bradax_cli.cli import main as _main
-
-    raise SystemExit(_main())
+    raise SystemExit(main())

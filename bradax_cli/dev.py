@@ -110,17 +110,19 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
 
         applied = asyncio.run(migrate.migrate(settings.database_url.get_secret_value()))
         say(f"migrations: {len(applied)} applied, schema at version {migrate.latest_version()}")
-        from bradax_cli import admin
+        from bradax_cli import provision
 
-        demo = asyncio.run(admin.ensure_demo_project(settings))
+        demo = asyncio.run(provision.ensure_demo_project(settings))
         if demo is not None:
             say(
                 f"created demo project {demo['project']['id']} with API key "
                 f"{demo['api_key']['key']}"
             )
             say("(the key is shown once; create more with `bradax key create`)")
-        here = "in this directory" if data == (Path.cwd() / ".bradax").resolve() else (
-            f"with BRADAX_DATA_DIR={data}"
+        here = (
+            "in this directory"
+            if data == (Path.cwd() / ".bradax").resolve()
+            else (f"with BRADAX_DATA_DIR={data}")
         )
         say(f"next: `bradax project list` {here} administers this instance; try")
         say(f"  curl -s http://{host}:{port}/health")

@@ -157,14 +157,14 @@ class ProjectStore:
         assert row is not None
         return _from_row(row)
 
-    async def update(self, project_id: str, fields: ProjectFields) -> Project:
-        """Change the given fields; raises NotFound."""
+    async def update(
+        self, project_id: str, fields: ProjectFields, conn: asyncpg.Connection | None = None
+    ) -> Project:
+        """Change the given fields (in the caller's transaction with `conn`); raises NotFound."""
         values = fields.model_dump(exclude_none=True)
-        if not values:
-            return await self.require(project_id)
-        sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(values, start=2))
-        row = await self._db.fetchrow(
-            f"UPDATE projects SET {sets}, updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
+        sets = "".join(f"{name} = ${i}, " for i, name in enumerate(values, start=2))
+        row = await (conn or self._db).fetchrow(
+            f"UPDATE projects SET {sets}updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
             project_id,
             *(_to_db(k, v) for k, v in values.items()),
         )
@@ -172,9 +172,11 @@ class ProjectStore:
             raise NotFound(f"project {project_id} does not exist")
         return _from_row(row)
 
-    async def set_status(self, project_id: str, status: str) -> Project:
-        """Suspend or resume; raises NotFound."""
-        row = await self._db.fetchrow(
+    async def set_status(
+        self, project_id: str, status: str, conn: asyncpg.Connection | None = None
+    ) -> Project:
+        """Suspend or resume (in the caller's transaction with `conn`); raises NotFound."""
+        row = await (conn or self._db).fetchrow(
             f"UPDATE projects SET status = $2, updated_at = now() WHERE id = $1 "
             f"RETURNING {_COLUMNS}",
             project_id,
