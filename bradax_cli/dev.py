@@ -114,7 +114,7 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
         say(f"serving on http://{host}:{port}  (Ctrl-C to stop)")
         from bradax_cli.server import serve
 
-        serve(host, port, workers=1)
+        serve(host, port, workers=1, settings=settings)
         say("stopping")
     return 0
 

@@ -316,15 +316,15 @@ def serve_broker(settings: Settings, tmp: Path | None = None, **extra_env: str) 
 def serve_function(
     name: str, settings: Settings, probe: str, tmp: Path | None = None, **extra_env: str
 ) -> Process:
-    """One function alone, served by functions-framework's ASGI flavour."""
+    """One function alone, served as its image serves it (functions-framework's ASGI flavour
+    under gunicorn, through common.function_server)."""
     port = free_port()
     env = env_for(settings, **extra_env)
-    ff = shutil.which("functions-framework", path=str(Path(sys.executable).parent))
-    assert ff, "functions-framework is not installed"
     return start_process(
         [
-            ff,
-            "--asgi",
+            sys.executable,
+            "-m",
+            "common.function_server",
             "--source",
             f"functions/{name}/main.py",
             "--target",

@@ -28,7 +28,8 @@ PROBES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PROBES))
 def test_each_function_starts_alone(settings: Settings, tmp_path: Path, name: str) -> None:
-    """Each function, served alone by functions-framework --asgi, answers on its own route."""
+    """Each function, served alone as its image serves it (functions-framework's ASGI flavour),
+    answers on its own route."""
     method, path, status = PROBES[name]
     proc = serve_function(name, settings, probe=path, tmp=tmp_path)
     try:
