@@ -341,6 +341,44 @@ def serve_function(
     )
 
 
+def closed_within(sock: socket.socket, seconds: float) -> tuple[float, bytes]:
+    """Seconds until the server closes `sock`, and what it sent; fails if still open after."""
+    started = time.monotonic()
+    received = b""
+    sock.settimeout(seconds)
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        raise AssertionError(f"still open after {seconds}s; received {received[:80]!r}") from None
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started, received
+
+
+def trickled_until_closed(
+    sock: socket.socket, head: bytes, seconds: float, every: float = 0.2
+) -> tuple[float, bytes]:
+    """Send `head`, then one more header byte every `every` s (slowloris) until the server
+    closes the connection; fails if it is still open after `seconds`."""
+    started = time.monotonic()
+    sock.sendall(head)
+    sock.settimeout(every)
+    received = b""
+    while time.monotonic() - started < seconds:
+        try:
+            sock.sendall(b"x")
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - started, received
+        if not chunk:
+            return time.monotonic() - started, received
+        received += chunk
+    raise AssertionError(f"still open after {seconds}s of trickling")
+
+
 class MockUpstream:
     """The bundled mock OpenAI upstream, running as its own process, and its controls."""
 
