@@ -261,3 +261,27 @@ def test_breaker_release_frees_the_probe_without_closing() -> None:
     breaker.release()
     assert breaker.state == "half_open"
     assert breaker.allow()
+
+
+async def test_stream_event_echoing_our_key_stops_the_stream(
+    scripted: tuple[str, list[bytes]],
+) -> None:
+    """An SSE event that contains the upstream key is not relayed: the stream stops there with
+    finish=unusable."""
+    base, bodies = scripted
+    first = b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
+    echo = b'data: {"choices": [{"delta": {"content": "' + LONG_KEY.encode() + b'"}}]}\n\n'
+    bodies.append(first + echo + b"data: [DONE]\n\n")
+    settings = Settings(openai_api_key=LONG_KEY, openai_base_url=base)
+    client = UpstreamClient(settings, ModelCatalog(settings, PriceTable(settings)))
+    try:
+        stream = await client.open_stream(
+            client.catalog.chain("gpt-4o"), lambda u: orjson.dumps(BODY), "r", client.deadline(),
+            strip_usage=False,
+        )  # fmt: skip
+        events = [event async for event in stream.events()]
+        stream.close()
+    finally:
+        await client.aclose()
+    assert events == [first]
+    assert stream.finish == "unusable"
