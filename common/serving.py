@@ -96,7 +96,8 @@ class _Guard:
         super().__init__(*args, **kwargs)
         self._limits = limits
         self._deadline: asyncio.TimerHandle | None = None
-        self._phase = "head"  # head -> body -> app (no deadline) -> head ...
+        # head -> body -> app (no deadline) -> head ...; drain: an answered request's unread body
+        self._phase = "head"
         self._head_bytes = 0
         self._known_cycle: Any = None
 
@@ -134,7 +135,14 @@ class _Guard:
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
+        if cycle is not None and not cycle.response_complete:
+            return  # a pipelined request is being served
+        if cycle is not None and cycle.more_body and not cycle.disconnected:
+            # Answered before its body arrived (a 413, a 401): the rest is read and dropped,
+            # not counted as the next head, and must arrive within the body deadline.
+            self._phase = "drain"
+            self._arm(self._limits.body_timeout, self._drain_late)
+        else:
             # Idle until the next request is uvicorn's keep-alive timeout; that request's head
             # gets its deadline from its first byte.
             self._await_head(arm=False)
@@ -181,6 +189,11 @@ class _Guard:
             self.transport.close()
         else:
             self._refuse(REQUEST_TIMEOUT)
+
+    def _drain_late(self) -> None:
+        self._deadline = None
+        if self._phase == "drain" and not self.transport.is_closing():
+            self.transport.close()
 
     def _refuse(self, answer: bytes) -> None:
         self._disarm()

@@ -203,6 +203,17 @@ def _check_slow_clients(url: str, body_path: str, probe: str) -> None:
         took, answer = closed_within(stalled, 5)
         assert took < 3
         assert answer.startswith(b"HTTP/1.1 408")
+    with socket.create_connection(address) as early:
+        # Answered (413) before its body is sent: the rest of the body is dropped quietly.
+        early.sendall(
+            f"POST {body_path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
+            "Content-Length: 5000000\r\n\r\n".encode()
+        )
+        assert _response(early).startswith(b"HTTP/1.1 413")
+        early.sendall(b" " * 100_000)
+        took, answer = closed_within(early, 5)
+        assert took < 3
+        assert answer == b""  # no second answer (a 431 for the body bytes, say)
     with socket.create_connection(address) as polite:
         request = f"GET {probe} HTTP/1.1\r\nHost: b\r\n\r\n".encode()
         polite.sendall(request[:10])
