@@ -303,3 +303,23 @@ async def test_a_slow_answer_is_not_cut_by_client_deadlines(
     finally:
         proc.stop()
     assert lines[-1] == "data: [DONE]"
+
+
+@pytest.mark.slow
+def test_connections_beyond_max_connections_get_503(settings: Settings, tmp_path: Path) -> None:
+    """With MAX_CONNECTIONS open connections, a further request is answered 503 at once; when
+    they close, requests are served again."""
+    proc = serve_broker(settings, tmp=tmp_path, MAX_CONNECTIONS="5")
+    address = ("127.0.0.1", int(proc.url.rsplit(":", 1)[1]))
+    held = [socket.create_connection(address) for _ in range(5)]
+    try:
+        time.sleep(0.3)
+        assert httpx2.get(proc.url + "/live", timeout=5).status_code == 503
+        for sock in held:
+            sock.close()
+        time.sleep(0.3)
+        assert httpx2.get(proc.url + "/live", timeout=5).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        proc.stop()
