@@ -268,8 +268,8 @@ class Failure:
 class StreamCall:
     """An open upstream stream: iterate `events()`; usage and produced chunks are tracked.
 
-    `finish` ends as completed, cut, timeout, or oversize (an event over `max_event` bytes,
-    the stream over `max_total` bytes, or an event echoing our key): the stream stops there.
+    `finish` ends as completed, cut, timeout, oversize (an event over `max_event` bytes or the
+    stream over `max_total` bytes) or unusable (an event echoing our key, never relayed).
     """
 
     upstream: Upstream
