@@ -48,7 +48,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    serve(host, port, workers=args.workers or settings.workers)
+    serve(host, port, workers=args.workers or settings.workers, settings=settings)
     return 0
 
 

@@ -133,7 +133,7 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
         # unwinds this stack, so the embedded servers stop with us instead of outliving us.
         signal.signal(signal.SIGTERM, _exit_on_signal)
         try:
-            serve(host, port, workers=1)
+            serve(host, port, workers=1, settings=settings)
         finally:
             say("stopping")
     return 0

@@ -6,6 +6,21 @@ hanging requests and streams cut mid-way. Behaviours come either from random rat
 `MockConfig` or from a queue of one-shot behaviours posted to `/_mock/enqueue`. Control
 endpoints (no auth) live under `/_mock/`: `config`, `enqueue`, `reset`, `stats`.
 
+Hostile one-shot behaviours (for the broker's upstream-trust rules), each counted in
+`by_outcome` under its name:
+
+* `{"redirect": true}` answers 302 to `/_mock/elsewhere/...` on `localhost` (another origin
+  than 127.0.0.1); `{"redirect": "<url>"}` to any URL. Hits there are counted in the stats'
+  `elsewhere` (with how many carried an Authorization header).
+* `{"status": 401, "echo_headers": true}` answers an error whose message, code and type
+  echo the request's headers, Authorization included.
+* `{"oversize_bytes": n}` pads a JSON answer to at least n bytes, or sends one SSE event of at
+  least n bytes in a stream (then the rest of the stream as usual).
+* `{"malformed": true}` answers 200 with a truncated JSON body.
+
+The server closes connections idle for `--keepalive-timeout` seconds (a request head that
+never completes included) and gives a request `--body-timeout` seconds to send its body.
+
 Token arithmetic (so callers can assert exact numbers):
 
 * prompt_tokens = 3 + sum over messages of (4 + whitespace-separated words of the text);
@@ -51,7 +66,24 @@ _SSE_HEADERS: Final = {
     "X-Accel-Buffering": "no",
 }
 _DONE: Final = b"data: [DONE]\n\n"
-_QUEUE_KEYS: Final = frozenset({"status", "retry_after", "hang", "cut_after_chunks", "latency_ms"})
+_QUEUE_KEYS: Final = frozenset(
+    {
+        "status",
+        "retry_after",
+        "hang",
+        "cut_after_chunks",
+        "latency_ms",
+        "redirect",
+        "echo_headers",
+        "oversize_bytes",
+        "malformed",
+    }
+)
+ELSEWHERE: Final = "/_mock/elsewhere"
+_MALFORMED: Final = b'{"id":"chatcmpl-x","object":"chat.completion","choices":[{"index":0,'
+
+BODY_TIMEOUT: Final = 30.0
+KEEPALIVE_TIMEOUT: Final = 15.0
 _ERROR_TYPES: Final = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -174,7 +206,17 @@ def _prompt_tokens(messages: list[Any]) -> int | None:
 class _Behaviour:
     """What to do with one chat request (decided before the latency sleep)."""
 
-    __slots__ = ("cut_after", "hang", "latency_ms", "retry_after", "status")
+    __slots__ = (
+        "cut_after",
+        "echo_headers",
+        "hang",
+        "latency_ms",
+        "malformed",
+        "oversize",
+        "redirect",
+        "retry_after",
+        "status",
+    )
 
     def __init__(
         self,
@@ -189,13 +231,18 @@ class _Behaviour:
         self.retry_after = retry_after
         self.hang = hang
         self.cut_after = cut_after
+        self.redirect: str | bool = False
+        self.echo_headers = False
+        self.oversize = 0
+        self.malformed = False
 
 
 class _Mock:
     """Server state (config, one-shot queue, stats) and the request handlers."""
 
-    def __init__(self, config: MockConfig) -> None:
+    def __init__(self, config: MockConfig, body_timeout: float = BODY_TIMEOUT) -> None:
         _check_config(config)
+        self.body_timeout = body_timeout
         self.initial = replace(config, models=tuple(config.models))
         self.shutting_down = asyncio.Event()
         self._reply_cache: dict[int, str] = {}
@@ -232,6 +279,8 @@ class _Mock:
         self.calls: deque[dict[str, Any]] = deque(maxlen=MAX_CALLS)
         # The messages of the last chat request, as received (lets tests see redaction).
         self.last_messages: list[Any] | None = None
+        # Requests that reached /_mock/elsewhere (where `redirect` points).
+        self.elsewhere = {"hits": 0, "with_authorization": 0}
 
     def config_json(self) -> dict[str, Any]:
         """The current config as a JSON-ready dict."""
@@ -334,7 +383,17 @@ class _Mock:
             self._record(request, None, False, "401")
             return denied
         try:
-            body = orjson.loads(await request.read())
+            raw = await asyncio.wait_for(request.read(), self.body_timeout)
+        except TimeoutError:
+            self._record(request, None, False, "408")
+            response = _error(408, "The request body was not received in time.")
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            _abort(request)  # without waiting for the rest of a body that is not coming
+            return response
+        try:
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             self._record(request, None, False, "400")
             return _error(400, "We could not parse the JSON body of your request.")
@@ -370,19 +429,31 @@ class _Mock:
         if act.hang:
             self._record(request, model, stream, "hang")
             return await self._hang(request)
+        if act.redirect:
+            self._record(request, model, stream, "redirect")
+            return self._redirect(request, act.redirect)
         if act.status:
             self._record(request, model, stream, str(act.status))
+            if act.echo_headers:
+                return self._echo_error(request, act.status)
             return self._status_error(act)
         model = cast(str, model)  # checked by _validate
         if stream:
             options = body.get("stream_options")
             usage = isinstance(options, dict) and options.get("include_usage") is True
-            return await self._stream(request, model, prompt, words, finish, usage, act.cut_after)
+            return await self._stream(
+                request, model, prompt, words, finish, usage, act.cut_after, act.oversize
+            )
         if act.cut_after >= 0:
             self._record(request, model, stream, "cut", prompt, 0)
             _abort(request)
             return web.Response()
-        self._record(request, model, stream, "ok", prompt, words)
+        if act.malformed:
+            self._record(request, model, stream, "malformed", prompt, words)
+            return web.Response(
+                body=b'{"id":"chatcmpl-x","choices":[{"index":0,', content_type=_JSON_CT
+            )
+        self._record(request, model, stream, "oversize" if act.oversize else "ok", prompt, words)
         created = int(time.time())
         payload = {
             "id": f"chatcmpl-{self.rng.getrandbits(96):024x}",
@@ -408,7 +479,42 @@ class _Mock:
             },
             "system_fingerprint": "fp_mock",
         }
+        if act.oversize:
+            payload["padding"] = "x" * act.oversize
         return web.Response(body=orjson.dumps(payload), content_type=_JSON_CT)
+
+    def _redirect(self, request: web.Request, target: str | bool) -> web.Response:
+        if isinstance(target, str):
+            location = target
+        else:
+            port = request.url.port
+            location = f"http://localhost:{port}{ELSEWHERE}/v1/chat/completions"
+        return web.Response(status=302, headers={"Location": location})
+
+    def _echo_error(self, request: web.Request, status: int) -> web.Response:
+        """An error that echoes every request header (what a careless upstream may do)."""
+        seen = dict(request.headers)
+        auth = seen.get("Authorization", "") or seen.get("api-key", "")
+        body = orjson.dumps(
+            {
+                "error": {
+                    "message": f"Request rejected. Headers received: {seen}",
+                    "type": auth,
+                    "code": auth,
+                    "param": auth,
+                }
+            }
+        )
+        return web.Response(
+            status=status, body=body, content_type=_JSON_CT, headers={"X-Echo": auth}
+        )
+
+    async def elsewhere_handler(self, request: web.Request) -> web.Response:
+        """Any request to /_mock/elsewhere/...: counted (the origin a redirect points to)."""
+        self.elsewhere["hits"] += 1
+        if request.headers.get("Authorization") or request.headers.get("api-key"):
+            self.elsewhere["with_authorization"] += 1
+        return web.json_response({"elsewhere": True})
 
     def _validate(self, body: dict[str, Any], model: object) -> web.Response | None:
         messages = body.get("messages")
@@ -459,6 +565,7 @@ class _Mock:
         finish: str,
         include_usage: bool,
         cut_after: int,
+        oversize: int = 0,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         head = b"".join(
@@ -479,6 +586,8 @@ class _Mock:
         try:
             await resp.prepare(request)
             await resp.write(head + b'{"role":"assistant","content":"","refusal":null}' + tail)
+            if oversize:
+                await resp.write(head + orjson.dumps({"content": "x" * oversize}) + tail)
             todo = words if cut_after < 0 else min(words, cut_after)
             for i in range(todo):
                 await resp.write(head + orjson.dumps({"content": self._word(i)}) + tail)
@@ -506,7 +615,7 @@ class _Mock:
         except ConnectionError:
             self._record(request, model, True, "disconnected", prompt, sent)
             return resp
-        self._record(request, model, True, "ok", prompt, words)
+        self._record(request, model, True, "oversize" if oversize else "ok", prompt, words)
         return resp
 
     # -- control surface -----------------------------------------------------------------
@@ -579,6 +688,7 @@ class _Mock:
                 "queued": len(self.queue),
                 "calls": list(self.calls),
                 "last_messages": self.last_messages,
+                "elsewhere": self.elsewhere,
             }
         )
         return web.Response(body=body, content_type=_JSON_CT)
@@ -633,15 +743,30 @@ def _parse_item(item: object) -> _Behaviour:
         if not _is_int(cut) or cut < 0:
             raise _BadConfig("cut_after_chunks must be an integer >= 0")
         act.cut_after = cut
+    if "redirect" in item:
+        target = item["redirect"]
+        if not isinstance(target, bool | str) or target == "":
+            raise _BadConfig("redirect must be true or a URL")
+        act.redirect = target
+    for flag in ("echo_headers", "malformed"):
+        if flag in item:
+            if not isinstance(item[flag], bool):
+                raise _BadConfig(f"{flag} must be a boolean")
+            setattr(act, flag, item[flag])
+    if "oversize_bytes" in item:
+        size = item["oversize_bytes"]
+        if not _is_int(size) or size < 0:
+            raise _BadConfig("oversize_bytes must be an integer >= 0")
+        act.oversize = size
     return act
 
 
 _STATE_KEY: Final = web.AppKey("mock_openai_state", _Mock)
 
 
-def build_app(config: MockConfig) -> web.Application:
+def build_app(config: MockConfig, *, body_timeout: float = BODY_TIMEOUT) -> web.Application:
     """Build the aiohttp application serving the mock (OpenAI surface and /_mock/ control)."""
-    state = _Mock(config)
+    state = _Mock(config, body_timeout)
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app[_STATE_KEY] = state
     routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
@@ -652,6 +777,7 @@ def build_app(config: MockConfig) -> web.Application:
         ("POST", "/_mock/enqueue", state.enqueue),
         ("POST", "/_mock/reset", state.reset),
         ("GET", "/_mock/stats", state.stats),
+        ("*", ELSEWHERE + "/{tail:.*}", state.elsewhere_handler),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
@@ -674,12 +800,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reply-words", type=int, default=12)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keepalive-timeout", type=float, default=KEEPALIVE_TIMEOUT)
+    parser.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT)
     return parser.parse_args(argv)
 
 
-async def _serve(config: MockConfig, host: str, port: int) -> int:
-    app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+async def _serve(
+    config: MockConfig,
+    host: str,
+    port: int,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    body_timeout: float = BODY_TIMEOUT,
+) -> int:
+    app = build_app(config, body_timeout=body_timeout)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=keepalive_timeout
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, backlog=1024)
@@ -732,7 +868,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(config, args.host, args.port))
+        return runner.run(
+            _serve(config, args.host, args.port, args.keepalive_timeout, args.body_timeout)
+        )
 
 
 if __name__ == "__main__":

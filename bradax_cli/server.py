@@ -1,11 +1,25 @@
-"""Serving the router with uvicorn (uvloop + httptools when installed)."""
+"""Serving the router with uvicorn (uvloop + httptools when installed).
+
+Connections are guarded against slow and idle clients (common.serving): a request's head and
+body each have a deadline, idle keep-alive connections close, and open connections are capped.
+"""
 
 from __future__ import annotations
 
 import uvicorn
 
+from common.serving import uvicorn_options
+from common.settings import Settings, get_settings
 
-def serve(host: str, port: int, *, workers: int = 1, access_log: bool = False) -> None:
+
+def serve(
+    host: str,
+    port: int,
+    *,
+    workers: int = 1,
+    access_log: bool = False,
+    settings: Settings | None = None,
+) -> None:
     """Serve every function behind the path router until interrupted."""
     uvicorn.run(
         "bradax_cli.router:create_app",
@@ -14,7 +28,6 @@ def serve(host: str, port: int, *, workers: int = 1, access_log: bool = False) -
         port=port,
         workers=workers,
         loop="auto",
-        http="auto",
         lifespan="on",
         access_log=access_log,
         log_level="warning",
@@ -22,4 +35,5 @@ def serve(host: str, port: int, *, workers: int = 1, access_log: bool = False) -
         # X-Forwarded-For is interpreted by the broker itself (TRUSTED_PROXIES), not here.
         proxy_headers=False,
         server_header=False,
+        **uvicorn_options(settings or get_settings()),
     )

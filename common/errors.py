@@ -18,6 +18,7 @@
     │   └── StoreUnsupported (503: Redis below 7.0 or with an evicting maxmemory-policy)
     ├── StoreError (500 internal_error: Redis refused a command; logged, never shown)
     └── UpstreamError (502 upstream_error)
+        ├── UpstreamBadResponse (502 upstream_error: a 200 that is malformed or oversize)
         ├── UpstreamTimeout (504 upstream_timeout)
         └── UpstreamRateLimited (429 upstream_rate_limited)
 
@@ -223,6 +224,23 @@ class UpstreamError(BrokerError):
     status = 502
     code = "upstream_error"
     openai_type = "api_error"
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The upstream accepted the call (200) but its answer is unusable: malformed, wrong shape
+    or over UPSTREAM_MAX_RESPONSE_BYTES. Never retried: the upstream may have billed it.
+
+    `accepted` says the upstream answered 200 (the call may have been billed), `reason` is
+    malformed | shape | oversize, `upstream_alias` names the model alias that answered.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str, upstream_alias: str, accepted: bool = True
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.upstream_alias = upstream_alias
+        self.accepted = accepted
 
 
 class UpstreamTimeout(UpstreamError):

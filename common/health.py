@@ -87,11 +87,16 @@ class UpstreamProbe:
         headers = {"Authorization": f"Bearer {key.get_secret_value()}"}
         async with (
             aiohttp.ClientSession() as session,
-            session.get(f"{self._settings.openai_base_url}/models", headers=headers) as reply,
+            session.get(
+                f"{self._settings.openai_base_url}/models",
+                headers=headers,
+                allow_redirects=False,  # our key never follows a redirect to another origin
+            ) as reply,
         ):
-            if reply.status >= 400:
+            if reply.status != 200:
                 raise UpstreamStatusError(reply.status)
-            await reply.read()
+            async for _ in reply.content.iter_any():
+                pass  # drained, never buffered: only the status matters
         return {}
 
 

@@ -46,6 +46,7 @@ from common.errors import (
     RateLimited,
     ServiceUnavailable,
     Unauthorized,
+    UpstreamBadResponse,
 )
 from common.http import JSONResponse, client_ip, read_json_body, validation_error
 from common.ledger import Drainer, PendingSettles
@@ -421,6 +422,15 @@ class Invoker:
             result = await self.client.complete(
                 ctx.chain, self._payload(body), ctx.request_id, deadline
             )
+        except UpstreamBadResponse as exc:
+            # The upstream answered 200, so it may have billed the call: charge it at its bound.
+            answered = self.client.catalog.get(exc.upstream_alias)
+            bound = (body.get("n") or 1) * self._cap(body)
+            await self._settle(
+                ctx, answered, ctx.prompt_bound, bound, "upstream_bad_response", exc.status,
+                f"upstream_{exc.reason}", False,
+            )  # fmt: skip
+            raise
         except BrokerError as exc:
             await self._settle(ctx, None, 0, 0, "upstream_error", exc.status, exc.code, False)
             raise

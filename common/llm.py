@@ -7,6 +7,15 @@ full jitter, honouring Retry-After when it fits in the deadline. A stream is ret
 until its first byte. A per-upstream circuit breaker stops hammering a failing upstream.
 Library errors never leave this module: they become UpstreamError and its subclasses.
 
+An upstream's answer is untrusted input: redirects are never followed (a 3xx is a 502, and
+our key never travels to another origin); answers, SSE events and whole streams have size
+limits; a 200 whose body is malformed, of the wrong shape, oversize or echoes our key is an
+UpstreamBadResponse, never retried (the upstream may have billed it); an error body is never
+relayed: the client gets our own message with, at most, the upstream's error code or type when
+it is one of SAFE_ERROR_TOKENS. The breaker counts only upstream-side failures (5xx, 3xx,
+timeouts, connection errors, malformed 200s); a 4xx, a 429 or an oversize answer (which a
+request can cause) never opens it for every tenant.
+
 The request body is forwarded as bytes with aiohttp and only `usage` is read from the answer:
 the openai SDK's per-call overhead (several ms of CPU) is too much for the broker's hot path.
 """
@@ -28,6 +37,7 @@ import orjson
 from common.errors import (
     BadRequest,
     ServiceUnavailable,
+    UpstreamBadResponse,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -38,6 +48,43 @@ from common.settings import Settings
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
+# Keys at least this long are looked for in answers (an answer echoing one is withheld).
+ECHO_MIN_KEY_LENGTH = 16
+# An error body is read only this far (only its code and type are ever used).
+ERROR_BODY_LIMIT = 64 * 1024
+# Upstream error codes and types that may be named to the client: short fixed tokens of the
+# OpenAI API. Anything else an upstream writes (its message, an echo of our headers) is dropped.
+SAFE_ERROR_TOKENS = frozenset(
+    {
+        "api_error",
+        "authentication_error",
+        "context_length_exceeded",
+        "content_filter",
+        "content_policy_violation",
+        "conflict_error",
+        "insufficient_quota",
+        "invalid_api_key",
+        "invalid_image",
+        "invalid_image_format",
+        "invalid_prompt",
+        "invalid_request_error",
+        "invalid_type",
+        "invalid_value",
+        "missing_required_parameter",
+        "model_not_found",
+        "not_found_error",
+        "permission_error",
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        "server_error",
+        "string_above_max_length",
+        "tokens",
+        "requests",
+        "unknown_parameter",
+        "unsupported_parameter",
+        "unsupported_value",
+    }
+)
 Clock = Callable[[], float]
 
 
@@ -153,6 +200,10 @@ class Breaker:
         self._opened_at = None
         self._probing = False
 
+    def release(self) -> None:
+        """A call ended in a way that says nothing about the upstream's health: free the probe."""
+        self._probing = False
+
     def failure(self) -> None:
         """A call failed: count, and open at the threshold (or re-open after a failed probe)."""
         self._failures += 1
@@ -202,18 +253,24 @@ class Completion:
 
 @dataclass
 class Failure:
-    """Why the last attempt failed (for the final error and the ledger)."""
+    """Why the last attempt failed (for the final error and the ledger); our words only."""
 
     status: int | None = None
     retry_after: float | None = None
     message: str = ""
     timeout: bool = False
     reached: bool = False
+    # the upstream's error code / type, kept only when they are SAFE_ERROR_TOKENS
+    code: str | None = None
 
 
 @dataclass
 class StreamCall:
-    """An open upstream stream: iterate `events()`; usage and produced chunks are tracked."""
+    """An open upstream stream: iterate `events()`; usage and produced chunks are tracked.
+
+    `finish` ends as completed, cut, timeout, oversize (an event over `max_event` bytes or the
+    stream over `max_total` bytes) or unusable (an event echoing our key, never relayed).
+    """
 
     upstream: Upstream
     response: aiohttp.ClientResponse
@@ -225,39 +282,77 @@ class StreamCall:
     produced: int = 0
     done: bool = False
     finish: str | None = field(default=None)
+    max_event: int = 1024 * 1024
+    max_total: int = 64 * 1024 * 1024
 
     async def events(self) -> AsyncIterator[bytes]:
         """SSE events as raw bytes (each ending in a blank line), as they arrive."""
         buffer: list[bytes] = []
+        size = 0
+        secret = _echo_probe(self.upstream)
         async for line in self._lines():
             if line in (b"\n", b"\r\n"):
                 if buffer:
                     event = b"".join(buffer) + b"\n"
                     buffer.clear()
-                    if self._inspect(event):
+                    size = 0
+                    if secret is not None and secret in event:
+                        self.finish = "unusable"
+                        return
+                    try:
+                        keep = self._inspect(event)
+                    except (AttributeError, TypeError, ValueError):
+                        keep = True  # an odd chunk is relayed as it came; it is not ours to read
+                    if keep:
                         yield event
                 continue
+            size += len(line)
+            if size > self.max_event:
+                self.finish = "oversize"
+                return
             buffer.append(line)
 
     async def _lines(self) -> AsyncIterator[bytes]:
+        """Lines as they arrive (each ending in \\n but maybe the last), at most max_event long."""
         content = self.response.content
+        pending = bytearray()
+        total = 0
         while True:
+            lost = False
             try:
-                line = await asyncio.wait_for(content.readline(), self.idle_timeout)
+                chunk = await asyncio.wait_for(content.readany(), self.idle_timeout)
             except TimeoutError:
                 self.finish = "timeout"
                 return
             except (aiohttp.ClientError, OSError):
                 # A connection lost right after its last bytes: aiohttp refuses to hand out
                 # what it already buffered, but those chunks were produced (and billed).
-                for rest in _buffered(content).splitlines(keepends=True):
-                    yield rest
-                self.finish = "cut"
-                return
-            if not line:
+                chunk = _buffered(content)
+                lost = True
+            if not chunk and not lost:
+                if pending:
+                    yield bytes(pending)
                 self.finish = "completed" if self.done else "cut"
                 return
-            yield line
+            total += len(chunk)
+            if total > self.max_total:
+                self.finish = "oversize"
+                return
+            scan = len(pending)
+            pending += chunk
+            start = 0
+            while (end := pending.find(b"\n", scan)) != -1:
+                yield bytes(pending[start : end + 1])
+                start = scan = end + 1
+            del pending[:start]
+            if len(pending) > self.max_event:
+                self.finish = "oversize"
+                return
+            if lost:
+                if pending:
+                    yield bytes(pending)
+                self.finish = "cut"
+                return
 
     def _inspect(self, event: bytes) -> bool:
         """Track usage/done/produced; False if the event is ours to swallow."""
@@ -307,6 +402,9 @@ class UpstreamClient:
         self._timeout = settings.openai_timeout
         self._retries = settings.openai_max_retries
         self._idle = settings.stream_idle
+        self._max_response = settings.upstream_max_response_bytes
+        self._max_event = settings.upstream_max_event_bytes
+        self._max_stream = settings.upstream_max_stream_bytes
         self._threshold = settings.breaker_failure_threshold
         self._reset = settings.breaker_reset_seconds
         self._clock = clock
@@ -363,18 +461,20 @@ class UpstreamClient:
                 data=payload(upstream),
                 headers=_headers(upstream, request_id),
                 timeout=timeout,
+                allow_redirects=False,
             ) as reply:
-                body = await reply.read()
                 if reply.status != 200:
-                    return _failure(reply.status, reply.headers, body)
-            try:
-                data = orjson.loads(body)
-                usage = data.get("usage") or {}
-                prompt = int(usage.get("prompt_tokens") or 0)
-                completion = int(usage.get("completion_tokens") or 0)
-            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-                return Failure(502, None, "upstream answered malformed JSON", reached=True)
-            return Completion(upstream, body, data, prompt, completion, 0)
+                    body = await _read_at_most(reply, ERROR_BODY_LIMIT)
+                    return _failure(reply.status, reply.headers, body or b"")
+                body = await _read_at_most(reply, self._max_response)
+                if body is None:
+                    reply.close()  # stop the transfer; the rest is not wanted
+                    raise UpstreamBadResponse(
+                        f"upstream answer exceeds {self._max_response} bytes",
+                        reason="oversize",
+                        upstream_alias=upstream.alias,
+                    )
+            return _completion(upstream, body)
 
         result, attempts = await self._run(chain, attempt, deadline)
         assert isinstance(result, Completion)
@@ -401,16 +501,27 @@ class UpstreamClient:
                     data=payload(upstream),
                     headers=_headers(upstream, request_id),
                     timeout=timeout,
+                    allow_redirects=False,
                 ),
                 remaining,
             )
             if reply.status != 200:
                 try:
-                    body = await asyncio.wait_for(reply.read(), max(0.1, remaining))
+                    body = await asyncio.wait_for(
+                        _read_at_most(reply, ERROR_BODY_LIMIT), max(0.1, remaining)
+                    )
                 finally:
-                    reply.release()
-                return _failure(reply.status, reply.headers, body)
-            return StreamCall(upstream, reply, 0, self._idle, strip_usage)
+                    reply.close()
+                return _failure(reply.status, reply.headers, body or b"")
+            return StreamCall(
+                upstream,
+                reply,
+                0,
+                self._idle,
+                strip_usage,
+                max_event=self._max_event,
+                max_total=self._max_stream,
+            )
 
         result, attempts = await self._run(chain, attempt, deadline)
         assert isinstance(result, StreamCall)
@@ -438,6 +549,15 @@ class UpstreamClient:
                 attempts += 1
                 try:
                     outcome = await attempt(upstream, remaining)
+                except UpstreamBadResponse as exc:
+                    # Answered 200 but unusable: never retried nor sent to a fallback (it may
+                    # be billed). Malformed answers count against the upstream; an oversize
+                    # one does not (a request can ask for a long answer).
+                    if exc.reason == "oversize":
+                        breaker.release()
+                    else:
+                        breaker.failure()
+                    raise
                 except (TimeoutError, aiohttp.ServerTimeoutError):
                     breaker.failure()
                     failure = Failure(None, None, "upstream timed out", timeout=True, reached=True)
@@ -450,10 +570,12 @@ class UpstreamClient:
                     breaker.success()
                     return outcome, attempts
                 failure = outcome
-                if failure.status is not None and failure.status >= 500:
-                    breaker.failure()
-                elif failure.status is not None and failure.status < 500:
-                    breaker.success()  # the upstream is alive, it just refused
+                if failure.status is not None and (failure.status >= 500 or failure.status < 400):
+                    breaker.failure()  # the upstream is failing, or redirects us elsewhere
+                elif failure.status is not None:
+                    # A 4xx (429 included) is the upstream answering about this request or its
+                    # own capacity: it never counts towards opening the breaker for everyone.
+                    breaker.success()
                 if failure.status is not None and failure.status not in RETRY_STATUSES:
                     raise self._final(failure, attempts)
                 if number > self._retries:
@@ -480,19 +602,30 @@ class UpstreamClient:
         if timed_out or failure.timeout:
             return UpstreamTimeout(f"upstream did not answer in time ({tries})")
         status = failure.status
+        said = f"; upstream code: {failure.code}" if failure.code else ""
+        details = {"upstream_status": status, "upstream_code": failure.code} if status else {}
         if status == 429:
             return UpstreamRateLimited(
-                f"upstream rate limit ({tries})",
+                f"upstream rate limit ({tries}){said}",
                 retry_after=int(failure.retry_after or 1) + (1 if failure.retry_after else 0),
+            )
+        if status is not None and 300 <= status < 400:
+            return UpstreamError(
+                f"upstream answered a redirect ({status}); redirects are not followed",
+                details=details,
             )
         if status is not None and 400 <= status < 500 and status not in (401, 403, 404):
             return BadRequest(
-                f"upstream refused the request: {failure.message}", code="upstream_bad_request"
+                f"upstream refused the request (status {status}){said}",
+                code="upstream_bad_request",
+                details=details,
             )
         if status in (401, 403):
-            return UpstreamError(f"upstream rejected the broker's credentials (status {status})")
+            return UpstreamError(
+                f"upstream rejected the broker's credentials (status {status})", details=details
+            )
         if status is not None:
-            return UpstreamError(f"upstream returned {status} ({tries}): {failure.message}")
+            return UpstreamError(f"upstream returned {status} ({tries}){said}", details=details)
         return UpstreamError(f"{failure.message or 'upstream failed'} ({tries})")
 
 
@@ -518,13 +651,71 @@ def _headers(upstream: Upstream, request_id: str) -> dict[str, str]:
     return headers
 
 
-def _failure(status: int, headers: Any, body: bytes) -> Failure:
-    message = ""
+async def _read_at_most(reply: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None as soon as it (or its Content-Length) exceeds `limit` bytes."""
+    declared = reply.content_length
+    if declared is not None and declared > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in reply.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _completion(upstream: Upstream, body: bytes) -> Completion:
+    """A 200's body as a Completion; UpstreamBadResponse when it is not a chat completion."""
+    secret = _echo_probe(upstream)
+    if secret is not None and secret in body:
+        raise UpstreamBadResponse(
+            "upstream answer echoes the broker's credentials; it was withheld",
+            reason="malformed",
+            upstream_alias=upstream.alias,
+        )
     try:
         data = orjson.loads(body)
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict):
-            message = str(error.get("message", ""))[:300]
     except orjson.JSONDecodeError:
-        message = body[:200].decode(errors="replace")
-    return Failure(status, retry_after_seconds(headers), message, reached=True)
+        raise UpstreamBadResponse(
+            "upstream answered malformed JSON", reason="malformed", upstream_alias=upstream.alias
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise UpstreamBadResponse(
+            "upstream answer is not a chat completion",
+            reason="shape",
+            upstream_alias=upstream.alias,
+        )
+    try:
+        usage = data.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+    except (AttributeError, TypeError, ValueError):
+        raise UpstreamBadResponse(
+            "upstream answer has unreadable usage", reason="shape", upstream_alias=upstream.alias
+        ) from None
+    return Completion(upstream, body, data, prompt, completion, 0)
+
+
+def _echo_probe(upstream: Upstream) -> bytes | None:
+    """The key's bytes to look for in answers (too short a key would match ordinary text)."""
+    key = upstream.api_key
+    return key.encode() if key and len(key) >= ECHO_MIN_KEY_LENGTH else None
+
+
+def _safe_token(value: object) -> str | None:
+    return value if isinstance(value, str) and value in SAFE_ERROR_TOKENS else None
+
+
+def _failure(status: int, headers: Any, body: bytes) -> Failure:
+    """A non-200 answer, keeping only its status, Retry-After and an allow-listed code/type."""
+    code = None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        code = _safe_token(error.get("code")) or _safe_token(error.get("type"))
+    return Failure(status, retry_after_seconds(headers), reached=True, code=code)

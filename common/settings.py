@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=30.0, gt=0)
     stream_idle_timeout: float | None = Field(default=None, gt=0)
+    # What an upstream may send back: a whole non-streamed answer, one SSE event, a whole stream
+    upstream_max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    upstream_max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
+    upstream_max_stream_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     # PostgreSQL
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/bradax")
@@ -155,6 +159,15 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=256)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Slow or idle clients (`bradax serve`/`dev` and the function images): a request's head must
+    # arrive within HEADER_TIMEOUT_SECONDS of its first byte (or of the connection), its body
+    # within BODY_TIMEOUT_SECONDS after the head; idle keep-alive connections close after
+    # KEEPALIVE_TIMEOUT_SECONDS; MAX_CONNECTIONS open connections at most (503 beyond).
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    keepalive_timeout_seconds: int = Field(default=5, ge=1, le=3600)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    max_connections: int = Field(default=2048, ge=1)
 
     # Features
     rate_limiting_enabled: bool = True

@@ -316,15 +316,15 @@ def serve_broker(settings: Settings, tmp: Path | None = None, **extra_env: str) 
 def serve_function(
     name: str, settings: Settings, probe: str, tmp: Path | None = None, **extra_env: str
 ) -> Process:
-    """One function alone, served by functions-framework's ASGI flavour."""
+    """One function alone, served as its image serves it (functions-framework's ASGI flavour
+    under gunicorn, through common.function_server)."""
     port = free_port()
     env = env_for(settings, **extra_env)
-    ff = shutil.which("functions-framework", path=str(Path(sys.executable).parent))
-    assert ff, "functions-framework is not installed"
     return start_process(
         [
-            ff,
-            "--asgi",
+            sys.executable,
+            "-m",
+            "common.function_server",
             "--source",
             f"functions/{name}/main.py",
             "--target",
@@ -339,6 +339,44 @@ def serve_function(
         probe=probe,
         tmp=tmp,
     )
+
+
+def closed_within(sock: socket.socket, seconds: float) -> tuple[float, bytes]:
+    """Seconds until the server closes `sock`, and what it sent; fails if still open after."""
+    started = time.monotonic()
+    received = b""
+    sock.settimeout(seconds)
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        raise AssertionError(f"still open after {seconds}s; received {received[:80]!r}") from None
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started, received
+
+
+def trickled_until_closed(
+    sock: socket.socket, head: bytes, seconds: float, every: float = 0.2
+) -> tuple[float, bytes]:
+    """Send `head`, then one more header byte every `every` s (slowloris) until the server
+    closes the connection; fails if it is still open after `seconds`."""
+    started = time.monotonic()
+    sock.sendall(head)
+    sock.settimeout(every)
+    received = b""
+    while time.monotonic() - started < seconds:
+        try:
+            sock.sendall(b"x")
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - started, received
+        if not chunk:
+            return time.monotonic() - started, received
+        received += chunk
+    raise AssertionError(f"still open after {seconds}s of trickling")
 
 
 class MockUpstream:

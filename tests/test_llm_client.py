@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from common.errors import UpstreamBadResponse
 from common.llm import Breaker, ModelCatalog, UpstreamClient, backoff, retry_after_seconds
 from common.pricing import PriceTable
 from common.settings import Settings
@@ -149,3 +150,138 @@ def test_breaker_opens_half_opens_and_closes() -> None:
     breaker.success()
     assert breaker.state == "closed"
     assert breaker.allow()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A real HTTP upstream answering 200 with each queued raw body in turn (JSON or SSE)."""
+    bodies: list[bytes] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        body = bodies.pop(0)
+        if body.startswith(b"data:"):
+            reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await reply.prepare(request)
+            for event in body.split(b"\n\n"):
+                if event:
+                    await reply.write(event + b"\n\n")
+            return reply
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", bodies
+    await runner.cleanup()
+
+
+LONG_KEY = "sk-upstream-key-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"id": "x"}', "shape"),
+        (b"[1, 2]", "shape"),
+        (b'{"choices": [], "usage": {"prompt_tokens": "many"}}', "shape"),
+        (b'{"choices": [', "malformed"),
+        (b'{"choices": [], "echo": "Bearer ' + LONG_KEY.encode() + b'"}', "malformed"),
+    ],
+)
+async def test_unusable_200_is_a_bad_response_after_one_attempt(
+    scripted: tuple[str, list[bytes]], body: bytes, reason: str
+) -> None:
+    """A 200 that is not a chat completion, or echoes our key, raises UpstreamBadResponse
+    (accepted, with its reason) after one attempt even with retries configured."""
+    base, bodies = scripted
+    bodies.extend([body, body, body])
+    settings = Settings(openai_api_key=LONG_KEY, openai_base_url=base, openai_max_retries=2)
+    client = UpstreamClient(settings, ModelCatalog(settings, PriceTable(settings)))
+    try:
+        with pytest.raises(UpstreamBadResponse) as caught:
+            await client.complete(
+                client.catalog.chain("gpt-4o"), lambda u: orjson.dumps(BODY), "r", client.deadline()
+            )
+    finally:
+        await client.aclose()
+    assert (caught.value.reason, caught.value.accepted, caught.value.status) == (reason, True, 502)
+    assert LONG_KEY not in caught.value.message
+    assert len(bodies) == 2  # exactly one attempt
+
+
+@pytest.mark.parametrize(
+    ("limits", "finish"),
+    [
+        ({}, "completed"),
+        ({"upstream_max_event_bytes": 4096}, "oversize"),
+        ({"upstream_max_stream_bytes": 8192}, "oversize"),
+    ],
+)
+async def test_stream_limits_per_event_and_per_stream(
+    scripted: tuple[str, list[bytes]], limits: dict[str, int], finish: str
+) -> None:
+    """A stream stops with finish=oversize at the first event over UPSTREAM_MAX_EVENT_BYTES or
+    once it passes UPSTREAM_MAX_STREAM_BYTES; under both it completes."""
+    base, bodies = scripted
+    chunk = b'data: {"choices": [{"delta": {"content": "' + b"y" * 3000 + b'"}}]}\n\n'
+    bodies.append(chunk * 2 + b'data: {"choices": [{"delta": {"content": "' + b"z" * 6000
+                  + b'"}}]}\n\n' + b"data: [DONE]\n\n")  # fmt: skip
+    settings = Settings(openai_api_key="k", openai_base_url=base, **limits)
+    client = UpstreamClient(settings, ModelCatalog(settings, PriceTable(settings)))
+    try:
+        stream = await client.open_stream(
+            client.catalog.chain("gpt-4o"), lambda u: orjson.dumps(BODY), "r", client.deadline(),
+            strip_usage=False,
+        )  # fmt: skip
+        events = [event async for event in stream.events()]
+        stream.close()
+    finally:
+        await client.aclose()
+    assert stream.finish == finish
+    if finish == "completed":
+        assert len(events) == 4
+    elif "upstream_max_event_bytes" in limits:
+        assert [len(event) for event in events] == [len(chunk)] * 2  # up to the big one
+    else:
+        assert sum(len(event) for event in events) <= 8192
+
+
+def test_breaker_release_frees_the_probe_without_closing() -> None:
+    """release() lets the next probe through but neither closes nor re-opens the breaker."""
+    now = [0.0]
+    breaker = Breaker(threshold=1, reset=10, clock=lambda: now[0])
+    breaker.failure()
+    now[0] = 10.0
+    assert breaker.allow()
+    assert not breaker.allow()
+    breaker.release()
+    assert breaker.state == "half_open"
+    assert breaker.allow()
+
+
+async def test_stream_event_echoing_our_key_stops_the_stream(
+    scripted: tuple[str, list[bytes]],
+) -> None:
+    """An SSE event that contains the upstream key is not relayed: the stream stops there with
+    finish=unusable."""
+    base, bodies = scripted
+    first = b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
+    echo = b'data: {"choices": [{"delta": {"content": "' + LONG_KEY.encode() + b'"}}]}\n\n'
+    bodies.append(first + echo + b"data: [DONE]\n\n")
+    settings = Settings(openai_api_key=LONG_KEY, openai_base_url=base)
+    client = UpstreamClient(settings, ModelCatalog(settings, PriceTable(settings)))
+    try:
+        stream = await client.open_stream(
+            client.catalog.chain("gpt-4o"), lambda u: orjson.dumps(BODY), "r", client.deadline(),
+            strip_usage=False,
+        )  # fmt: skip
+        events = [event async for event in stream.events()]
+        stream.close()
+    finally:
+        await client.aclose()
+    assert events == [first]
+    assert stream.finish == "unusable"

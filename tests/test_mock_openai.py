@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -549,6 +550,7 @@ async def test_reset_and_stats(http: aiohttp.ClientSession) -> None:
         "queued": 0,
         "calls": [],
         "last_messages": None,
+        "elsewhere": {"hits": 0, "with_authorization": 0},
     }
     status, answer = await _chat(http, body)  # the queued 500 is gone
     assert status == 200
@@ -626,3 +628,119 @@ def test_cli_serves_and_exits_cleanly(sig: signal.Signals) -> None:
     assert proc.returncode == 0, err
     assert out == ""
     assert err == ""
+
+
+# -- hostile behaviours --------------------------------------------------------------------
+
+
+async def test_redirect_points_to_another_origin_that_counts_hits(
+    http: aiohttp.ClientSession,
+) -> None:
+    """`redirect` answers 302 to /_mock/elsewhere on localhost, where hits (and whether they
+    carried a key) are counted."""
+    await _control(http, "/_mock/enqueue", [{"redirect": True}])
+    body = {"model": "gpt-4o", "messages": USER}
+    async with http.post("/v1/chat/completions", json=body, allow_redirects=False) as resp:
+        assert resp.status == 302
+        location = resp.headers["Location"]
+    assert location.startswith("http://localhost:")
+    assert "/_mock/elsewhere/" in location
+    stats = await _control(http, "/_mock/stats")
+    assert stats["elsewhere"] == {"hits": 0, "with_authorization": 0}
+    assert stats["by_outcome"] == {"redirect": 1}
+    target = location.replace("localhost", "127.0.0.1")
+    async with (
+        aiohttp.ClientSession() as other,
+        other.post(target, headers={"Authorization": "Bearer k"}) as followed,
+    ):
+        assert followed.status == 200
+    stats = await _control(http, "/_mock/stats")
+    assert stats["elsewhere"] == {"hits": 1, "with_authorization": 1}
+
+
+async def test_echo_headers_error_repeats_the_authorization_header(
+    http: aiohttp.ClientSession,
+) -> None:
+    """`echo_headers` answers the error status with every request header, the key included,
+    in the message, code, type and a response header."""
+    await _control(http, "/_mock/enqueue", [{"status": 400, "echo_headers": True}])
+    headers = {"Authorization": "Bearer sk-echo-me-0123456789"}
+    body = {"model": "gpt-4o", "messages": USER}
+    async with http.post("/v1/chat/completions", json=body, headers=headers) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert resp.headers["X-Echo"] == "Bearer sk-echo-me-0123456789"
+    assert "sk-echo-me-0123456789" in error["message"]
+    assert error["code"] == error["type"] == "Bearer sk-echo-me-0123456789"
+
+
+async def test_oversize_answer_and_oversize_sse_event(http: aiohttp.ClientSession) -> None:
+    """`oversize_bytes` pads a JSON answer, or sends one SSE event of at least that size before
+    the usual rest of the stream."""
+    await _control(http, "/_mock/enqueue", [{"oversize_bytes": 300_000}] * 2)
+    async with http.post(
+        "/v1/chat/completions", json={"model": "gpt-4o", "messages": USER}
+    ) as resp:
+        raw = await resp.read()
+    assert resp.status == 200
+    assert len(raw) > 300_000
+    assert orjson.loads(raw)["usage"]["completion_tokens"] == 12
+    body = {"model": "gpt-4o", "messages": USER, "stream": True}
+    async with http.post("/v1/chat/completions", json=body) as resp:
+        events = (await resp.read()).split(b"\n\n")
+    sizes = sorted(len(e) for e in events)
+    assert sizes[-1] > 300_000
+    assert sizes[-2] < 1000
+    assert events[-2] == b"data: [DONE]"
+    stats = await _control(http, "/_mock/stats")
+    assert stats["by_outcome"] == {"oversize": 2}
+
+
+async def test_malformed_answers_a_truncated_200(http: aiohttp.ClientSession) -> None:
+    """`malformed` answers 200 with a body that is not valid JSON, counted as malformed."""
+    await _control(http, "/_mock/enqueue", [{"malformed": True}])
+    async with http.post(
+        "/v1/chat/completions", json={"model": "gpt-4o", "messages": USER}
+    ) as resp:
+        assert resp.status == 200
+        raw = await resp.read()
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(raw)
+    assert (await _control(http, "/_mock/stats"))["by_outcome"] == {"malformed": 1}
+
+
+def test_cli_closes_slow_and_idle_clients() -> None:
+    """The mock's server closes a silent connection, a trickled head, a stalled body and an
+    idle keep-alive connection within its timeouts."""
+    from tests.conftest import closed_within, trickled_until_closed
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bradax_cli.mock_openai", "--port", "0",
+         "--keepalive-timeout", "1", "--body-timeout", "1"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1].removesuffix("/v1"))
+        address = ("127.0.0.1", port)
+        with socket.create_connection(address) as silent:
+            assert closed_within(silent, 4)[0] < 3
+        with socket.create_connection(address) as slow:
+            took, _ = trickled_until_closed(slow, b"GET /v1/models HTTP/1.1\r\nHost: m\r\n", 5)
+            assert took < 3
+        with socket.create_connection(address) as stalled:
+            stalled.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: m\r\nContent-Length: 100\r\n\r\n{"
+            )
+            took, answer = closed_within(stalled, 4)
+            assert took < 3
+            assert answer.startswith(b"HTTP/1.1 408")
+        with socket.create_connection(address) as idle:
+            idle.sendall(b"GET /v1/models HTTP/1.1\r\nHost: m\r\n\r\n")
+            took, answer = closed_within(idle, 4)
+            assert answer.startswith(b"HTTP/1.1 200")
+            assert took < 3
+    finally:
+        proc.terminate()
+        proc.wait(10)

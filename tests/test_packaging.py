@@ -363,14 +363,15 @@ def test_function_image_runs_as_a_numeric_non_root_user() -> None:
 
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_function_image_serves_the_function_with_functions_framework_asgi(function: str) -> None:
-    """CMD runs `functions-framework --asgi` on $PORT with the function's source and target."""
+    """CMD runs the guarded functions-framework ASGI server on $PORT with the function's source
+    and target."""
     stage = _stages()[-1]
     (cmd,) = stage.args("CMD")
     argv = json.loads(cmd)
     assert argv[:2] == ["sh", "-c"]
     script = argv[2].replace("${FUNCTION}", function).replace("${PORT}", "8080")
     assert shlex.split(script) == [
-        "exec", "functions-framework", "--asgi",
+        "exec", "python", "-m", "common.function_server",
         "--source", f"/app/{TABLE.functions[function].source}",
         "--target", TABLE.functions[function].target,
         "--port", "8080",
