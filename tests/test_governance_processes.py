@@ -31,12 +31,14 @@ from tests.conftest import (
 pytestmark = pytest.mark.slow
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-PROMPT_BOUND = len(orjson.dumps(MESSAGES))
 
 
 def worst_case(max_tokens: int) -> Decimal:
-    """What one gpt-4.1-nano call with MESSAGES reserves."""
-    return (PROMPT_BOUND * Decimal("0.10") + max_tokens * Decimal("0.40")) / Decimal(1_000_000)
+    """What one gpt-4.1-nano call with MESSAGES reserves (the prompt bounded by the bytes of
+    the whole forwarded body)."""
+    body = {"max_tokens": max_tokens, "model": "gpt-4.1-nano", "messages": MESSAGES}
+    prompt_bound = len(orjson.dumps(body))
+    return (prompt_bound * Decimal("0.10") + max_tokens * Decimal("0.40")) / Decimal(1_000_000)
 
 
 def start_brokers(settings: Settings, tmp: Path, count: int, **env: str) -> list[Process]:
@@ -93,7 +95,7 @@ async def test_budget_holds_across_four_processes(
 ) -> None:
     """200 concurrent invokes over 4 processes: exactly the worst cases that fit reach upstream."""
     budget = Decimal("0.0010")
-    fits = int(to_nano(budget) // to_nano(worst_case(100)))  # 23
+    fits = int(to_nano(budget) // to_nano(worst_case(100)))  # 20
     tenant = await create_tenant(upstream, budget_monthly_usd=budget)
     brokers = start_brokers(upstream, tmp_path, 4)
     try:
@@ -190,7 +192,7 @@ async def test_redis_loss_fails_closed_and_recovers(
         openai_base_url=mock.url,
         redis_url=f"redis://127.0.0.1:{own_redis.port}/0",
     )
-    # 0.0001 USD: each call costs 5.6 µUSD and reserves 7.9 µUSD; 17 calls fit.
+    # 0.0001 USD: each call costs 5.6 µUSD and reserves 13.2 µUSD; 16 calls fit.
     tenant = await create_tenant(current, budget_monthly_usd="0.0001")
     broker = serve_broker(current, tmp=tmp_path)
     try:
@@ -206,9 +208,9 @@ async def test_redis_loss_fails_closed_and_recovers(
         after = [await _one(broker.url, access) for _ in range(10)]
     finally:
         broker.stop()
-    assert after == [200] * 7 + [402] * 3
+    assert after == [200] * 6 + [402] * 4
     rows = await ledger_rows(current)
-    assert len(rows) == 17
+    assert len(rows) == 16
     assert sum((r["cost_usd"] for r in rows), Decimal(0)) <= Decimal("0.0001")
 
 
