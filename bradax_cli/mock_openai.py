@@ -2,14 +2,18 @@
 
 It serves `GET /v1/models` and `POST /v1/chat/completions` (JSON and Server-Sent Events) with
 deterministic token counts, and can misbehave on purpose: latency, 429 with Retry-After, 500,
-hanging requests and streams cut mid-way. Behaviours come either from random rates in
+hanging requests, streams cut mid-way, and lying about usage (a one-shot `usage` replaces
+the reported usage object verbatim, "absent" leaves it out; `trailing_zero_usage` sends a
+second, all-zero usage chunk after a stream's real one). Behaviours come either from random rates in
 `MockConfig` or from a queue of one-shot behaviours posted to `/_mock/enqueue`. Control
 endpoints (no auth) live under `/_mock/`: `config`, `enqueue`, `reset`, `stats`.
 
 Token arithmetic (so callers can assert exact numbers):
 
 * prompt_tokens = 3 + sum over messages of (4 + whitespace-separated words of the text);
-  list contents count the words of their `{"type": "text"}` parts.
+  list contents count the words of their `{"type": "text"}` parts; `tools`, `functions`,
+  `response_format` and `prediction` add a token per 4 bytes of their JSON (as billed).
+* `/_mock/stats` token sums are what the mock would bill, whatever usage it reports.
 * `/_mock/stats` also shows `last_messages`, the messages of the last chat request as received.
 * the reply is "w0 w1 w2 ..."; completion_tokens = min(reply_words, max_completion_tokens or
   max_tokens); finish_reason is "length" when max tokens cut the reply short, else "stop".
@@ -51,7 +55,20 @@ _SSE_HEADERS: Final = {
     "X-Accel-Buffering": "no",
 }
 _DONE: Final = b"data: [DONE]\n\n"
-_QUEUE_KEYS: Final = frozenset({"status", "retry_after", "hang", "cut_after_chunks", "latency_ms"})
+_QUEUE_KEYS: Final = frozenset(
+    {
+        "status",
+        "retry_after",
+        "hang",
+        "cut_after_chunks",
+        "latency_ms",
+        "usage",
+        "trailing_zero_usage",
+    }
+)
+_BILLED_PARAMS: Final = ("tools", "functions", "response_format", "prediction")
+_ABSENT: Final = "absent"
+_HONEST: Final = object()
 _ERROR_TYPES: Final = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -154,9 +171,13 @@ def _words(text: object) -> int:
     return len(text.split()) if isinstance(text, str) else 0
 
 
-def _prompt_tokens(messages: list[Any]) -> int | None:
-    """3 + sum(4 + words) over messages; None when a message is not an object."""
+def _prompt_tokens(messages: list[Any], body: dict[str, Any] | None = None) -> int | None:
+    """3 + sum(4 + words) over messages, plus the billed parameters; None when a message is
+    not an object."""
     total = 3
+    for name in _BILLED_PARAMS:
+        if body is not None and body.get(name) is not None:
+            total += len(orjson.dumps(body[name])) // 4
     for msg in messages:
         if not isinstance(msg, dict):
             return None
@@ -174,7 +195,7 @@ def _prompt_tokens(messages: list[Any]) -> int | None:
 class _Behaviour:
     """What to do with one chat request (decided before the latency sleep)."""
 
-    __slots__ = ("cut_after", "hang", "latency_ms", "retry_after", "status")
+    __slots__ = ("cut_after", "hang", "latency_ms", "retry_after", "status", "usage", "zero_tail")
 
     def __init__(
         self,
@@ -189,6 +210,8 @@ class _Behaviour:
         self.retry_after = retry_after
         self.hang = hang
         self.cut_after = cut_after
+        self.usage: object = _HONEST
+        self.zero_tail = False
 
 
 class _Mock:
@@ -349,7 +372,7 @@ class _Mock:
             return bad
         messages: list[Any] = body["messages"]
         self.last_messages = messages
-        prompt = _prompt_tokens(messages)
+        prompt = _prompt_tokens(messages, body)
         if prompt is None:
             self._record(request, model, stream, "400")
             return _error(400, "Each message must be an object.", param="messages")
@@ -377,7 +400,7 @@ class _Mock:
         if stream:
             options = body.get("stream_options")
             usage = isinstance(options, dict) and options.get("include_usage") is True
-            return await self._stream(request, model, prompt, words, finish, usage, act.cut_after)
+            return await self._stream(request, model, prompt, words, finish, usage, act)
         if act.cut_after >= 0:
             self._record(request, model, stream, "cut", prompt, 0)
             _abort(request)
@@ -408,6 +431,10 @@ class _Mock:
             },
             "system_fingerprint": "fp_mock",
         }
+        if act.usage == _ABSENT:
+            del payload["usage"]
+        elif act.usage is not _HONEST:
+            payload["usage"] = act.usage
         return web.Response(body=orjson.dumps(payload), content_type=_JSON_CT)
 
     def _validate(self, body: dict[str, Any], model: object) -> web.Response | None:
@@ -458,8 +485,9 @@ class _Mock:
         words: int,
         finish: str,
         include_usage: bool,
-        cut_after: int,
+        act: _Behaviour,
     ) -> web.StreamResponse:
+        cut_after = act.cut_after
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         head = b"".join(
             (
@@ -491,17 +519,21 @@ class _Mock:
             await resp.write(
                 head + b"{}" + end + (b',"usage":null}\n\n' if include_usage else b"}\n\n")
             )
-            if include_usage:
-                usage = orjson.dumps(
-                    {
-                        "prompt_tokens": prompt,
-                        "completion_tokens": words,
-                        "total_tokens": prompt + words,
-                    }
-                )
+            if include_usage and act.usage != _ABSENT:
+                claimed: object = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": words,
+                    "total_tokens": prompt + words,
+                }
+                if act.usage is not _HONEST:
+                    claimed = act.usage
                 # Reuse the id/created/model prefix but with an empty choices list.
                 prefix = head[: head.index(b',"choices":')]
+                usage = orjson.dumps(claimed)
                 await resp.write(prefix + b',"choices":[],"usage":' + usage + b"}\n\n")
+                if act.zero_tail:
+                    zero = b'{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}'
+                    await resp.write(prefix + b',"choices":[],"usage":' + zero + b"}\n\n")
             await resp.write(_DONE)
         except ConnectionError:
             self._record(request, model, True, "disconnected", prompt, sent)
@@ -633,6 +665,12 @@ def _parse_item(item: object) -> _Behaviour:
         if not _is_int(cut) or cut < 0:
             raise _BadConfig("cut_after_chunks must be an integer >= 0")
         act.cut_after = cut
+    if "usage" in item:
+        act.usage = item["usage"]
+    if "trailing_zero_usage" in item:
+        if not isinstance(item["trailing_zero_usage"], bool):
+            raise _BadConfig("trailing_zero_usage must be a boolean")
+        act.zero_tail = item["trailing_zero_usage"]
     return act
 
 
