@@ -211,7 +211,12 @@ class Drainer:
         if self._reconcile is None or time.monotonic() - self._reconciled_at < RECONCILE_EVERY_S:
             return
         self._reconciled_at = time.monotonic()
-        await self._reconcile(int(time.time() * 1000))
+        try:
+            await self._reconcile(int(time.time() * 1000))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the drain goes on; the intents wait for the next pass
+            get_logger().warning("reconciler pass failed", error=type(exc).__name__)
 
     async def _ensure_groups(self) -> None:
         if self._groups_ready:

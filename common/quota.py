@@ -504,8 +504,16 @@ class Governor:
             if raw is None:
                 await self._redis.call("ZREM", INTENTS_DUE, request_id)
                 continue
-            project_id, month, bound_nano, record_json = orjson.loads(raw)
-            record = UsageRecord.from_json(record_json.encode())
+            try:
+                project_id, month, bound_nano, record_json = orjson.loads(raw)
+                record = UsageRecord.from_json(record_json.encode())
+            except (ValueError, TypeError) as exc:
+                # Not written by this code: keep it aside rather than retry it forever.
+                get_logger().error(
+                    "unreadable intent skipped", request=request_id, error=type(exc).__name__
+                )
+                await self._redis.call("ZREM", INTENTS_DUE, request_id)
+                continue
             outcome = await self.settle(
                 None,
                 request_id=request_id,
