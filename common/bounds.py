@@ -30,7 +30,8 @@ from common.errors import BadRequest
 INT32 = 2**31 - 1
 # Fields that cap how many tokens the upstream may generate (chat and Responses names).
 OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-# Billed outside tokens (per search, per second of audio): no token bound covers them.
+# Billed outside tokens (per search, per second of audio): no token bound covers them;
+# neither does a service tier priced above the list prices.
 UNBOUNDED_FIELDS = ("web_search_options", "audio")
 
 # Image tokens by model family, the largest each rule can give: (detail low, high/auto).
@@ -156,6 +157,13 @@ def refuse_unbounded(params: dict[str, Any]) -> None:
                 code="parameter_not_supported",
                 param=name,
             )
+    tier = params.get("service_tier")
+    if tier is not None and tier not in ("auto", "default", "flex"):
+        raise BadRequest(
+            f"service_tier '{tier}' is billed above list prices, so its cost cannot be reserved",
+            code="parameter_not_supported",
+            param="service_tier",
+        )
     modalities = params.get("modalities")
     if isinstance(modalities, list) and "audio" in modalities:
         raise BadRequest(

@@ -449,8 +449,9 @@ class Invoker:
                 ctx.chain, self._payload(body), ctx.request_id, deadline
             )
         except BrokerError as exc:
-            # A timed-out call may still be generating (and billing) upstream: its bound.
-            prompt, completion = ctx.bound(None) if isinstance(exc, UpstreamTimeout) else (0, 0)
+            # A timed-out call may still be generating (and billing) upstream, and an answer
+            # the upstream billed but we cannot use was billed: both are charged at the bound.
+            prompt, completion = ctx.bound(None) if _billed(exc) else (0, 0)
             await self._settle(
                 ctx, None, prompt, completion, "upstream_error", exc.status, exc.code, False
             )
@@ -529,7 +530,7 @@ class Invoker:
                 strip_usage=not ctx.call.client_usage,
             )
         except BrokerError as exc:
-            prompt, completion = ctx.bound(None) if isinstance(exc, UpstreamTimeout) else (0, 0)
+            prompt, completion = ctx.bound(None) if _billed(exc) else (0, 0)
             await self._settle(
                 ctx, None, prompt, completion, "upstream_error", exc.status, exc.code, True
             )
@@ -866,6 +867,12 @@ def spec_body(
         "cost_usd": str(cost),
         "cached": cached,
     }
+
+
+def _billed(exc: BrokerError) -> bool:
+    """May the upstream have billed a call that ended in `exc`? (a timeout, or an error
+    class that says so with `upstream_billed = True`)"""
+    return isinstance(exc, UpstreamTimeout) or bool(getattr(exc, "upstream_billed", False))
 
 
 def _bounds(body: dict[str, Any], chain: list[Upstream]) -> tuple[dict[str, int], int]:

@@ -227,13 +227,31 @@ async def test_parameters_billed_outside_tokens_are_refused(
     """Web search and audio output cannot be bounded in tokens: refused 400 before the call."""
     http = await make_client(router)
     tenant = await login(http, await create_tenant(upstream))
-    for params in ({"web_search_options": {}}, {"modalities": ["text", "audio"]}):
+    for params in (
+        {"web_search_options": {}},
+        {"modalities": ["text", "audio"]},
+        {"service_tier": "priority"},
+    ):
         reply = await invoke(http, tenant, parameters=params)
         assert (reply.status_code, reply.json()["error"]["code"]) == (
             400,
             "parameter_not_supported",
         )
     assert mock.stats()["requests"] == 0
+
+
+async def test_prediction_is_reserved_as_completion_tokens(
+    upstream: Settings, router: Any, mock: MockUpstream
+) -> None:
+    """Rejected prediction tokens bill as output: 50 KB of prediction does not fit $0.01 at the
+    output price, though the same call without it does."""
+    http = await make_client(router)
+    tenant = await login(http, await create_tenant(upstream, budget_monthly_usd="0.01"))
+    prediction = {"type": "content", "content": "y " * 25_000}
+    refused = await invoke(http, tenant, parameters={"max_tokens": 10, "prediction": prediction})
+    assert refused.status_code == 402, refused.text
+    assert (await invoke(http, tenant, parameters={"max_tokens": 10})).status_code == 200
+    assert mock.stats()["requests"] == 1
 
 
 def test_usage_claims_are_clamped_to_the_bound() -> None:
