@@ -91,7 +91,6 @@ class Call:
     params: dict[str, Any]
     stream: bool
     client_usage: bool
-    images: int = 0
 
     @property
     def max_tokens(self) -> int | None:
@@ -122,14 +121,7 @@ def parse_call(raw: bytes, api: Api) -> Call:
     except ValidationError as exc:
         raise validation_error(exc) from None
     dumped = [m.model_dump(exclude_none=True) for m in messages]
-    images = sum(
-        1
-        for m in messages
-        if isinstance(m.content, list)
-        for part in m.content
-        if part.type != "text"
-    )
-    return Call(api, model, dumped, params, stream, client_usage, images)
+    return Call(api, model, dumped, params, stream, client_usage)
 
 
 @dataclass
