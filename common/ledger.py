@@ -11,8 +11,9 @@ The audit stream (invoke decisions) is drained the same way into the hash chain.
 One bad record cannot stop the ledger: a batch PostgreSQL refuses is retried row by row,
 and a row it still refuses (or one that cannot be read) goes to `ledger_dead_letters` with
 the reason, in the same transaction as the rows that fit, before the batch is acknowledged.
-The loop also runs the reconciler (`Governor.reconcile`), which settles at their bound the
-calls whose instance died before settling them.
+Audit events are drained the same way (dead letters of the audit stream have stream ids
+prefixed `audit:`). The loop also runs the reconciler (`Governor.reconcile`), which settles
+at their bound the calls whose instance died before settling them.
 
 If Redis itself fails between the upstream call and the settle, `PendingSettles` writes the
 row straight to PostgreSQL and keeps retrying the settle until Redis answers.
@@ -335,10 +336,30 @@ class Drainer:
         entries = await self._read(audit.STREAM, 0)
         if not entries:
             return 0
-        events = [AuditEvent.from_stream(fields) for _, fields in entries]
+        events: list[tuple[bytes, AuditEvent]] = []
+        dead: list[tuple[bytes, bytes, str]] = []
+        for eid, fields in entries:
+            try:
+                events.append((eid, AuditEvent.from_stream(fields)))
+            except UNREADABLE as exc:
+                raw = fields.get(b"e", b"")
+                dead.append((b"audit:" + eid, raw, f"unreadable: {_reason(exc)}"))
         if self._audit:
-            async with self._db.connection() as conn, conn.transaction():
-                await audit.append(conn, events)
+            try:
+                async with self._db.connection() as conn, conn.transaction():
+                    await audit.append(conn, [event for _, event in events])
+                    await self._dead_letter(conn, dead)
+            except ROW_ERRORS:
+                # One event at a time; the ones still refused are kept aside with the reason.
+                async with self._db.connection() as conn:
+                    for eid, event in events:
+                        try:
+                            async with conn.transaction():
+                                await audit.append(conn, [event])
+                        except ROW_ERRORS as exc:
+                            dead.append((b"audit:" + eid, event.to_stream()["e"], _reason(exc)))
+                    async with conn.transaction():
+                        await self._dead_letter(conn, dead)
         await self._ack(audit.STREAM, [eid for eid, _ in entries])
         return len(entries)
 
@@ -366,9 +387,11 @@ def _request_id(raw: bytes) -> str | None:
         values = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if isinstance(values, list) and values and isinstance(values[0], str):
-        return values[0].replace("\x00", "")[:200]
-    return None
+    if not isinstance(values, list) or not values:
+        return None
+    # A usage record starts with its request id; an audit event has it fifth.
+    found = values[4] if len(values) == 8 and isinstance(values[6], dict) else values[0]
+    return found.replace("\x00", "")[:200] if isinstance(found, str) else None
 
 
 def _fields(raw: Any) -> dict[bytes, bytes]:

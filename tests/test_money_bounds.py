@@ -483,6 +483,25 @@ async def test_drainer_dead_letters_refused_rows_and_keeps_the_rest(upstream: Se
     assert "int32" in dead["req_p_int32"]
 
 
+async def test_drainer_dead_letters_unreadable_audit_events(upstream: Settings) -> None:
+    """A poison entry in the audit stream is kept aside with its reason; the events around
+    it reach the hash chain and the stream is emptied."""
+    from common.audit import STREAM, AuditEvent
+
+    redis, db = deps.redis.get(), deps.db.get()
+    good = AuditEvent("invoke", "denied", "proj_x", None, "req_audit_ok", "budget_exceeded")
+    for fields in ({b"e": b"[1, 2"}, {b"x": b"no event"}, good.to_stream()):
+        await redis.call("XADD", STREAM, "*", *[v for pair in fields.items() for v in pair])
+    drainer = Drainer(redis, db, audit_enabled=True)
+    await drainer.drain_once()
+    assert int(await redis.call("XLEN", STREAM)) == 0
+    logged = await db.fetch("SELECT request_id FROM audit_log")
+    assert [r["request_id"] for r in logged] == ["req_audit_ok"]
+    dead = await _dead_letters(upstream)
+    assert len(dead) == 2
+    assert all(d["stream_id"].startswith("audit:") and d["reason"] for d in dead)
+
+
 def test_records_are_fitted_before_the_outbox() -> None:
     """A record is forced into the ledger's domain before it enters the outbox."""
     fitted = _record("r", "p", prompt_tokens=2**40, latency_ms=-5, model="a\x00b").fitted()
