@@ -348,7 +348,7 @@ async def test_hostile_usage_never_overspends_across_two_processes(
                 tenant = tenants[name]
                 access = await token(urls[0], tenant)
                 mock.reset()
-                mock.configure(latency_ms=300)
+                mock.configure(latency_ms=1000)  # every admission before any settle
                 mock.enqueue(*([behaviour] * 10))
                 codes = await asyncio.gather(
                     *(_call(http, urls[i % 2], tenant, access, stream) for i in range(10))
