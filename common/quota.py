@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from common.bounds import INT32
 from common.db import Database
 from common.errors import BudgetExceeded, RateLimited, ServiceUnavailable, Unauthorized
 from common.logs import get_logger
@@ -45,7 +46,6 @@ MAX_CLEANUP = 100
 INTENTS = "bx:intent"
 INTENTS_DUE = "bx:intent:due"
 RECONCILE_BATCH = 100
-INT32 = 2**31 - 1
 # NUMERIC(24, 12): below 10^12 USD.
 MAX_COST = Decimal(10) ** 12 - 1
 RECONCILED = "reconciled"
