@@ -496,6 +496,15 @@ class Invoker:
     ) -> Response:
         headers = {"X-Bradax-Cost-USD": str(cost), **ctx.admission.headers()}
         if ctx.call.api == "openai":
+            if charge.unverified is not None:
+                # The upstream's claim is not relayed: the client sees what it was charged.
+                usage = {
+                    "prompt_tokens": charge.prompt,
+                    "completion_tokens": charge.completion,
+                    "total_tokens": charge.prompt + charge.completion,
+                }
+                data = {**result.data, "model": ctx.call.model, "usage": usage}
+                return JSONResponse(data, headers=headers)
             if result.upstream.model == ctx.call.model and result.data.get("model"):
                 return Response(result.body, headers=headers, media_type="application/json")
             return JSONResponse({**result.data, "model": ctx.call.model}, headers=headers)

@@ -254,6 +254,34 @@ async def test_prediction_is_reserved_as_completion_tokens(
     assert mock.stats()["requests"] == 1
 
 
+async def test_unverified_usage_is_not_relayed(
+    upstream: Settings, router: Any, mock: MockUpstream
+) -> None:
+    """An answer whose usage is a lie reaches an OpenAI client with the usage it was charged
+    (the bound), matching its cost header and its ledger row."""
+    http = await make_client(router)
+    tenant = await login(http, await create_tenant(upstream))
+    mock.enqueue(_usage(10**9, -1))
+    reply = await http.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4.1-nano", "messages": MESSAGES, "max_tokens": 7},
+        headers=tenant.key_auth,
+    )
+    assert reply.status_code == 200
+    (row,) = await ledger_rows(upstream)
+    assert (row["status"], row["error_code"], row["completion_tokens"]) == (
+        "usage_unverified",
+        "usage_invalid",
+        7,
+    )
+    assert reply.json()["usage"] == {
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": 7,
+        "total_tokens": row["prompt_tokens"] + 7,
+    }
+    assert Decimal(reply.headers["X-Bradax-Cost-USD"]) == row["cost_usd"] > 0
+
+
 def test_usage_claims_are_clamped_to_the_bound() -> None:
     """Plausible claims within the bound are taken; anything else is charged at the bound."""
     assert bounds.verify((10, 5), 100, 50) == bounds.Charge(10, 5)
