@@ -2,7 +2,9 @@
 
 It serves `GET /v1/models` and `POST /v1/chat/completions` (JSON and Server-Sent Events) with
 deterministic token counts, and can misbehave on purpose: latency, 429 with Retry-After, 500,
-hanging requests and streams cut mid-way. Behaviours come either from random rates in
+hanging requests, streams cut mid-way, and lying about usage (a one-shot `usage` replaces
+the reported usage object verbatim, "absent" leaves it out; `trailing_zero_usage` sends a
+second, all-zero usage chunk after a stream's real one). Behaviours come either from random rates in
 `MockConfig` or from a queue of one-shot behaviours posted to `/_mock/enqueue`. Control
 endpoints (no auth) live under `/_mock/`: `config`, `enqueue`, `reset`, `stats`.
 
@@ -24,7 +26,9 @@ never completes included) and gives a request `--body-timeout` seconds to send i
 Token arithmetic (so callers can assert exact numbers):
 
 * prompt_tokens = 3 + sum over messages of (4 + whitespace-separated words of the text);
-  list contents count the words of their `{"type": "text"}` parts.
+  list contents count the words of their `{"type": "text"}` parts; `tools`, `functions`,
+  `response_format` and `prediction` add a token per 4 bytes of their JSON (as billed).
+* `/_mock/stats` token sums are what the mock would bill, whatever usage it reports.
 * `/_mock/stats` also shows `last_messages`, the messages of the last chat request as received.
 * the reply is "w0 w1 w2 ..."; completion_tokens = min(reply_words, max_completion_tokens or
   max_tokens); finish_reason is "length" when max tokens cut the reply short, else "stop".
@@ -77,8 +81,13 @@ _QUEUE_KEYS: Final = frozenset(
         "echo_headers",
         "oversize_bytes",
         "malformed",
+        "usage",
+        "trailing_zero_usage",
     }
 )
+_BILLED_PARAMS: Final = ("tools", "functions", "response_format", "prediction")
+_ABSENT: Final = "absent"
+_HONEST: Final = object()
 ELSEWHERE: Final = "/_mock/elsewhere"
 _MALFORMED: Final = b'{"id":"chatcmpl-x","object":"chat.completion","choices":[{"index":0,'
 
@@ -186,9 +195,13 @@ def _words(text: object) -> int:
     return len(text.split()) if isinstance(text, str) else 0
 
 
-def _prompt_tokens(messages: list[Any]) -> int | None:
-    """3 + sum(4 + words) over messages; None when a message is not an object."""
+def _prompt_tokens(messages: list[Any], body: dict[str, Any] | None = None) -> int | None:
+    """3 + sum(4 + words) over messages, plus the billed parameters; None when a message is
+    not an object."""
     total = 3
+    for name in _BILLED_PARAMS:
+        if body is not None and body.get(name) is not None:
+            total += len(orjson.dumps(body[name])) // 4
     for msg in messages:
         if not isinstance(msg, dict):
             return None
@@ -216,6 +229,8 @@ class _Behaviour:
         "redirect",
         "retry_after",
         "status",
+        "usage",
+        "zero_tail",
     )
 
     def __init__(
@@ -235,6 +250,8 @@ class _Behaviour:
         self.echo_headers = False
         self.oversize = 0
         self.malformed = False
+        self.usage: object = _HONEST
+        self.zero_tail = False
 
 
 class _Mock:
@@ -408,7 +425,7 @@ class _Mock:
             return bad
         messages: list[Any] = body["messages"]
         self.last_messages = messages
-        prompt = _prompt_tokens(messages)
+        prompt = _prompt_tokens(messages, body)
         if prompt is None:
             self._record(request, model, stream, "400")
             return _error(400, "Each message must be an object.", param="messages")
@@ -441,9 +458,7 @@ class _Mock:
         if stream:
             options = body.get("stream_options")
             usage = isinstance(options, dict) and options.get("include_usage") is True
-            return await self._stream(
-                request, model, prompt, words, finish, usage, act.cut_after, act.oversize
-            )
+            return await self._stream(request, model, prompt, words, finish, usage, act)
         if act.cut_after >= 0:
             self._record(request, model, stream, "cut", prompt, 0)
             _abort(request)
@@ -481,6 +496,10 @@ class _Mock:
         }
         if act.oversize:
             payload["padding"] = "x" * act.oversize
+        if act.usage == _ABSENT:
+            del payload["usage"]
+        elif act.usage is not _HONEST:
+            payload["usage"] = act.usage
         return web.Response(body=orjson.dumps(payload), content_type=_JSON_CT)
 
     def _redirect(self, request: web.Request, target: str | bool) -> web.Response:
@@ -564,9 +583,10 @@ class _Mock:
         words: int,
         finish: str,
         include_usage: bool,
-        cut_after: int,
-        oversize: int = 0,
+        act: _Behaviour,
     ) -> web.StreamResponse:
+        cut_after = act.cut_after
+        oversize = act.oversize
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         head = b"".join(
             (
@@ -600,17 +620,21 @@ class _Mock:
             await resp.write(
                 head + b"{}" + end + (b',"usage":null}\n\n' if include_usage else b"}\n\n")
             )
-            if include_usage:
-                usage = orjson.dumps(
-                    {
-                        "prompt_tokens": prompt,
-                        "completion_tokens": words,
-                        "total_tokens": prompt + words,
-                    }
-                )
+            if include_usage and act.usage != _ABSENT:
+                claimed: object = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": words,
+                    "total_tokens": prompt + words,
+                }
+                if act.usage is not _HONEST:
+                    claimed = act.usage
                 # Reuse the id/created/model prefix but with an empty choices list.
                 prefix = head[: head.index(b',"choices":')]
+                usage = orjson.dumps(claimed)
                 await resp.write(prefix + b',"choices":[],"usage":' + usage + b"}\n\n")
+                if act.zero_tail:
+                    zero = b'{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}'
+                    await resp.write(prefix + b',"choices":[],"usage":' + zero + b"}\n\n")
             await resp.write(_DONE)
         except ConnectionError:
             self._record(request, model, True, "disconnected", prompt, sent)
@@ -758,6 +782,12 @@ def _parse_item(item: object) -> _Behaviour:
         if not _is_int(size) or size < 0:
             raise _BadConfig("oversize_bytes must be an integer >= 0")
         act.oversize = size
+    if "usage" in item:
+        act.usage = item["usage"]
+    if "trailing_zero_usage" in item:
+        if not isinstance(item["trailing_zero_usage"], bool):
+            raise _BadConfig("trailing_zero_usage must be a boolean")
+        act.zero_tail = item["trailing_zero_usage"]
     return act
 
 

@@ -234,6 +234,8 @@ class UpstreamBadResponse(UpstreamError):
     malformed | shape | oversize, `upstream_alias` names the model alias that answered.
     """
 
+    upstream_billed = True  # charged at the call's bound, never at $0
+
     def __init__(
         self, message: str, *, reason: str, upstream_alias: str, accepted: bool = True
     ) -> None:

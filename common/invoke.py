@@ -7,8 +7,10 @@
 
 Nothing reaches the upstream ungoverned: every check happens before the call, and every
 call that reached the upstream is settled exactly once (request id) whatever happens to
-the client. The worst-case cost reserved up front bounds the prompt by its size in bytes
-(a BPE token is at least one byte) and the completion by max_tokens.
+the client. The worst-case cost reserved up front (common.bounds) covers everything the
+upstream can bill for the forwarded body; the upstream's usage is checked against it, and a
+claim that is missing or not plausible is charged at the bound. The admission also leaves an
+intent in Redis, so a call whose instance dies is settled at its bound by any reconciler.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from common import pii
+from common import bounds, pii
 from common.apikeys import looks_like_key
 from common.audit import STREAM as AUDIT_STREAM
 from common.audit import AuditEvent
@@ -47,6 +49,7 @@ from common.errors import (
     ServiceUnavailable,
     Unauthorized,
     UpstreamBadResponse,
+    UpstreamTimeout,
 )
 from common.http import JSONResponse, client_ip, read_json_body, validation_error
 from common.ledger import Drainer, PendingSettles
@@ -60,6 +63,7 @@ from common.quota import (
     Limit,
     UsageRecord,
     budget_month,
+    intent_record,
     to_nano,
 )
 from common.redis import RedisStore
@@ -70,11 +74,12 @@ from common.telemetry import Telemetry, field
 
 Api = Literal["invoke", "openai"]
 SCOPE = "invoke_llm"
-# Tokens reserved per image part: image tokens are not bounded by the part's bytes.
-IMAGE_TOKEN_BOUND = 3000
 IDEMPOTENCY_TTL = 86_400
 LGPD_IDEMPOTENCY_TTL = 600
 _FORWARD_EXCLUDE = {"model", "messages", "stream", "stream_options", "parameters"}
+# The spec API's stream flag is its top-level field; inside `parameters` it would reach the
+# upstream unseen by the broker.
+_SPEC_PARAMS_REFUSED = ("stream", "stream_options")
 
 
 @dataclass
@@ -87,13 +92,11 @@ class Call:
     params: dict[str, Any]
     stream: bool
     client_usage: bool
-    images: int = 0
 
     @property
     def max_tokens(self) -> int | None:
-        """The completion cap the client asked for, if any."""
-        value = self.params.get("max_completion_tokens") or self.params.get("max_tokens")
-        return int(value) if value is not None else None
+        """The largest completion cap the client asked for in any output-token field."""
+        return bounds.output_cap(self.params)
 
 
 def parse_call(raw: bytes, api: Api) -> Call:
@@ -102,6 +105,12 @@ def parse_call(raw: bytes, api: Api) -> Call:
         if api == "invoke":
             spec = InvokeRequest.model_validate_json(raw)
             params = spec.parameters.model_dump(exclude_none=True)
+            for name in _SPEC_PARAMS_REFUSED:
+                if name in params:
+                    raise BadRequest(
+                        f"parameters.{name} is not accepted; use the top-level 'stream' field",
+                        param=f"parameters.{name}",
+                    )
             stream, client_usage = spec.stream, True
             model, messages = spec.model, spec.messages
         else:
@@ -113,14 +122,7 @@ def parse_call(raw: bytes, api: Api) -> Call:
     except ValidationError as exc:
         raise validation_error(exc) from None
     dumped = [m.model_dump(exclude_none=True) for m in messages]
-    images = sum(
-        1
-        for m in messages
-        if isinstance(m.content, list)
-        for part in m.content
-        if part.type != "text"
-    )
-    return Call(api, model, dumped, params, stream, client_usage, images)
+    return Call(api, model, dumped, params, stream, client_usage)
 
 
 @dataclass
@@ -137,8 +139,16 @@ class Context:
     claim: BudgetClaim | None
     admission: Admission
     started: float = dataclass_field(default_factory=time.perf_counter)
-    prompt_bound: int = 0
+    # The most prompt tokens each upstream of the chain can bill (by alias); completions.
+    prompt_bounds: dict[str, int] = dataclass_field(default_factory=dict)
+    completion_bound: int = 0
     settled: bool = False
+
+    def bound(self, upstream: Upstream | None) -> tuple[int, int]:
+        """The (prompt, completion) bound of the call on `upstream` (None: the first one,
+        which is whose price a call settled without an upstream is charged at)."""
+        alias = (upstream or self.chain[0]).alias
+        return self.prompt_bounds.get(alias, 0), self.completion_bound
 
 
 class Invoker:
@@ -236,7 +246,6 @@ class Invoker:
         chain = self._chain(project, call.model)
         messages = self._screen(project, call)
         body = self._body(project, call, messages)
-        prompt_bound = len(_dumps(messages)) + call.images * IMAGE_TOKEN_BOUND
         now = self.clock()
         created_ms = int(now * 1000)
         month = budget_month(datetime.fromtimestamp(now, UTC))
@@ -261,8 +270,22 @@ class Invoker:
                     return await self._idempotency_end(
                         project, idem_key, fingerprint, response, request_id
                     )
-            completion_bound = (body.get("n") or 1) * self._cap(body)
-            worst = max(u.price.cost(prompt_bound, completion_bound) for u in chain)
+            prompt_bounds, completion_bound = _bounds(body, chain)
+            costs = {u.alias: u.price.cost(prompt_bounds[u.alias], completion_bound) for u in chain}
+            worst_alias = max(costs, key=lambda alias: costs[alias])
+            worst = costs[worst_alias]
+            intent = intent_record(
+                request_id=request_id,
+                project_id=project.id,
+                key_id=principal.key_id,
+                model=call.model,
+                prompt_tokens=prompt_bounds[worst_alias],
+                completion_tokens=completion_bound,
+                cost_usd=worst,
+                streamed=call.stream,
+                budget_month=month,
+                created_at_ms=created_ms,
+            )
             claim = BudgetClaim(
                 project.id,
                 month,
@@ -270,13 +293,14 @@ class Invoker:
                 to_nano(worst),
                 to_nano(project.budget_monthly_usd),
                 created_ms + int(self.settings.reservation_ttl * 1000),
+                intent,
             )
             admission = await self._admit(request, principal, project, claim, created_ms)
             request.state.admitted = True
             ctx = Context(
                 request_id, principal, project, call, chain, month, created_ms, claim, admission
             )
-            ctx.prompt_bound = prompt_bound
+            ctx.prompt_bounds, ctx.completion_bound = prompt_bounds, completion_bound
             if call.stream:
                 return await self._stream(ctx, body)
             response = await self._complete(ctx, body, cache_key)
@@ -337,14 +361,18 @@ class Invoker:
     def _body(self, project: Project, call: Call, messages: list[dict[str, Any]]) -> dict[str, Any]:
         """The upstream body: params, the token cap enforced, usage asked for in streams."""
         body: dict[str, Any] = dict(call.params)
-        requested = call.max_tokens
+        bounds.refuse_unbounded(body)
         limit = project.max_tokens_per_request
-        if requested is not None and requested > limit:
-            raise BadRequest(
-                f"max_tokens {requested} exceeds this project's limit of {limit}",
-                code="max_tokens_exceeded",
-                param="max_tokens",
-            )
+        # Every output-token field must fit the cap: the upstream obeys any one of them.
+        for name in bounds.OUTPUT_FIELDS:
+            requested = bounds.output_cap({name: body.get(name)})
+            if requested is not None and requested > limit:
+                raise BadRequest(
+                    f"{name} {requested} exceeds this project's limit of {limit}",
+                    code="max_tokens_exceeded",
+                    param=name,
+                )
+        requested = call.max_tokens
         if requested is None:
             field_name = "max_completion_tokens" if _reasoning(call.model) else "max_tokens"
             body[field_name] = limit
@@ -356,10 +384,6 @@ class Invoker:
             options["include_usage"] = True
             body["stream_options"] = options
         return body
-
-    @staticmethod
-    def _cap(body: dict[str, Any]) -> int:
-        return int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
 
     async def _admit(
         self,
@@ -425,44 +449,89 @@ class Invoker:
         except UpstreamBadResponse as exc:
             # The upstream answered 200, so it may have billed the call: charge it at its bound.
             answered = self.client.catalog.get(exc.upstream_alias)
-            bound = (body.get("n") or 1) * self._cap(body)
+            prompt, completion = ctx.bound(answered)
             await self._settle(
-                ctx, answered, ctx.prompt_bound, bound, "upstream_bad_response", exc.status,
+                ctx, answered, prompt, completion, "upstream_bad_response", exc.status,
                 f"upstream_{exc.reason}", False,
             )  # fmt: skip
             raise
         except BrokerError as exc:
-            await self._settle(ctx, None, 0, 0, "upstream_error", exc.status, exc.code, False)
+            # A timed-out call may still be generating (and billing) upstream, and an answer
+            # the upstream billed but we cannot use was billed: both are charged at the bound.
+            prompt, completion = ctx.bound(None) if _billed(exc) else (0, 0)
+            await self._settle(
+                ctx, None, prompt, completion, "upstream_error", exc.status, exc.code, False
+            )
             raise
         except asyncio.CancelledError:
-            await self._settle(ctx, None, 0, 0, "cancelled", 499, "client_disconnected", False)
+            # The request may be with the upstream, which finishes (and bills) it anyway.
+            prompt, completion = ctx.bound(None)
+            await self._settle(
+                ctx, None, prompt, completion, "cancelled", 499, "client_disconnected", False
+            )
             raise
         except Exception:
             # A bug of ours after admission: release the reservation, record what happened.
             await self._settle(ctx, None, 0, 0, "internal_error", 500, "internal_error", False)
             raise
+        claim = None
+        if result.prompt_tokens is not None and result.completion_tokens is not None:
+            claim = (result.prompt_tokens, result.completion_tokens)
+        charge = bounds.verify(claim, *ctx.bound(result.upstream), invalid=result.usage_invalid)
+        status = "success"
+        if charge.unverified is not None:
+            status = "usage_unverified"
+            self._unverified(ctx, charge.unverified)
         cost = await self._settle(
             ctx,
             result.upstream,
-            result.prompt_tokens,
-            result.completion_tokens,
-            "success",
+            charge.prompt,
+            charge.completion,
+            status,
             200,
-            None,
+            f"usage_{charge.unverified}" if charge.unverified else None,
             False,
         )
-        if cache_key is not None:
+        if cache_key is not None and charge.unverified is None:
             self._spawn(self._cache_put(cache_key, result))
-        return self._render(ctx, result, cost)
+        return self._render(ctx, result, cost, charge)
 
-    def _render(self, ctx: Context, result: Completion, cost: Decimal) -> Response:
+    def _unverified(self, ctx: Context, reason: str) -> None:
+        """Count and log (once per call) a usage claim that was replaced by the bound."""
+        self.telemetry.incr("usage_unverified_total", model=ctx.call.model, reason=reason)
+        get_logger().warning(
+            "upstream usage not verifiable; call charged at its bound",
+            project_token=mask_project(ctx.project.id),
+            model=ctx.call.model,
+            reason=reason,
+        )
+
+    def _render(
+        self, ctx: Context, result: Completion, cost: Decimal, charge: bounds.Charge
+    ) -> Response:
         headers = {"X-Bradax-Cost-USD": str(cost), **ctx.admission.headers()}
         if ctx.call.api == "openai":
+            if charge.unverified is not None:
+                # The upstream's claim is not relayed: the client sees what it was charged.
+                usage = {
+                    "prompt_tokens": charge.prompt,
+                    "completion_tokens": charge.completion,
+                    "total_tokens": charge.prompt + charge.completion,
+                }
+                data = {**result.data, "model": ctx.call.model, "usage": usage}
+                return JSONResponse(data, headers=headers)
             if result.upstream.model == ctx.call.model and result.data.get("model"):
                 return Response(result.body, headers=headers, media_type="application/json")
             return JSONResponse({**result.data, "model": ctx.call.model}, headers=headers)
         return JSONResponse(
-            spec_body(result.data, ctx.call.model, ctx.request_id, cost, cached=False),
+            spec_body(
+                result.data,
+                ctx.call.model,
+                ctx.request_id,
+                cost,
+                cached=False,
+                tokens=(charge.prompt, charge.completion),
+            ),
             headers=headers,
         )
 
@@ -477,10 +546,16 @@ class Invoker:
                 strip_usage=not ctx.call.client_usage,
             )
         except BrokerError as exc:
-            await self._settle(ctx, None, 0, 0, "upstream_error", exc.status, exc.code, True)
+            prompt, completion = ctx.bound(None) if _billed(exc) else (0, 0)
+            await self._settle(
+                ctx, None, prompt, completion, "upstream_error", exc.status, exc.code, True
+            )
             raise
         except asyncio.CancelledError:
-            await self._settle(ctx, None, 0, 0, "cancelled", 499, "client_disconnected", True)
+            prompt, completion = ctx.bound(None)
+            await self._settle(
+                ctx, None, prompt, completion, "cancelled", 499, "client_disconnected", True
+            )
             raise
         except Exception:
             # A bug of ours after admission: release the reservation, record what happened.
@@ -508,15 +583,21 @@ class Invoker:
         return extend
 
     async def _finish_stream(self, ctx: Context, stream: StreamCall, outcome: str) -> None:
+        claim = None
         if stream.prompt_tokens is not None and stream.completion_tokens is not None:
-            prompt, completion = stream.prompt_tokens, stream.completion_tokens
-        else:
-            # The usage chunk never came: meter what was produced, bound the prompt.
-            prompt, completion = ctx.prompt_bound, stream.produced
+            claim = (stream.prompt_tokens, stream.completion_tokens)
+        # Without a usable usage chunk (an upstream cut, a lie) the call is charged at its bound.
+        charge = bounds.verify(claim, *ctx.bound(stream.upstream), invalid=stream.usage_invalid)
         status = {"completed": "success"}.get(outcome, outcome)
         http = 200 if outcome == "completed" else 499 if outcome == "client_disconnected" else 502
         error = None if outcome == "completed" else f"stream_{outcome}"
-        await self._settle(ctx, stream.upstream, prompt, completion, status, http, error, True)
+        if charge.unverified is not None:
+            self._unverified(ctx, charge.unverified)
+            if outcome == "completed":
+                status, error = "usage_unverified", f"usage_{charge.unverified}"
+        await self._settle(
+            ctx, stream.upstream, charge.prompt, charge.completion, status, http, error, True
+        )
 
     # -- settling -----------------------------------------------------------------------
 
@@ -764,12 +845,19 @@ class Invoker:
 
 
 def spec_body(
-    data: dict[str, Any], model: str, request_id: str, cost: Decimal, *, cached: bool
+    data: dict[str, Any],
+    model: str,
+    request_id: str,
+    cost: Decimal,
+    *,
+    cached: bool,
+    tokens: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The spec's invoke response built from an OpenAI chat.completion object."""
-    usage = data.get("usage") or {}
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
+    """The spec's invoke response built from an OpenAI chat.completion object; `tokens`
+    are what the call was charged (else the answer's own usage, if it is usable)."""
+    if tokens is None:
+        tokens = bounds.read_usage(data.get("usage")) or (0, 0)
+    prompt, completion = tokens
     choices = []
     for index, choice in enumerate(data.get("choices") or ()):
         message = choice.get("message") or {}
@@ -795,6 +883,27 @@ def spec_body(
         "cost_usd": str(cost),
         "cached": cached,
     }
+
+
+def _billed(exc: BrokerError) -> bool:
+    """May the upstream have billed a call that ended in `exc`? (a timeout, or an error
+    class that says so with `upstream_billed = True`)"""
+    return isinstance(exc, UpstreamTimeout) or bool(getattr(exc, "upstream_billed", False))
+
+
+def _bounds(body: dict[str, Any], chain: list[Upstream]) -> tuple[dict[str, int], int]:
+    """Each upstream's prompt bound (by alias) and the completion bound of the body."""
+    size = len(_dumps(body))
+    own = len(orjson.dumps(body["model"]))
+    found = bounds.media(body["messages"])
+    prompts = {
+        u.alias: bounds.prompt_bound(size - own + len(orjson.dumps(u.model)), found, u.model)
+        for u in chain
+    }
+    completion = bounds.completion_bound(body)
+    if max(prompts.values()) + completion > bounds.INT32:
+        raise BadRequest("the request is too large to bound its cost", code="request_too_large")
+    return prompts, completion
 
 
 def _dumps(value: Any, sort_keys: bool = False) -> bytes:

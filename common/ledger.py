@@ -8,6 +8,13 @@ a PostgreSQL outage leaves the entries pending in Redis until it returns, and a 
 never create a second row. Entries a dead consumer left pending are claimed after IDLE_MS.
 The audit stream (invoke decisions) is drained the same way into the hash chain.
 
+One bad record cannot stop the ledger: a batch PostgreSQL refuses is retried row by row,
+and a row it still refuses (or one that cannot be read) goes to `ledger_dead_letters` with
+the reason, in the same transaction as the rows that fit, before the batch is acknowledged.
+Audit events are drained the same way (dead letters of the audit stream have stream ids
+prefixed `audit:`). The loop also runs the reconciler (`Governor.reconcile`), which settles
+at their bound the calls whose instance died before settling them.
+
 If Redis itself fails between the upstream call and the settle, `PendingSettles` writes the
 row straight to PostgreSQL and keeps retrying the settle until Redis answers.
 """
@@ -15,15 +22,18 @@ row straight to PostgreSQL and keeps retrying the settle until Redis answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import secrets
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from redis.exceptions import RedisError
 
 from common import audit
@@ -32,8 +42,9 @@ from common.background import stop_task
 from common.db import Database
 from common.errors import ServiceUnavailable, StoreError
 from common.logs import get_logger
-from common.quota import LEDGER_STREAM, UsageRecord
+from common.quota import LEDGER_STREAM, InvalidRecord, UsageRecord
 from common.redis import RedisStore
+from common.telemetry import COUNTERS
 
 GROUP = "drainer"
 BATCH = 500
@@ -43,6 +54,22 @@ BLOCK_MS = 200
 # batches, instead of one transaction per call when traffic is light.
 PACE_S = 0.2
 IDLE_MS = 30_000
+RECONCILE_EVERY_S = 1.0
+# What PostgreSQL (or asyncpg, encoding an argument) says about a row it will not take:
+# that row is dead-lettered. Anything else (a lost connection) leaves the batch pending.
+ROW_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    InvalidRecord,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+UNREADABLE: tuple[type[BaseException], ...] = (*ROW_ERRORS, KeyError)
+DEAD_LETTER = (
+    "INSERT INTO ledger_dead_letters (stream_id, request_id, record, reason) "
+    "VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id) DO NOTHING"
+)
 
 COLUMNS = (
     ("request_id", "text"),
@@ -134,10 +161,19 @@ async def write(
 class Drainer:
     """Copies the ledger and audit streams into PostgreSQL; one loop per process."""
 
-    def __init__(self, redis: RedisStore, db: Database, *, audit_enabled: bool) -> None:
+    def __init__(
+        self,
+        redis: RedisStore,
+        db: Database,
+        *,
+        audit_enabled: bool,
+        reconcile: Callable[[int], Awaitable[int]] | None = None,
+    ) -> None:
         self._redis = redis
         self._db = db
         self._audit = audit_enabled
+        self._reconcile = reconcile
+        self._reconciled_at = 0.0
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._task: asyncio.Task[None] | None = None
         self._groups_ready = False
@@ -157,6 +193,7 @@ class Drainer:
         delay = 0.5
         while not self._stopping:
             try:
+                await self._maybe_reconcile()
                 moved = await self.drain_once(block_ms=BLOCK_MS)
                 delay = 0.5
                 if moved < BATCH:
@@ -170,6 +207,17 @@ class Drainer:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _maybe_reconcile(self) -> None:
+        if self._reconcile is None or time.monotonic() - self._reconciled_at < RECONCILE_EVERY_S:
+            return
+        self._reconciled_at = time.monotonic()
+        try:
+            await self._reconcile(int(time.time() * 1000))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the drain goes on; the intents wait for the next pass
+            get_logger().warning("reconciler pass failed", error=type(exc).__name__)
 
     async def _ensure_groups(self) -> None:
         if self._groups_ready:
@@ -227,20 +275,91 @@ class Drainer:
         entries = await self._read(LEDGER_STREAM, block_ms)
         if not entries:
             return 0
-        records = [UsageRecord.from_json(fields[b"r"]) for _, fields in entries]
-        async with self._db.connection() as conn, conn.transaction():
-            await write(conn, records, with_audit=self._audit)
+        records: list[tuple[bytes, UsageRecord]] = []
+        unreadable: list[tuple[bytes, bytes, str]] = []
+        for eid, fields in entries:
+            raw = fields.get(b"r", b"")
+            try:
+                records.append((eid, UsageRecord.from_json(raw)))
+            except UNREADABLE as exc:
+                unreadable.append((eid, raw, f"unreadable record: {_reason(exc)}"))
+        try:
+            async with self._db.connection() as conn, conn.transaction():
+                await write(conn, [r for _, r in records], with_audit=self._audit)
+                await self._dead_letter(conn, unreadable)
+        except ROW_ERRORS:
+            await self._row_by_row(records, unreadable)
         await self._ack(LEDGER_STREAM, [eid for eid, _ in entries])
         return len(entries)
+
+    async def _row_by_row(
+        self, records: list[tuple[bytes, UsageRecord]], dead: list[tuple[bytes, bytes, str]]
+    ) -> None:
+        """A refused batch: each row alone; the ones PostgreSQL still refuses, dead-lettered."""
+        dead = list(dead)
+        async with self._db.connection() as conn:
+            for eid, record in records:
+                try:
+                    async with conn.transaction():
+                        await write(conn, [record], with_audit=self._audit)
+                except ROW_ERRORS as exc:
+                    dead.append((eid, record.to_json(), _reason(exc)))
+            async with conn.transaction():
+                await self._dead_letter(conn, dead)
+
+    async def _dead_letter(
+        self, conn: asyncpg.Connection, dead: list[tuple[bytes, bytes, str]]
+    ) -> None:
+        if not dead:
+            return
+        await conn.executemany(
+            DEAD_LETTER,
+            [
+                (
+                    eid.decode(),
+                    _request_id(raw),
+                    raw.decode(errors="replace").replace("\x00", ""),
+                    reason,
+                )
+                for eid, raw, reason in dead
+            ],
+        )
+        get_logger().error(
+            "ledger records refused by PostgreSQL were dead-lettered",
+            count=len(dead),
+            reason=dead[0][2],
+        )
+        with contextlib.suppress(ServiceUnavailable, RedisError):
+            await self._redis.call("HINCRBY", COUNTERS, "ledger_dead_letters_total", len(dead))
 
     async def _drain_audit(self) -> int:
         entries = await self._read(audit.STREAM, 0)
         if not entries:
             return 0
-        events = [AuditEvent.from_stream(fields) for _, fields in entries]
+        events: list[tuple[bytes, AuditEvent]] = []
+        dead: list[tuple[bytes, bytes, str]] = []
+        for eid, fields in entries:
+            try:
+                events.append((eid, AuditEvent.from_stream(fields)))
+            except UNREADABLE as exc:
+                raw = fields.get(b"e", b"")
+                dead.append((b"audit:" + eid, raw, f"unreadable: {_reason(exc)}"))
         if self._audit:
-            async with self._db.connection() as conn, conn.transaction():
-                await audit.append(conn, events)
+            try:
+                async with self._db.connection() as conn, conn.transaction():
+                    await audit.append(conn, [event for _, event in events])
+                    await self._dead_letter(conn, dead)
+            except ROW_ERRORS:
+                # One event at a time; the ones still refused are kept aside with the reason.
+                async with self._db.connection() as conn:
+                    for eid, event in events:
+                        try:
+                            async with conn.transaction():
+                                await audit.append(conn, [event])
+                        except ROW_ERRORS as exc:
+                            dead.append((b"audit:" + eid, event.to_stream()["e"], _reason(exc)))
+                    async with conn.transaction():
+                        await self._dead_letter(conn, dead)
         await self._ack(audit.STREAM, [eid for eid, _ in entries])
         return len(entries)
 
@@ -256,6 +375,23 @@ class Drainer:
         if self._task is not None:
             await stop_task(self._task)
             self._task = None
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\x00", "")[:500]
+
+
+def _request_id(raw: bytes) -> str | None:
+    """The request id of a raw record, if it can be read."""
+    try:
+        values = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(values, list) or not values:
+        return None
+    # A usage record starts with its request id; an audit event has it fifth.
+    found = values[4] if len(values) == 8 and isinstance(values[6], dict) else values[0]
+    return found.replace("\x00", "")[:200] if isinstance(found, str) else None
 
 
 def _fields(raw: Any) -> dict[bytes, bytes]:

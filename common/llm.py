@@ -34,6 +34,7 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
+from common.bounds import read_usage
 from common.errors import (
     BadRequest,
     ServiceUnavailable,
@@ -241,14 +242,16 @@ def backoff(attempt: int, rng: random.Random) -> float:
 
 @dataclass
 class Completion:
-    """A successful non-streamed answer."""
+    """A successful non-streamed answer; token counts are the upstream's claim (None: the
+    answer carried no usable usage, `usage_invalid` when it carried one that is not)."""
 
     upstream: Upstream
     body: bytes
     data: dict[str, Any]
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
     attempts: int
+    usage_invalid: bool = False
 
 
 @dataclass
@@ -279,6 +282,7 @@ class StreamCall:
     strip_usage: bool
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    usage_invalid: bool = False
     produced: int = 0
     done: bool = False
     finish: str | None = field(default=None)
@@ -370,9 +374,13 @@ class StreamCall:
             if not isinstance(chunk, dict):
                 return True
             usage = chunk.get("usage")
-            if isinstance(usage, dict):
-                self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            if usage is not None:
+                counts = read_usage(usage)
+                if counts is None:
+                    self.usage_invalid = True
+                elif any(counts) or self.prompt_tokens is None:
+                    # The last non-zero usage wins: a trailing zero chunk cannot erase it.
+                    self.prompt_tokens, self.completion_tokens = counts
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
@@ -687,15 +695,14 @@ def _completion(upstream: Upstream, body: bytes) -> Completion:
             reason="shape",
             upstream_alias=upstream.alias,
         )
-    try:
-        usage = data.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-    except (AttributeError, TypeError, ValueError):
-        raise UpstreamBadResponse(
-            "upstream answer has unreadable usage", reason="shape", upstream_alias=upstream.alias
-        ) from None
-    return Completion(upstream, body, data, prompt, completion, 0)
+    # Usage is a claim: unreadable or implausible usage leaves the answer usable and the call
+    # charged at its bound (common.bounds.verify), never free.
+    usage = data.get("usage")
+    counts = read_usage(usage)
+    prompt, completion = counts if counts is not None else (None, None)
+    return Completion(
+        upstream, body, data, prompt, completion, 0, counts is None and usage is not None
+    )
 
 
 def _echo_probe(upstream: Upstream) -> bytes | None:

@@ -70,6 +70,22 @@ SIMPLE_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("action",),
     ),
     "cache_hits_total": ("bradax_cache_hits", "Answers served from the response cache.", ()),
+    "usage_unverified_total": (
+        "bradax_usage_unverified",
+        "Calls charged at their bound because the upstream's usage was missing or not "
+        "plausible, by model and reason.",
+        ("model", "reason"),
+    ),
+    "ledger_reconciled_total": (
+        "bradax_ledger_reconciled",
+        "Calls settled at their bound by the reconciler (their instance stopped first).",
+        ("model",),
+    ),
+    "ledger_dead_letters_total": (
+        "bradax_ledger_dead_letters",
+        "Ledger records PostgreSQL refused, kept in ledger_dead_letters.",
+        (),
+    ),
 }
 
 

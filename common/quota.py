@@ -6,6 +6,12 @@ spend money, a reservation of the worst-case cost against the month's budget. `s
 the second: it releases the reservation, adds the actual cost, appends the usage record to
 the ledger stream and counts broker-wide metrics, exactly once per request id.
 
+The admission also writes the call's intent: the ledger record of the call charged at its
+bound, due when its reservation times out. Settling deletes it in the same step. If the
+instance serving the call dies, `reconcile` (run by every drainer loop) settles the intent
+at its bound through the same settle script, so whichever comes first wins and the other
+is a duplicate: a call that reached the upstream is in the ledger exactly once.
+
 Money in Redis is integer nano-dollars, rounded up, so the budget can never be under-counted.
 If Redis lost a month's spend, `admit` rebuilds it from the PostgreSQL ledger before
 admitting anything. Every Redis failure is ServiceUnavailable: nothing is granted.
@@ -15,15 +21,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
 import orjson
 
+from common.bounds import INT32
 from common.db import Database
 from common.errors import BudgetExceeded, RateLimited, ServiceUnavailable, Unauthorized
+from common.logs import get_logger
 from common.redis import RedisStore
+from common.telemetry import field
 
 NANO = Decimal(1_000_000_000)
 LEDGER_STREAM = "bx:ledger"
@@ -31,6 +41,14 @@ METRICS_HASH = "bx:m:counters"
 DONE_TTL = 86_400
 MONTH_TTL = 62 * 86_400
 MAX_CLEANUP = 100
+# Intents of admitted calls: request id -> [project, month, bound_nano, record] (hash),
+# and request id -> when it is due, in ms (zset).
+INTENTS = "bx:intent"
+INTENTS_DUE = "bx:intent:due"
+RECONCILE_BATCH = 100
+# NUMERIC(24, 12): below 10^12 USD.
+MAX_COST = Decimal(10) ** 12 - 1
+RECONCILED = "reconciled"
 
 
 def to_nano(amount: Decimal) -> int:
@@ -102,6 +120,7 @@ class BudgetClaim:
     worst_nano: int
     budget_nano: int
     expires_ms: int
+    intent: UsageRecord | None = None
 
     @property
     def keys(self) -> tuple[str, str, str]:
@@ -195,6 +214,126 @@ class UsageRecord:
         record.cost_usd = Decimal(values[7])
         return record
 
+    def problems(self) -> list[str]:
+        """Why PostgreSQL would refuse this row (empty: it fits the ledger's columns)."""
+        found: list[str] = []
+        texts: dict[str, object] = {
+            "request_id": self.request_id,
+            "project_id": self.project_id,
+            "model": self.model,
+            "status": self.status,
+            "budget_month": self.budget_month,
+        }
+        for name, text in texts.items():
+            if not isinstance(text, str) or not text or "\x00" in text:
+                found.append(f"{name} is not a text")
+        optional: dict[str, object] = {
+            "key_id": self.key_id,
+            "upstream_model": self.upstream_model,
+            "error_code": self.error_code,
+        }
+        for name, text in optional.items():
+            if text is not None and (not isinstance(text, str) or "\x00" in text):
+                found.append(f"{name} is not a text")
+        counts: dict[str, object] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_ms": self.latency_ms,
+            "http_status": self.http_status,
+        }
+        for name, count in counts.items():
+            if not _count(count):
+                found.append(f"{name} is not an integer in [0, 2^31)")
+        if not found and self.prompt_tokens + self.completion_tokens > INT32:
+            found.append("total_tokens is beyond 2^31")
+        if not _amount(self.cost_usd):
+            found.append("cost_usd is not an amount in [0, 10^12)")
+        if not isinstance(self.budget_month, str) or len(self.budget_month) != 6:
+            found.append("budget_month is not YYYYMM")
+        if not _count(self.created_at_ms, 2**48) or self.created_at_ms == 0:
+            found.append("created_at_ms is not a time")
+        if not isinstance(self.streamed, bool) or not isinstance(self.cached, bool):
+            found.append("streamed and cached must be booleans")
+        return found
+
+    def fitted(self) -> UsageRecord:
+        """The record forced into the ledger's domain (counts into [0, 2^31), texts without
+        NUL, the cost into [0, 10^12)); InvalidRecord if it still does not fit."""
+        changes: dict[str, Any] = {}
+        for name in ("prompt_tokens", "completion_tokens", "latency_ms", "http_status"):
+            value = getattr(self, name)
+            if _integer(value) and not _count(value):
+                changes[name] = min(max(value, 0), INT32)
+        for name in ("request_id", "project_id", "model", "status"):
+            value = getattr(self, name)
+            if isinstance(value, str) and "\x00" in value:
+                changes[name] = value.replace("\x00", "")
+        for name in ("key_id", "upstream_model", "error_code"):
+            value = getattr(self, name)
+            if isinstance(value, str) and "\x00" in value:
+                changes[name] = value.replace("\x00", "")
+        fixed = replace(self, **changes) if changes else self
+        prompt, completion = fixed.prompt_tokens, fixed.completion_tokens
+        if _integer(prompt) and _integer(completion) and prompt + completion > INT32:
+            fixed = replace(fixed, completion_tokens=INT32 - prompt)
+        cost = fixed.cost_usd
+        if isinstance(cost, Decimal) and cost.is_finite() and not _amount(cost):
+            fixed = replace(fixed, cost_usd=min(max(cost, Decimal(0)), MAX_COST))
+        problems = fixed.problems()
+        if problems:
+            raise InvalidRecord("; ".join(problems))
+        return fixed
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(value: object, top: int = INT32) -> bool:
+    return _integer(value) and 0 <= value <= top  # type: ignore[operator]
+
+
+def _amount(value: object) -> bool:
+    return isinstance(value, Decimal) and value.is_finite() and 0 <= value <= MAX_COST
+
+
+def intent_record(
+    *,
+    request_id: str,
+    project_id: str,
+    key_id: str | None,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_usd: Decimal,
+    streamed: bool,
+    budget_month: str,
+    created_at_ms: int,
+) -> UsageRecord:
+    """The ledger row of an admitted call charged at its bound, should its instance die."""
+    return UsageRecord(
+        request_id=request_id,
+        project_id=project_id,
+        key_id=key_id,
+        model=model,
+        upstream_model=None,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=cost_usd,
+        latency_ms=0,
+        status=RECONCILED,
+        http_status=0,
+        error_code="instance_lost",
+        streamed=streamed,
+        cached=False,
+        budget_month=budget_month,
+        created_at_ms=created_at_ms,
+    )
+
+
+class InvalidRecord(ValueError):
+    """A usage record that does not fit the ledger (it never enters the outbox)."""
+
 
 class Governor:
     """Admission and settlement against Redis; budget rebuilds from the PostgreSQL ledger."""
@@ -223,6 +362,13 @@ class Governor:
             args.extend((lim.limit, lim.window))
         if budget is not None:
             keys.extend(budget.keys)
+            keys.extend((INTENTS, INTENTS_DUE))
+            intent = b""
+            if budget.intent is not None and not peek:
+                record = budget.intent.fitted()
+                intent = orjson.dumps(
+                    [budget.project_id, budget.month, budget.worst_nano, record.to_json().decode()]
+                )
             args.extend(
                 (
                     budget.request_id,
@@ -230,6 +376,7 @@ class Governor:
                     budget.budget_nano,
                     budget.expires_ms,
                     MAX_CLEANUP,
+                    intent,
                 )
             )
         for _attempt in range(2):
@@ -317,14 +464,17 @@ class Governor:
             f"bx:borph:{project_id}:{month}",
             f"bx:bsoft:{project_id}:{month}",
             METRICS_HASH,
+            INTENTS,
+            INTENTS_DUE,
         ]
+        # Validated before the outbox: a row PostgreSQL would refuse never enters the stream.
         args: list[object] = [
             request_id,
             to_nano(actual),
             DONE_TTL,
             soft_nano,
             MONTH_TTL,
-            record.to_json() if record is not None else b"",
+            record.fitted().to_json() if record is not None else b"",
         ]
         for name, amount in (metrics or {}).items():
             args.extend((name, amount))
@@ -335,9 +485,58 @@ class Governor:
         return Settlement(False, spent if spent >= 0 else None, int(result[2]) == 1)
 
     async def extend(self, claim: BudgetClaim, expires_ms: int) -> None:
-        """Push back a live call's reservation deadline (long streams)."""
+        """Push back a live call's reservation deadline and its intent's (long streams)."""
         _, resv_key, _ = claim.keys
         await self._redis.call("ZADD", resv_key, "XX", expires_ms, claim.request_id)
+        await self._redis.call("ZADD", INTENTS_DUE, "XX", expires_ms, claim.request_id)
+
+    async def reconcile(self, now_ms: int) -> int:
+        """Settle, at their bound, the intents of calls whose reservation timed out (their
+        instance died); returns how many this pass settled. Safe from any instance, at
+        once: the settle script lets only the first settle of a request id count."""
+        due = await self._redis.call(
+            "ZRANGEBYSCORE", INTENTS_DUE, "-inf", now_ms, "LIMIT", 0, RECONCILE_BATCH
+        )
+        settled = 0
+        for raw_id in due:
+            request_id = raw_id.decode()
+            raw = await self._redis.call("HGET", INTENTS, request_id)
+            if raw is None:
+                await self._redis.call("ZREM", INTENTS_DUE, request_id)
+                continue
+            try:
+                project_id, month, bound_nano, record_json = orjson.loads(raw)
+                record = UsageRecord.from_json(record_json.encode())
+            except (ValueError, TypeError) as exc:
+                # Not written by this code: keep it aside rather than retry it forever.
+                get_logger().error(
+                    "unreadable intent skipped", request=request_id, error=type(exc).__name__
+                )
+                await self._redis.call("ZREM", INTENTS_DUE, request_id)
+                continue
+            outcome = await self.settle(
+                None,
+                request_id=request_id,
+                project_id=project_id,
+                month=month,
+                actual=from_nano(int(bound_nano)),
+                record=record,
+                metrics={
+                    field("ledger_reconciled_total", model=record.model): 1,
+                    field("openai_requests_total", model=record.model, status=RECONCILED): 1,
+                    field("openai_cost_nano_total", model=record.model): int(bound_nano),
+                },
+            )
+            if not outcome.duplicate:
+                settled += 1
+                get_logger().warning(
+                    "call settled at its bound: its instance stopped before settling it",
+                    reconciled_request_id=request_id,
+                )
+            else:
+                await self._redis.call("HDEL", INTENTS, request_id)
+                await self._redis.call("ZREM", INTENTS_DUE, request_id)
+        return settled
 
 
 def _window_name(window: int) -> str:

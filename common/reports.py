@@ -99,7 +99,7 @@ async def project_usage(
     row = await db.fetchrow(
         """
         SELECT count(*) AS total,
-               count(*) FILTER (WHERE status = 'success') AS ok,
+               count(*) FILTER (WHERE status IN ('success', 'usage_unverified')) AS ok,
                coalesce(avg(latency_ms) FILTER (WHERE NOT cached), 0) AS latency,
                coalesce(sum(cost_usd), 0) AS cost,
                coalesce(sum(prompt_tokens), 0) AS prompt,

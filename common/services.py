@@ -55,7 +55,10 @@ telemetry: deps.Lazy[Telemetry] = deps.Lazy(
 )
 drainer: deps.Lazy[Drainer] = deps.Lazy(
     lambda: Drainer(
-        deps.redis.get(), deps.db.get(), audit_enabled=deps.settings().audit_logging_enabled
+        deps.redis.get(),
+        deps.db.get(),
+        audit_enabled=deps.settings().audit_logging_enabled,
+        reconcile=governor.get().reconcile,
     )
 )
 pending_settles: deps.Lazy[PendingSettles] = deps.Lazy(

@@ -123,7 +123,14 @@ def redis_url(services: Services) -> str:
     return services.redis_url
 
 
-TABLES = ("usage_ledger", "audit_log", "refresh_tokens", "api_keys", "projects")
+TABLES = (
+    "usage_ledger",
+    "ledger_dead_letters",
+    "audit_log",
+    "refresh_tokens",
+    "api_keys",
+    "projects",
+)
 
 
 @pytest.fixture

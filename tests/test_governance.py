@@ -17,14 +17,18 @@ from common.settings import Settings
 from tests.conftest import MockUpstream, Tenant, create_tenant, ledger_rows, login
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-# The reservation bounds the prompt by the bytes of the messages' JSON.
-PROMPT_BOUND = len(orjson.dumps(MESSAGES))  # 31
 NANO_IN, NANO_OUT = Decimal("0.10"), Decimal("0.40")
+
+
+def prompt_bound(max_tokens: int) -> int:
+    """The reservation bounds the prompt by the bytes of the whole forwarded body."""
+    body = {"max_tokens": max_tokens, "model": "gpt-4.1-nano", "messages": MESSAGES}
+    return len(orjson.dumps(body))  # 85 for max_tokens=100
 
 
 def worst_case(max_tokens: int) -> Decimal:
     """What one gpt-4.1-nano call with MESSAGES reserves."""
-    return (PROMPT_BOUND * NANO_IN + max_tokens * NANO_OUT) / Decimal(1_000_000)
+    return (prompt_bound(max_tokens) * NANO_IN + max_tokens * NANO_OUT) / Decimal(1_000_000)
 
 
 async def make_client(router: Any, ip: str = "10.0.0.1") -> httpx2.AsyncClient:
@@ -206,7 +210,7 @@ async def test_budget_admits_exactly_the_worst_cases_that_fit(
     per_call = worst_case(100)
     budget = Decimal("0.0010")
     fits = int(to_nano(budget) // to_nano(per_call))
-    assert fits == 23
+    assert fits == 20
     mock.configure(latency_ms=800)
     http = await make_client(router)
     tenant = await login(http, await create_tenant(upstream, budget_monthly_usd=budget))
@@ -229,7 +233,7 @@ async def test_settled_calls_release_their_reservation(
     """After each call settles, only its actual cost stays spent; the rest is free again."""
     http = await make_client(router)
     tenant = await login(http, await create_tenant(upstream, budget_monthly_usd="0.0010"))
-    for _ in range(30):  # 30 sequential calls: more than the 23 worst cases that fit at once
+    for _ in range(30):  # 30 sequential calls: more than the 20 worst cases that fit at once
         reply = await call(http, tenant, max_tokens=100)
         assert reply.status_code == 200
     budget_key, resv_key, _ = budget_keys(tenant.project_id, _month())
@@ -256,7 +260,7 @@ async def test_a_dead_calls_reservation_is_released_after_the_timeout(
     )
     http = await make_client(router)
     tenant = await login(http, await create_tenant(current, budget_monthly_usd="0.0001"))
-    per_call = to_nano(worst_case(200))  # 83.1 µUSD: one fits in 0.0001, two do not
+    per_call = to_nano(worst_case(200))  # 88.5 µUSD: one fits in 0.0001, two do not
     now_ms = int(time.time() * 1000)
     # A call that was admitted and then died: reserved, never settled.
     await services.governor.get().admit(
@@ -300,10 +304,10 @@ async def test_soft_threshold_is_counted_once_a_month(
     """Crossing 80% of the budget is counted (and logged) once per month, not once per call."""
     http = await make_client(router)
     # Each call costs 8 * 0.1e-6 + 12 * 0.4e-6 = 5.6e-6 USD: the 15th crosses 80% of 0.0001,
-    # the 18th no longer fits its 7.9e-6 worst case.
+    # the 17th no longer fits its 13.2e-6 worst case.
     tenant = await login(http, await create_tenant(upstream, budget_monthly_usd="0.0001"))
     codes = [(await call(http, tenant, max_tokens=12)).status_code for _ in range(20)]
-    assert codes == [200] * 17 + [402] * 3
+    assert codes == [200] * 16 + [402] * 4
     telemetry = services.telemetry.get()
     await telemetry.flush()
     crossings = await deps.redis.get().call(

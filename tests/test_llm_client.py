@@ -187,7 +187,6 @@ LONG_KEY = "sk-upstream-key-0123456789abcdef"
     [
         (b'{"id": "x"}', "shape"),
         (b"[1, 2]", "shape"),
-        (b'{"choices": [], "usage": {"prompt_tokens": "many"}}', "shape"),
         (b'{"choices": [', "malformed"),
         (b'{"choices": [], "echo": "Bearer ' + LONG_KEY.encode() + b'"}', "malformed"),
     ],
@@ -210,6 +209,29 @@ async def test_unusable_200_is_a_bad_response_after_one_attempt(
         await client.aclose()
     assert (caught.value.reason, caught.value.accepted, caught.value.status) == (reason, True, 502)
     assert LONG_KEY not in caught.value.message
+    assert len(bodies) == 2  # exactly one attempt
+
+
+async def test_unreadable_usage_leaves_the_answer_usable_and_flagged(
+    scripted: tuple[str, list[bytes]],
+) -> None:
+    """A chat completion whose usage is unreadable is still an answer, with no token claim
+    and `usage_invalid` set (the invoke path charges it at its bound), after one attempt."""
+    base, bodies = scripted
+    bodies.extend([b'{"choices": [], "usage": {"prompt_tokens": "many"}}'] * 3)
+    settings = Settings(openai_api_key=LONG_KEY, openai_base_url=base, openai_max_retries=2)
+    client = UpstreamClient(settings, ModelCatalog(settings, PriceTable(settings)))
+    try:
+        result = await client.complete(
+            client.catalog.chain("gpt-4o"), lambda u: orjson.dumps(BODY), "r", client.deadline()
+        )
+    finally:
+        await client.aclose()
+    assert (result.prompt_tokens, result.completion_tokens, result.usage_invalid) == (
+        None,
+        None,
+        True,
+    )
     assert len(bodies) == 2  # exactly one attempt
 
 

@@ -180,8 +180,9 @@ async def test_spec_invoke_can_stream(broker: Any) -> None:
     assert (await ledger_rows(settings))[0]["completion_tokens"] == 3
 
 
-async def test_cut_stream_meters_what_was_produced(broker: Any, mock: MockUpstream) -> None:
-    """An upstream stream cut after 3 chunks ends with an error event; 3 tokens are metered."""
+async def test_cut_stream_is_charged_at_its_bound(broker: Any, mock: MockUpstream) -> None:
+    """An upstream stream cut after 3 chunks ends with an error event; without the upstream's
+    usage the call is charged at its bound (max_tokens), never at what the broker saw."""
     http, tenant, settings = broker
     mock.enqueue({"cut_after_chunks": 3})
     async with http.stream(
@@ -199,8 +200,8 @@ async def test_cut_stream_meters_what_was_produced(broker: Any, mock: MockUpstre
     rows = await ledger_rows(settings)
     assert len(rows) == 1
     row = rows[0]
-    assert (row["status"], row["completion_tokens"], row["streamed"]) == ("cut", 3, True)
-    # Without the usage chunk the prompt is charged at its bound (never below the truth).
+    assert (row["status"], row["completion_tokens"], row["streamed"]) == ("cut", 10, True)
+    # Without the usage chunk the prompt is charged at its bound too (never below the truth).
     assert row["prompt_tokens"] >= PROMPT_TOKENS
     assert row["cost_usd"] > 0
 

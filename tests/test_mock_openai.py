@@ -216,6 +216,44 @@ async def test_sse_stream_with_include_usage(http: aiohttp.ClientSession) -> Non
     assert stats["completion_tokens"] == 12
 
 
+async def test_lying_usage_is_reported_but_honest_usage_is_billed(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A one-shot `usage` replaces the reported usage ("absent" drops it), in JSON and SSE; a
+    trailing zero-usage chunk follows the real one; the stats keep what was really billed."""
+    lie = {"prompt_tokens": -7, "completion_tokens": "x"}
+    await _control(http, "/_mock/enqueue", [{"usage": lie}, {"usage": "absent"}])
+    _, lied = await _chat(http, {"model": "gpt-4o-mini", "messages": USER})
+    assert lied["usage"] == lie
+    _, absent = await _chat(http, {"model": "gpt-4o-mini", "messages": USER})
+    assert "usage" not in absent
+    await _control(http, "/_mock/enqueue", [{"trailing_zero_usage": True}])
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": USER,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with http.post("/v1/chat/completions", json=body) as resp:
+        events = await _sse_events(resp)
+    usages = [orjson.loads(e)["usage"] for e in events[:-1] if orjson.loads(e)["usage"]]
+    assert usages == [
+        {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21},
+        {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    ]
+    stats = await _control(http, "/_mock/stats")
+    assert (stats["prompt_tokens"], stats["completion_tokens"]) == (27, 36)
+    status, _ = await _control(http, "/_mock/enqueue", [{"trailing_zero_usage": 1}])
+    assert status == 400
+
+
+async def test_billed_parameters_count_as_prompt_tokens(http: aiohttp.ClientSession) -> None:
+    """tools (and functions, response_format, prediction) bill a token per 4 bytes of JSON."""
+    tools = [{"type": "function", "function": {"name": "f", "description": "d" * 400}}]
+    _, answer = await _chat(http, {"model": "gpt-4o-mini", "messages": USER, "tools": tools})
+    assert answer["usage"]["prompt_tokens"] == 9 + len(orjson.dumps(tools)) // 4
+
+
 async def test_openai_sync_client(base_url: str, http: aiohttp.ClientSession) -> None:
     """The official sync client parses models, completions and streams from the mock."""
 

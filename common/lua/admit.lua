@@ -1,10 +1,11 @@
 -- admit.lua: one atomic admission decision (deny-list, fixed-window limits, budget).
 --
 -- KEYS: nd deny keys, then nl limit counters, then (if budget) budget hash,
---       reservation zset, reservation amounts hash.
+--       reservation zset, reservation amounts hash, intents hash, intents due zset.
 -- ARGV: 1 nd, 2 nl, 3 has_budget (0/1), 4 now_ms, 5 mode ("hit" counts, "peek" only checks),
 --       then per limit: limit, window_s;
---       then (if budget) request_id, worst_nano, budget_nano, reservation_expiry_ms, max_cleanup.
+--       then (if budget) request_id, worst_nano, budget_nano, reservation_expiry_ms, max_cleanup,
+--       intent (what settles the call at its bound if its instance dies; empty = none).
 -- Returns {0, limit, remaining, reset_s} | {1, deny_index} | {2, limit_index, limit, reset_s}
 --       | {3, remaining_nano} | {4} (the month's spend is missing: rebuild it first).
 local nd = tonumber(ARGV[1])
@@ -45,16 +46,22 @@ if has_budget then
   local budget = tonumber(ARGV[base + 3])
   local expiry = tonumber(ARGV[base + 4])
   local max_cleanup = tonumber(ARGV[base + 5])
+  local intent = ARGV[base + 6]
+  local intents_key, due_key = KEYS[nd + nl + 4], KEYS[nd + nl + 5]
 
-  -- Release reservations of calls that died (their deadline passed without a settle).
+  -- Release reservations of calls that died (their deadline passed without a settle). A
+  -- call with an intent may have reached the upstream: it stays reserved until the
+  -- reconciler settles it at its bound.
   local stale = redis.call("ZRANGEBYSCORE", resv_key, "-inf", now_ms, "LIMIT", 0, max_cleanup)
   for _, rid in ipairs(stale) do
-    local amount = redis.call("HGET", amounts_key, rid)
-    if amount then
-      redis.call("HINCRBY", budget_key, "reserved", -tonumber(amount))
-      redis.call("HDEL", amounts_key, rid)
+    if redis.call("HEXISTS", intents_key, rid) == 0 then
+      local amount = redis.call("HGET", amounts_key, rid)
+      if amount then
+        redis.call("HINCRBY", budget_key, "reserved", -tonumber(amount))
+        redis.call("HDEL", amounts_key, rid)
+      end
+      redis.call("ZREM", resv_key, rid)
     end
-    redis.call("ZREM", resv_key, rid)
   end
 
   local spent = redis.call("HGET", budget_key, "spent")
@@ -70,6 +77,10 @@ if has_budget then
     redis.call("HINCRBY", budget_key, "reserved", worst)
     redis.call("HSET", amounts_key, request_id, worst)
     redis.call("ZADD", resv_key, expiry, request_id)
+    if intent ~= "" then
+      redis.call("HSET", intents_key, request_id, intent)
+      redis.call("ZADD", due_key, expiry, request_id)
+    end
   end
 end
 

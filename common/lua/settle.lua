@@ -3,10 +3,12 @@
 -- Releases the call's reservation, adds its actual cost to the month's spend (or, when the
 -- spend is missing after a Redis loss, to the orphans hash the rebuild adds back), appends
 -- the usage record to the ledger stream, counts broker-wide metrics, and reports a soft
--- budget threshold crossed for the first time this month.
+-- budget threshold crossed for the first time this month. The call's intent is deleted in
+-- the same step: this script is what makes a settle and the reconciler mutually exclusive.
 --
 -- KEYS: 1 budget hash, 2 reservation zset, 3 reservation amounts, 4 done marker,
---       5 ledger stream, 6 orphans hash, 7 soft-threshold marker, 8 metrics hash
+--       5 ledger stream, 6 orphans hash, 7 soft-threshold marker, 8 metrics hash,
+--       9 intents hash, 10 intents due zset
 -- ARGV: 1 request_id, 2 actual_nano, 3 done_ttl_s, 4 soft_nano (0 = none), 5 soft_ttl_s,
 --       6 the usage record (JSON; empty = none), then metric field/amount pairs.
 -- Returns {-1} if this call was already settled, else {1, spent_nano or -1, soft_crossed}.
@@ -15,6 +17,8 @@ local actual = tonumber(ARGV[2])
 if not redis.call("SET", KEYS[4], "1", "NX", "EX", tonumber(ARGV[3])) then
   return {-1}
 end
+redis.call("HDEL", KEYS[9], rid)
+redis.call("ZREM", KEYS[10], rid)
 
 local amount = redis.call("HGET", KEYS[3], rid)
 if amount then
