@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -129,18 +128,13 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
         say(f"serving on http://{host}:{port}  (Ctrl-C to stop)")
         from bradax_cli.server import serve
 
-        # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exit that
-        # unwinds this stack, so the embedded servers stop with us instead of outliving us.
-        signal.signal(signal.SIGTERM, _exit_on_signal)
+        # SIGTERM ends serve() with SystemExit, which unwinds this stack: the embedded servers
+        # stop with us instead of outliving us.
         try:
             serve(host, port, workers=1, settings=settings)
         finally:
             say("stopping")
     return 0
-
-
-def _exit_on_signal(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _shown(url: str, started: dict[str, str]) -> str:

@@ -7,26 +7,24 @@ from typing import Any
 
 import orjson
 
-from bradax_cli.router import load_handler
 from bradax_cli.routes import REPO_ROOT, RouteTable
 from common import openapi
+from common.function_asgi import load_module
 from common.http import FunctionApp
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "openapi.json"
 
 
 def function_apps(table: RouteTable | None = None) -> dict[str, FunctionApp]:
-    """Each function's FunctionApp, loaded as the dev router loads it."""
+    """Each function's FunctionApp, loaded as the router loads it."""
     import os
-    import sys
 
     # Loading auth_token checks its signing key at import; documenting signs nothing.
     os.environ.setdefault("JWT_SECRET_KEY", "placeholder-for-openapi-generation-only-0123")
     table = table or RouteTable.load()
     apps: dict[str, FunctionApp] = {}
     for name, spec in table.functions.items():
-        load_handler(REPO_ROOT / spec.source, spec.target)
-        module = sys.modules[f"bradax_function_{Path(spec.source).parent.name}"]
+        module, _ = load_module(REPO_ROOT / spec.source)
         found = [value for value in vars(module).values() if isinstance(value, FunctionApp)]
         if len(found) != 1:
             raise RuntimeError(f"{spec.source} must define exactly one FunctionApp")

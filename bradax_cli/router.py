@@ -1,46 +1,19 @@
-"""The dev router: every function of the route table behind one ASGI app.
+"""The path router: every function of the route table behind one ASGI app, for `bradax serve`.
 
-It loads each function's main.py exactly as functions-framework would (by file path) and
-sends each request to the function that owns its path, so `bradax dev` serves the same
-handlers the per-function containers serve.
+Each function is the app its image serves (`common.function_asgi.load`: functions-framework's
+ASGI app for its main.py, loaded by path as functions-framework loads it); the router only
+picks the function that owns a request's path, so `bradax serve`/`bradax dev`, the tests and
+the benchmark run the production server path, several functions in one process.
 """
 
 from __future__ import annotations
 
-import gc
-import importlib.util
-import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-from starlette.requests import Request
-from starlette.responses import Response
 
 from bradax_cli.routes import REPO_ROOT, RouteTable
-from common import deps
 from common.errors import NotFound
+from common.function_asgi import ASGIApp, Receive, Scope, Send, lifespan, load
 from common.http import error_response, new_request_id
-
-Handler = Callable[[Request], Awaitable[Response]]
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def load_handler(source: Path, target: str) -> Handler:
-    """Import a function's main.py by path (as functions-framework does) and return its target."""
-    module_name = f"bradax_function_{source.parent.name}"
-    module = sys.modules.get(module_name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(module_name, source)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {source}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    handler: Handler = getattr(module, target)
-    return handler
 
 
 class Router:
@@ -48,37 +21,22 @@ class Router:
 
     def __init__(self, table: RouteTable, root: Path = REPO_ROOT) -> None:
         self.table = table
-        self.handlers: dict[str, Handler] = {
-            name: load_handler(root / spec.source, spec.target)
-            for name, spec in table.functions.items()
+        self.apps: dict[str, ASGIApp] = {
+            name: load(root / spec.source, spec.target) for name, spec in table.functions.items()
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+            await lifespan(receive, send)  # one process: one drain and close for all of them
             return
         path: str = scope["path"]
-        function = self.table.match(path)
+        function = self.table.match(path) if scope["type"] == "http" else None
         if function is None:
-            response = error_response(NotFound(f"no route for {path}"), new_request_id(), path)
-        else:
-            response = await self.handlers[function](Request(scope, receive))
-        await response(scope, receive, send)  # type: ignore[arg-type]
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                # Start-up objects are long-lived: keep them out of the GC's scans (tail latency).
-                gc.collect()
-                gc.freeze()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await deps.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+            if scope["type"] == "http":
+                response = error_response(NotFound(f"no route for {path}"), new_request_id(), path)
+                await response(scope, receive, send)
+            return
+        await self.apps[function](scope, receive, send)
 
 
 def create_app() -> Router:

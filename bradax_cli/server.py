@@ -6,6 +6,9 @@ body each have a deadline, idle keep-alive connections close, and open connectio
 
 from __future__ import annotations
 
+import signal
+from typing import Any
+
 import uvicorn
 
 from common.serving import uvicorn_options
@@ -20,7 +23,11 @@ def serve(
     access_log: bool = False,
     settings: Settings | None = None,
 ) -> None:
-    """Serve every function behind the path router until interrupted."""
+    """Serve every function behind the path router until SIGINT/SIGTERM (exit 0 after a
+    graceful shutdown, as gunicorn does for the images)."""
+    # uvicorn re-raises the signal once it has shut down (lifespan: drain, flush, close); end
+    # with a plain exit instead, which also unwinds the caller (`bradax dev` stops its servers).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "bradax_cli.router:create_app",
         factory=True,
@@ -37,3 +44,7 @@ def serve(
         server_header=False,
         **uvicorn_options(settings or get_settings()),
     )
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)

@@ -1,7 +1,8 @@
 """One function served the way its image serves it: functions-framework (ASGI) under gunicorn.
 
 `python -m common.function_server --source functions/health/main.py --target health --port 8080`
-loads the function exactly as `functions-framework --asgi` does and runs functions-framework's
+loads the function exactly as `functions-framework --asgi` does (common.function_asgi, which
+adds the broker's lifespan: SIGTERM drains and closes) and runs functions-framework's
 gunicorn application with `GuardedUvicornWorker`: the same uvicorn workers, plus the deadlines
 for slow and idle clients of common.serving, which the stock command line cannot set. WORKERS
 and CLOUD_RUN_TIMEOUT_SECONDS keep their functions-framework meaning.
@@ -12,10 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from uvicorn_worker import UvicornWorker
 
+from common.function_asgi import load
 from common.serving import ServerLimits, protocol_factory
 from common.settings import ConfigError, load_settings
 
@@ -54,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{exc}\n")
         return 2
     from functions_framework._http.gunicorn import UvicornApplication
-    from functions_framework.aio import create_asgi_app
 
-    app = create_asgi_app(args.target, args.source)  # type: ignore[no-untyped-call]
+    app = load(Path(args.source).resolve(), args.target)
     UvicornApplication(  # type: ignore[no-untyped-call]
         app,
         args.host,

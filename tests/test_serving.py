@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import redis as sync_redis
 
 from bradax_cli.routes import RouteTable
 from common.settings import Settings
@@ -158,7 +159,7 @@ def test_bradax_dev_starts_embedded_services(tmp_path: Path) -> None:
     assert "Redis server: Valkey" in output
     assert "created demo project proj_demo with API key bx_" in output
     assert "`bradax project list` in this directory" in output
-    assert code == 128 + signal.SIGTERM, output
+    assert code == 0, output
     time.sleep(0.5)
     data = tmp_path / ".bradax"
     assert not (data / "postgres" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
@@ -339,3 +340,28 @@ def test_connections_beyond_max_connections_get_503(settings: Settings, tmp_path
         for sock in held:
             sock.close()
         proc.stop()
+
+
+@pytest.mark.parametrize("server", ["bradax serve", "function image"])
+def test_sigterm_flushes_counters_and_withdraws_gauges(
+    settings: Settings, tmp_path: Path, server: str
+) -> None:
+    """On SIGTERM, under the router and under the function image's server alike, the process
+    flushes what it counted since the last flush and withdraws its gauges before it exits."""
+    if server == "bradax serve":
+        proc = serve_broker(settings, tmp_path)
+    else:
+        proc = serve_function("health", settings, "/live", tmp_path)
+    redis = sync_redis.Redis.from_url(settings.redis_url.get_secret_value())
+    try:
+        for _ in range(5):
+            assert httpx2.get(f"{proc.url}/live", timeout=5).status_code == 200
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(20) == 0, proc.output()
+        counters = {k.decode(): int(v) for k, v in redis.hgetall("bx:m:counters").items()}
+        live = {name: n for name, n in counters.items() if "/live" in name and "requests" in name}
+        assert sum(live.values()) >= 5, counters
+        assert redis.keys("bx:m:gauge:*") == []
+    finally:
+        proc.stop()
+        redis.close()
