@@ -164,6 +164,7 @@ def _fields(args: argparse.Namespace) -> ProjectFields:
         "allowed_models": _csv(args.models),
         "compliance_rules": _csv(args.compliance),
         "pii_action": args.pii_action,
+        "output_pii_action": args.output_pii_action,
         "cache_enabled": args.cache,
     }
     try:
@@ -347,6 +348,7 @@ async def ensure_demo_project(settings: Settings) -> dict[str, Any] | None:
             models="gpt-4.1,gpt-4.1-mini,gpt-4.1-nano,gpt-4o,gpt-4o-mini",
             compliance="pii_detection",
             pii_action=None,
+            output_pii_action=None,
             cache=None,
             scopes=None,
         )
@@ -393,6 +395,11 @@ def _project_options(parser: argparse.ArgumentParser, creating: bool) -> None:
     parser.add_argument("--compliance", help="compliance rules: lgpd,pii_detection")
     parser.add_argument(
         "--pii-action", choices=["block", "redact"], help="what to do with personal data"
+    )
+    parser.add_argument(
+        "--output-pii-action",
+        choices=["redact", "block", "off"],
+        help="what to do with personal data in answers (default: redact under lgpd, else off)",
     )
     parser.add_argument(
         "--cache",
