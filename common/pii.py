@@ -228,6 +228,8 @@ _GROUP_RE = re.compile(r"[0-9]++")
 _GROUP_GAP = frozenset(" ./_-")
 _GROUP_GAP_MAX = 2
 _WINDOW_MAX = 19  # the longest number with a check digit (a 19-digit card)
+
+
 # For a number inside a longer run of groups, where its group boundaries may fall (digits
 # from its start), as bit masks: the printed layouts 3-3-3-2 (CPF), 2-3-3-4-2 (CNPJ) and
 # 4-4-4-4[-3], 4-6-5, 4-6-4 (cards).

@@ -135,9 +135,3 @@ class PIIGuard:
     def stream_filter(action: Literal["redact", "block"]) -> StreamFilter:
         """A filter for one streamed answer."""
         return StreamFilter(action)
-
-    def close(self) -> None:
-        """Stop the worker threads (tests, shutdown)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
