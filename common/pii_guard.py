@@ -34,7 +34,7 @@ __all__ = ["INLINE_BYTES", "PIIGuard"]
 # Below this size a scan takes well under a millisecond: a thread hop would cost more.
 INLINE_BYTES = 32 * 1024
 # Upstream body keys that are not text: the model is checked against the allowed list.
-_REQUEST_KEEP = frozenset({"model", "stream", "stream_options"})
+_REQUEST_KEEP = frozenset({"model", "stream"})
 
 
 def _check_failed() -> PIIDetected:
@@ -128,7 +128,11 @@ class PIIGuard:
         if screened.kinds:
             self.telemetry.incr("pii_detections_total", action=f"output_{action}")
         if action == "redact" and screened.kinds:
-            return {**data, "choices": screened.value}, screened.kinds
+            redacted = screened.value
+            for choice in redacted:
+                if isinstance(choice, dict) and choice.get("logprobs") is not None:
+                    choice["logprobs"] = None  # its tokens would spell the data out again
+            return {**data, "choices": redacted}, screened.kinds
         return data, screened.kinds
 
     @staticmethod

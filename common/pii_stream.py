@@ -1,7 +1,9 @@
 """Personal data in streamed answers: a sliding tail per text field, redacted or blocked.
 
 An OpenAI stream carries each choice's text in pieces (``delta.content``,
-``delta.refusal``, ``delta.tool_calls[i].function.arguments``). A CPF may arrive split
+``delta.refusal`` or any other string of the delta, ``delta.tool_calls[i].function.arguments``,
+``delta.function_call.arguments``, ``delta.audio.transcript``); ``logprobs`` are dropped,
+since their tokens would run ahead of the held tail. A CPF may arrive split
 over several chunks, so each field keeps a tail that is not relayed yet: only text that
 no finding can still reach is let through. The tail is `HOLD` normalised characters (the
 longest numeric finding with its separators, or an e-mail's local part, plus the two
@@ -81,9 +83,10 @@ class StreamFilter:
             return []
         lines = event.splitlines()
         data = [line for line in lines if line.startswith(b"data:")]
-        if len(data) != 1:
+        if not data:
             return [event]
-        payload = data[0][5:].strip()
+        # Several data lines form one payload, joined by newlines (as SSE clients do).
+        payload = b"\n".join(line[5:].removeprefix(b" ") for line in data).strip()
         if payload == b"[DONE]":
             return [*self.finish(), event]
         try:
@@ -128,25 +131,23 @@ class StreamFilter:
 
     def _choice(self, choice: dict[str, Any]) -> bool:
         index = choice.get("index", 0)
-        delta = choice.get("delta")
         changed = False
-        if isinstance(delta, dict):
-            for name in ("content", "refusal"):
-                value = delta.get(name)
-                if isinstance(value, str) and value:
-                    delta[name] = self._push((index, name), value)
-                    changed = True
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") if isinstance(call, dict) else None
-                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                    key = (index, "tool_calls", call.get("index", 0))
-                    function["arguments"] = self._push(key, function["arguments"])
-                    changed = True
-        if choice.get("finish_reason") is not None and isinstance(delta, dict):
+        if choice.get("logprobs") is not None:
+            choice["logprobs"] = None  # its tokens would run ahead of the held tail
+            changed = True
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            if choice.get("finish_reason") is None:
+                return changed
+            delta = choice["delta"] = {}
+        for key, value in list(_texts(index, delta)):
+            _set(delta, key, self._push(key, value))
+            changed = True
+        if choice.get("finish_reason") is not None:
             for key in [k for k in self._fields if k[0] == index]:
                 rest = self._flush(key)
                 if rest:
-                    self._put(delta, key, rest)
+                    _set(delta, key, (_get(delta, key) or "") + rest)
                     changed = True
         return changed
 
@@ -192,22 +193,9 @@ class StreamFilter:
         state.held = window[limit:]
         return "".join(out)
 
-    @staticmethod
-    def _put(delta: dict[str, Any], key: tuple[Any, ...], text: str) -> None:
-        if key[1] in ("content", "refusal"):
-            delta[key[1]] = (delta.get(key[1]) or "") + text
-            return
-        calls = delta.setdefault("tool_calls", [])
-        for call in calls:
-            if isinstance(call, dict) and call.get("index", 0) == key[2]:
-                function = call.setdefault("function", {})
-                function["arguments"] = (function.get("arguments") or "") + text
-                return
-        calls.append({"index": key[2], "function": {"arguments": text}})
-
     def _chunk(self, key: tuple[Any, ...], text: str) -> bytes:
         delta: dict[str, Any] = {}
-        self._put(delta, key, text)
+        _set(delta, key, text)
         chunk = {
             **self._template,
             "object": "chat.completion.chunk",
@@ -227,3 +215,71 @@ class StreamFilter:
             }
         }
         return b"data: " + orjson.dumps(error) + b"\n\n"
+
+
+# -- the text fields of a delta -----------------------------------------------------------
+# Keys: (choice, "text", name) for a string of the delta itself (content, refusal,
+# reasoning text, ...), (choice, "tool", i) for tool_calls[i].function.arguments,
+# (choice, "nested", outer, inner) for function_call.arguments and audio.transcript.
+_NESTED = (("function_call", "arguments"), ("audio", "transcript"))
+
+
+def _texts(index: Any, delta: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """Every non-empty text of a delta with its key."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    for name, value in delta.items():
+        if isinstance(value, str) and value and name != "role":
+            out.append(((index, "text", name), value))
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            arguments = function.get("arguments")
+            if isinstance(arguments, str) and arguments:
+                out.append(((index, "tool", call.get("index", 0)), arguments))
+    for outer, inner in _NESTED:
+        holder = delta.get(outer)
+        if isinstance(holder, dict) and isinstance(holder.get(inner), str) and holder[inner]:
+            out.append(((index, "nested", outer, inner), holder[inner]))
+    return out
+
+
+def _get(delta: dict[str, Any], key: tuple[Any, ...]) -> str | None:
+    """The text at `key` in a delta, if any."""
+    if key[1] == "text":
+        value = delta.get(key[2])
+    elif key[1] == "tool":
+        value = next(
+            (
+                (c.get("function") or {}).get("arguments")
+                for c in delta.get("tool_calls") or ()
+                if isinstance(c, dict) and c.get("index", 0) == key[2]
+            ),
+            None,
+        )
+    else:
+        value = (delta.get(key[2]) or {}).get(key[3])
+    return value if isinstance(value, str) else None
+
+
+def _set(delta: dict[str, Any], key: tuple[Any, ...], text: str) -> None:
+    """Put `text` at `key` in a delta, creating the containers it needs."""
+    if key[1] == "text":
+        delta[key[2]] = text
+        return
+    if key[1] == "nested":
+        holder = delta.get(key[2])
+        if not isinstance(holder, dict):
+            holder = delta[key[2]] = {}
+        holder[key[3]] = text
+        return
+    calls = delta.get("tool_calls")
+    if not isinstance(calls, list):
+        calls = delta["tool_calls"] = []
+    for call in calls:
+        if isinstance(call, dict) and call.get("index", 0) == key[2]:
+            function = call.get("function")
+            if not isinstance(function, dict):
+                function = call["function"] = {}
+            function["arguments"] = text
+            return
+    calls.append({"index": key[2], "function": {"arguments": text}})

@@ -148,3 +148,35 @@ def test_invalid_numbers_stream_unchanged_and_other_events_pass() -> None:
     payloads = [orjson.loads(e.removeprefix(b"data: ")) for e in out if e.startswith(b"data: {")]
     assert content(payloads) == "CPF 529.982.247-26 ok"
     assert not guard.kinds
+
+
+def test_every_text_of_a_delta_is_scanned_and_logprobs_are_dropped() -> None:
+    """Other delta strings, legacy function_call arguments and audio transcripts are redacted."""
+    events = [
+        chunk({"reasoning_content": "pensando em 529.982.247-25"}),
+        chunk({"function_call": {"name": "f", "arguments": '{"c": "111.444.777-35"}'}}),
+        chunk({"audio": {"id": "a", "transcript": "ligue (11) 91234-5678"}}),
+        chunk({}, "stop"),
+        DONE,
+    ]
+    with_logprobs = orjson.loads(chunk({"content": "oi"})[6:])
+    with_logprobs["choices"][0]["logprobs"] = {"content": [{"token": "529", "logprob": -1.0}]}
+    events.insert(0, b"data: " + orjson.dumps(with_logprobs) + b"\n\n")
+    payloads, guard = run("redact", events)
+    deltas = [c["delta"] for p in payloads for c in p.get("choices") or ()]
+    assert "".join(d.get("reasoning_content") or "" for d in deltas) == "pensando em [CPF]"
+    arguments = "".join((d.get("function_call") or {}).get("arguments") or "" for d in deltas)
+    assert orjson.loads(arguments) == {"c": "[CPF]"}
+    transcript = "".join((d.get("audio") or {}).get("transcript") or "" for d in deltas)
+    assert transcript == "ligue [PHONE]"
+    assert all(c.get("logprobs") is None for p in payloads for c in p.get("choices") or ())
+    assert guard.kinds == {"cpf", "phone"}
+
+
+def test_multi_line_data_events_are_scanned() -> None:
+    """A payload split over several data lines is joined, scanned and relayed redacted."""
+    whole = chunk({"content": "CPF 529.982.247-25 fim"}).decode().removeprefix("data: ").strip()
+    cut = whole.index('"content"')
+    event = f"data: {whole[:cut]}\ndata: {whole[cut:]}\n\n".encode()
+    payloads, _ = run("redact", [event, DONE])
+    assert content(payloads) == "CPF [CPF] fim"
