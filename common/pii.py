@@ -381,7 +381,29 @@ def _collect_emails(out: _Candidates, text: str) -> None:
 
 
 def _resolve(candidates: _Candidates) -> _Candidates:
-    """Non-overlapping candidates sorted by start: longest span first, then kind priority."""
+    """Non-overlapping candidates sorted by start: longest span first, then kind priority.
+
+    Candidates are split into groups that overlap one another (disjoint groups cannot
+    affect each other), so the greedy choice costs O(k^2) per group of k, not per text.
+    """
+    candidates.sort()
+    kept: _Candidates = []
+    group: _Candidates = []
+    reach = -1
+    for candidate in candidates:
+        if group and candidate[0] >= reach:
+            kept.extend(_resolve_group(group) if len(group) > 1 else group)
+            group = []
+        if not group:
+            reach = candidate[1]
+        group.append(candidate)
+        reach = max(reach, candidate[1])
+    kept.extend(_resolve_group(group) if len(group) > 1 else group)
+    return kept
+
+
+def _resolve_group(candidates: _Candidates) -> _Candidates:
+    """`_resolve` for candidates that overlap one another."""
     candidates.sort(key=lambda c: (c[0] - c[1], _PRIORITY[c[2]], c[0]))
     kept: _Candidates = []
     starts: list[int] = []
