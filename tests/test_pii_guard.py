@@ -297,6 +297,31 @@ async def test_every_field_is_redacted(
     assert read(received(mock)) == REDACTED.get(name, "[CPF]")
 
 
+PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n\x00\xff\xfe").decode()
+
+
+@pytest.mark.parametrize("policy", ["pass", "block"])
+async def test_binary_attachments_pass_or_are_refused(
+    settings: Settings, configure: Any, router: Any, mock: MockUpstream, policy: str
+) -> None:
+    """Binary attachments cannot be scanned: they pass by default, or get 422 when refused."""
+    current = configure(openai_api_key="k", openai_base_url=mock.url, pii_binary_attachments=policy)
+    who = await tenant(
+        current, "proj_bin", compliance_rules=("pii_detection",), pii_action="redact"
+    )
+    parts = [{"type": "text", "text": "veja"}, {"type": "image_url", "image_url": {"url": PNG}}]
+    transport = httpx2.ASGITransport(app=router, client=("10.1.2.5", 4000))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://broker") as c:
+        reply = await chat(c, who, messages=[{"role": "user", "content": parts}])
+    if policy == "pass":
+        assert reply.status_code == 200, reply.text
+        assert received(mock)["messages"][0]["content"] == parts
+    else:
+        assert reply.status_code == 422
+        assert reply.json()["error"]["code"] == "pii_unscannable_attachment"
+        assert mock.stats()["requests"] == 0
+
+
 async def test_spec_api_parameters_are_redacted(
     upstream: Settings, http: Any, mock: MockUpstream
 ) -> None:
