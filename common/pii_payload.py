@@ -11,10 +11,12 @@ kind of string means for redaction, so that the result is valid JSON of the same
   text): parsed and walked, so ``\\u0035``-style escapes cannot hide digits, and written
   back as JSON; a number inside it that is personal data becomes the label string;
 - a data URL (``data:<mime>;base64,...``), ``file_data`` or ``input_audio.data``: the
-  payload is decoded; if it is UTF-8 text it is scanned (and re-encoded after redaction);
+  payload is decoded; if it is text (UTF-8, UTF-16 with a byte-order mark, or Latin-1
+  without control bytes) it is scanned (and re-encoded the same way after redaction);
   otherwise it is binary (an image, audio, a PDF), which cannot be read without OCR or a
   document parser: it is counted in ``unscannable`` and passes, unless the caller asks
-  for ``block_binary``, then it is refused (`Unscannable`).
+  for ``block_binary``, then it is refused (`Unscannable`). The string as written is
+  scanned as text as well, and a value that is not strict base64 is only text.
 
 A `Budget` bounds the work: a deadline checked before each string and a maximum number
 of characters; exceeding either raises `ScanAborted` (the caller fails closed).
@@ -130,20 +132,26 @@ class _Walker:
         return self.text(value, bare=key in _NAME_KEYS)
 
     def base64(self, payload: str, prefix: str, original: str) -> str:
+        # The string as written is text too: base64's alphabet can spell a CPF.
+        as_written = self.text(original)
+        if as_written != original:
+            return as_written
         try:
-            data = binascii.a2b_base64(payload)
-            decoded = data.decode("utf-8")
-        except (binascii.Error, ValueError):
-            decoded = None
+            data = binascii.a2b_base64(payload, strict_mode=True)
+        except binascii.Error:
+            return original  # not base64 after all: scanned as text above
+        decoded = _as_text(data)
         if decoded is None:
             if self.block_binary:
                 raise Unscannable("a binary attachment cannot be checked for personal data")
             self.unscannable += 1
             return original
-        new = self.text(decoded)
-        if new == decoded:
+        text, codec = decoded
+        new = self.text(text)
+        if new == text:
             return original
-        return prefix + binascii.b2a_base64(new.encode(), newline=False).decode()
+        encoded = new.encode(codec, errors="replace")
+        return prefix + binascii.b2a_base64(encoded, newline=False).decode()
 
     def text(self, value: str, bare: bool = False) -> str:
         if self.budget is not None:
@@ -154,6 +162,26 @@ class _Walker:
         new, findings = pii.redact(value, bare=bare)
         self.kinds.update(f.kind for f in findings)
         return new
+
+
+# Bytes other than tab, newlines and printable characters: a few in text, many in binary.
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 13)) + b"\x7f"
+
+
+def _as_text(data: bytes) -> tuple[str, str] | None:
+    """The bytes as text and the codec to write them back with, or None for binary data."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError:
+            return None
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    if len(data.translate(None, _CONTROL_BYTES)) < len(data):
+        return None  # control bytes: an image, audio, a compressed document
+    return data.decode("latin-1"), "latin-1"
 
 
 def screen(

@@ -162,3 +162,20 @@ def test_budget_stops_the_scan() -> None:
         screen(body, redact=False, budget=Budget(time.monotonic() + 10, max_chars=4000))
     with pytest.raises(ScanAborted):
         screen(body, redact=False, budget=Budget(time.monotonic() - 1, max_chars=10**9))
+
+
+def test_base64_fields_cannot_hide_text() -> None:
+    """A `data` field that is not strict base64, or spells a CPF in its alphabet, is scanned."""
+    out = screen({"m": {"data": "cliente 529.982.247-25 ok"}}, redact=True)
+    assert out.value == {"m": {"data": "cliente [CPF] ok"}}
+    spelled = "52998224725AAAAA"  # valid base64 too
+    assert screen({"m": {"data": spelled}}, redact=False).kinds == {"cpf"}
+
+
+def test_latin1_and_utf16_text_files_are_scanned() -> None:
+    """Text attachments in Latin-1 or UTF-16 are decoded, redacted and re-encoded the same way."""
+    latin = data_url("text/csv", "nome;cpf\nJoão;529.982.247-25".encode("latin-1"))
+    utf16 = data_url("text/plain", "CPF 529.982.247-25".encode("utf-16"))
+    out = screen({"a": latin, "b": utf16}, redact=True).value
+    assert base64.b64decode(out["a"].partition(",")[2]).decode("latin-1") == "nome;cpf\nJoão;[CPF]"
+    assert base64.b64decode(out["b"].partition(",")[2]).decode("utf-16") == "CPF [CPF]"
