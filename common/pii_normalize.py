@@ -11,7 +11,8 @@ matching, every character outside printable ASCII is rewritten:
 - every decimal digit of any script (category Nd) becomes its ASCII digit;
 - everything else goes through NFKC (full-width forms, circled and superscript digits,
   ligatures); then any Unicode space becomes " ", any dash or minus sign "-", the
-  fraction and division slashes "/".
+  fraction and division slashes "/", and Cyrillic or Greek letters drawn like Latin ones
+  (``а``, ``о``, ``ο``) their Latin letter.
 
 Characters that normalise to themselves (``é``, ``ç``, CJK) are left alone, so ordinary
 Portuguese text costs one C-level regex pass. `Normalised.span` maps a ``[start, end)``
@@ -34,6 +35,15 @@ _SPECIAL = re.compile(r"[^\t\n\r\x20-\x7e]")
 _REMOVED_CATEGORIES = frozenset({"Cf", "Cc", "Mn", "Me", "Cs", "Co"})
 _DASHES = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\u2e3a\u2e3b\ufe58\ufe63")
 _SLASHES = frozenset("\u2044\u2215\u29f8")
+# Cyrillic and Greek letters drawn like Latin ones ("аna@exаmple.com" with Cyrillic а):
+# read as the Latin letter, so a look-alike cannot break an e-mail address.
+_LOOKALIKES = dict(
+    zip(
+        "аеорсухіјѕԁһԛԝӏАВЕКМНОРСТХУІЈЅαοειινρτυχΑΒΕΖΗΙΚΜΝΟΡΤΥΧı",
+        "aeopcyxijsdhqwlABEKMHOPCTXYIJSaoeiivptuxABEZHIKMNOPTYXi",
+        strict=True,
+    )
+)
 
 
 @lru_cache(maxsize=65536)
@@ -63,7 +73,7 @@ def _replacement(char: str) -> str:
         elif c in _SLASHES:
             out.append("/")
         else:
-            out.append(c)
+            out.append(_LOOKALIKES.get(c, c))
     return "".join(out)
 
 

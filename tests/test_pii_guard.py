@@ -81,6 +81,7 @@ EVASIONS = {
     "unicode_dashes": ("CPF 529\u2013982\u2013247\u201425 ok", "CPF [CPF] ok"),
     "card_with_dots": ("cartão 4111.1111.1111.1111 ok", "cartão [CREDIT_CARD] ok"),
     "fullwidth_at": ("e-mail ana＠example.com ok", "e-mail [EMAIL] ok"),
+    "lookalike_letters": ("e-mail аna@exаmple.cοm ok", "e-mail [EMAIL] ok"),  # Cyrillic, Greek
 }
 
 

@@ -20,6 +20,7 @@ from common.pii_normalize import normalise
         ("529\u00a0982\u2009247", "529 982 247"),  # no-break and thin spaces
         ("ana＠example．com", "ana@example.com"),
         ("①②③", "123"),
+        ("аna@exаmple.cοm", "ana@example.com"),  # Cyrillic а, Greek ο
         ("tab\tand\nnewline", "tab\tand\nnewline"),
         ("a\x00b\x1bc", "abc"),  # control characters
         ("ação é útil", "ação é útil"),  # characters that normalise to themselves stay
