@@ -1,9 +1,9 @@
 """Personal data in streamed answers: a sliding tail per text field, redacted or blocked.
 
 An OpenAI stream carries each choice's text in pieces (``delta.content``,
-``delta.refusal`` or any other string of the delta, ``delta.tool_calls[i].function.arguments``,
-``delta.function_call.arguments``, ``delta.audio.transcript``); ``logprobs`` are dropped,
-since their tokens would run ahead of the held tail. A CPF may arrive split
+``delta.refusal`` or any other string of the delta, ``delta.tool_calls[i].function.
+arguments``, ``delta.function_call.arguments``, ``delta.audio.transcript``); ``logprobs``
+are dropped, since their tokens would run ahead of the held tail. A CPF may arrive split
 over several chunks, so each field keeps a tail that is not relayed yet: only text that
 no finding can still reach is let through. The tail is `HOLD` normalised characters (the
 longest numeric finding with its separators, or an e-mail's local part, plus the two
@@ -14,12 +14,13 @@ O(tail) per chunk: linear in the answer.
 
 `StreamFilter.feed` takes one SSE event (bytes) and returns the events to relay: the same
 chunk with each delta text replaced by what may be released (redacted in ``redact``
-mode). When a choice finishes, or the stream ends, the tails are flushed. What was done
-is said in the stream before ``[DONE]``: in ``redact`` mode a chunk with no choices and
-a ``bradax`` field, ``{"bradax": {"pii": {"action": "redacted", "kinds": [...]}}}``
-(the OpenAI SDK ignores the extra field); in ``block`` mode, at the first finding, an
-error event ``{"error": {"code": "output_pii_detected", "pii_kinds": [...], ...}}``
-(the SDK raises it as an APIError), after which nothing more is relayed.
+mode); any other JSON event (an error, a provider's own event) is scanned whole. When a
+choice finishes, or the stream ends, the tails are flushed. What was done is said in the
+stream before ``[DONE]``: in ``redact`` mode a chunk with no choices and a ``bradax``
+field, ``{"bradax": {"pii": {"action": "redacted", "kinds": [...]}}}`` (the OpenAI SDK
+keeps the extra field); in ``block`` mode, at the first finding, an error event
+``{"error": {"code": "output_pii_detected", "pii_kinds": [...], ...}}`` (the SDK raises
+it as an APIError), after which nothing more is relayed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import orjson
 
 from common import pii
 from common.pii_normalize import normalise
+from common.pii_payload import screen
 
 __all__ = ["HOLD", "StreamFilter"]
 
@@ -94,7 +96,7 @@ class StreamFilter:
         except orjson.JSONDecodeError:
             return [event]
         if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
-            return [event]
+            return self._other(event, chunk)
         self._template = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
         changed = False
         for choice in chunk["choices"]:
@@ -126,6 +128,17 @@ class StreamFilter:
             }
             out.append(b"data: " + orjson.dumps(notice) + b"\n\n")
         return out
+
+    def _other(self, event: bytes, payload: Any) -> list[bytes]:
+        """A JSON event that is not a chunk (an error, a provider's own event): all scanned."""
+        screened = screen(payload, redact=self.action == "redact")
+        if not screened.kinds:
+            return [event]
+        self.kinds |= screened.kinds
+        if self.action == "block":
+            self.blocked = True
+            return [self._block_event()]
+        return [b"data: " + orjson.dumps(screened.value) + b"\n\n"]
 
     # -- per choice ----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from common import deps
+from common import deps, migrate
 from common.settings import Settings
 from tests.conftest import make_settings
 
@@ -52,7 +52,8 @@ async def test_health_detailed_reports_latency_pool_and_schema(client: httpx2.As
     assert set(body["checks"]) == {"database", "redis", "openai"}
     assert body["checks"]["database"]["latency_ms"] >= 0
     assert body["checks"]["database"]["status"] == "healthy"
-    assert body["schema"] == {"current": 1, "expected": 1}
+    latest = migrate.latest_version()
+    assert body["schema"] == {"current": latest, "expected": latest}
     assert body["pools"]["database"]["max"] == 30
     assert "uptime_seconds" in body
 
@@ -173,7 +174,7 @@ async def test_ready_503_when_migrations_are_behind(
         await admin.close()
     assert ready.status_code == 503
     assert ready.json()["reasons"] == [
-        "database: schema at version 0, expected 1 (run `bradax migrate`)"
+        f"database: schema at version 0, expected {migrate.latest_version()} (run `bradax migrate`)"
     ]
 
 

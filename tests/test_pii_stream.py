@@ -180,3 +180,15 @@ def test_multi_line_data_events_are_scanned() -> None:
     event = f"data: {whole[:cut]}\ndata: {whole[cut:]}\n\n".encode()
     payloads, _ = run("redact", [event, DONE])
     assert content(payloads) == "CPF [CPF] fim"
+
+
+@pytest.mark.parametrize("action", ["redact", "block"])
+def test_other_json_events_are_scanned(action: str) -> None:
+    """An error event (or any JSON event without choices) carrying personal data is handled."""
+    error = b'data: {"error": {"message": "bad input 529.982.247-25"}}\n\n'
+    payloads, guard = run(action, [error])
+    if action == "redact":
+        assert payloads == [{"error": {"message": "bad input [CPF]"}}]
+    else:
+        assert guard.blocked
+        assert payloads[0]["error"]["code"] == "output_pii_detected"
