@@ -717,6 +717,7 @@ class Invoker:
         if (
             not project.cache_enabled
             or "lgpd" in project.compliance_rules  # answers are not kept under LGPD
+            or project.answer_pii_action != "off"  # nor answers that must be scanned
             or call.stream
             or self.settings.redis_cache_ttl <= 0
             or body.get("temperature") != 0

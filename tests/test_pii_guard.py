@@ -428,6 +428,19 @@ async def test_answers_pass_without_lgpd_or_when_off(
         assert reply.json()["choices"][0]["message"]["content"] == ANSWER
 
 
+async def test_scanned_answers_are_not_cached(
+    upstream: Settings, http: Any, mock: MockUpstream
+) -> None:
+    """A project whose answers are scanned never serves them from the response cache."""
+    who = await tenant(upstream, "proj_cache", cache_enabled=True, output_pii_action="redact")
+    script(mock, text=ANSWER)
+    for _ in range(2):
+        reply = await chat(http, who, temperature=0)
+        assert reply.status_code == 200
+        assert "x-bradax-cache" not in reply.headers
+    assert mock.stats()["requests"] == 2
+
+
 async def test_spec_api_answer_is_redacted(
     upstream: Settings, http: Any, mock: MockUpstream
 ) -> None:
