@@ -178,6 +178,7 @@ _CLUSTER_RE = re.compile(
     rb"(?:[ ()./_+-]{0,3}+0){7,}+"
 )
 _CLUSTER_MARGIN = 2  # _R looks two characters past a match
+_CHECK_EVERY = 512  # clusters between two calls of a scan's `check` (its budget)
 _EIGHT_DIGITS = b"00000000"
 
 
@@ -304,10 +305,14 @@ def _collect_grouped(out: _Candidates, text: str, start: int, end: int) -> None:
                     out.append((run[i][0], run[j][1], kind))
 
 
-def _collect_numeric(out: _Candidates, text: str, shape: bytes) -> None:
+def _collect_numeric(
+    out: _Candidates, text: str, shape: bytes, check: Callable[[], None] | None
+) -> None:
     """Append candidates of the numeric kinds in their formatted or bare forms."""
     size = len(text)
-    for cluster in _CLUSTER_RE.finditer(shape):
+    for count, cluster in enumerate(_CLUSTER_RE.finditer(shape)):
+        if check is not None and count % _CHECK_EVERY == _CHECK_EVERY - 1:
+            check()
         chars = cluster.group()
         count = chars.count(b"0")
         start, end = cluster.span()
@@ -422,14 +427,16 @@ def _resolve_group(candidates: _Candidates) -> _Candidates:
 # --- Public API ---------------------------------------------------------------------------
 
 
-def scan(text: str) -> list[Finding]:
+def scan(text: str, check: Callable[[], None] | None = None) -> list[Finding]:
     """All PII findings in the text, non-overlapping, ordered by start, spans in `text`.
 
     The text is normalised first (`common.pii_normalize`); spans are mapped back, so they
     cover exactly the characters the writer used (invisible ones inside included).
     """
     normalised = normalise(text)
-    findings = _scan_normalised(normalised.text)
+    if check is not None:
+        check()
+    findings = _scan_normalised(normalised.text, check)
     if normalised.text is text:
         return findings
     mapped: list[Finding] = []
@@ -439,11 +446,11 @@ def scan(text: str) -> list[Finding]:
     return mapped
 
 
-def _scan_normalised(text: str) -> list[Finding]:
+def _scan_normalised(text: str, check: Callable[[], None] | None = None) -> list[Finding]:
     """The findings of `scan` in already normalised text."""
     shape = text.encode("ascii", "replace").translate(_SHAPE)
     candidates: _Candidates = []
-    _collect_numeric(candidates, text, shape)
+    _collect_numeric(candidates, text, shape, check)
     if _EIGHT_DIGITS in shape:
         _collect_keyworded(candidates, text, shape)
     if "/" in text:
@@ -455,9 +462,9 @@ def _scan_normalised(text: str) -> list[Finding]:
     return [Finding(kind, start, end) for start, end, kind in candidates]
 
 
-def kinds_in(text: str) -> set[str]:
+def kinds_in(text: str, check: Callable[[], None] | None = None) -> set[str]:
     """The kinds of PII found in the text."""
-    return {f.kind for f in scan(text)}
+    return {f.kind for f in scan(text, check)}
 
 
 def label(kind: str) -> str:
@@ -465,9 +472,11 @@ def label(kind: str) -> str:
     return _LABELS[kind]
 
 
-def redact(text: str, *, bare: bool = False) -> tuple[str, list[Finding]]:
+def redact(
+    text: str, *, bare: bool = False, check: Callable[[], None] | None = None
+) -> tuple[str, list[Finding]]:
     """The text with each finding replaced by its label ("[CPF]"; with `bare`, "CPF")."""
-    findings = scan(text)
+    findings = scan(text, check)
     if not findings:
         return text, findings
     pieces: list[str] = []

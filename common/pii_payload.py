@@ -62,6 +62,10 @@ class Budget:
         self.used += chars
         if self.used > self.max_chars:
             raise ScanAborted(f"more than {self.max_chars} characters to scan")
+        self.check()
+
+    def check(self) -> None:
+        """Raise ScanAborted past the deadline (also called inside long texts)."""
         if time.monotonic() > self.deadline:
             raise ScanAborted("the scan exceeded its time budget")
 
@@ -154,12 +158,14 @@ class _Walker:
         return prefix + binascii.b2a_base64(encoded, newline=False).decode()
 
     def text(self, value: str, bare: bool = False) -> str:
+        check = None
         if self.budget is not None:
             self.budget.spend(len(value))
+            check = self.budget.check
         if not self.redact:
-            self.kinds |= pii.kinds_in(value)
+            self.kinds |= pii.kinds_in(value, check)
             return value
-        new, findings = pii.redact(value, bare=bare)
+        new, findings = pii.redact(value, bare=bare, check=check)
         self.kinds.update(f.kind for f in findings)
         return new
 

@@ -179,3 +179,10 @@ def test_latin1_and_utf16_text_files_are_scanned() -> None:
     out = screen({"a": latin, "b": utf16}, redact=True).value
     assert base64.b64decode(out["a"].partition(",")[2]).decode("latin-1") == "nome;cpf\nJoão;[CPF]"
     assert base64.b64decode(out["b"].partition(",")[2]).decode("utf-16") == "CPF [CPF]"
+
+
+def test_budget_is_checked_inside_one_long_text() -> None:
+    """A single long text whose scan outlives the deadline is aborted part-way, not finished."""
+    dense = "CPF 529.982.247-25, cartão 4111 1111 1111 1111, tel (11) 91234-5678. " * 16_000
+    with pytest.raises(ScanAborted):
+        screen(dense, redact=True, budget=Budget(time.monotonic() + 0.01, max_chars=10**9))
