@@ -26,7 +26,7 @@ Detected kinds (`KINDS`), each a compiled regex for the shape plus a check in Py
   prefix and length must fit a known issuer (Visa, Mastercard, Amex, Diners, Discover,
   JCB, and the Brazilian Elo and Hipercard ranges).
 - any separators between groups: CPFs, CNPJs and cards are also found as runs of digit
-  groups joined by one or two of `` ./_-`` ("529 982 247 25", "4111.1111.1111.1111",
+  groups joined by one to three of `` ./_-`` ("529 982 247 25", "4111.1111.1111.1111",
   "5 2 9 9 8 2 2 4 7 2 5"). A whole run may be split anywhere; a number inside a longer
   run must start and end on group boundaries and be split only at its printed layout's
   boundaries (3-3-3-2 for a CPF), so tables of small numbers do not read as documents.
@@ -224,10 +224,10 @@ def _collect_cards(out: _Candidates, text: str, pos: int, endpos: int) -> None:
 
 
 # Separators tolerated between the digit groups of a number ("529 982 247 25",
-# "4111.1111.1111.1111", "529-982-247-25"): one or two of these characters.
+# "4111.1111.1111.1111", "529 - 982 - 247 - 25"): one to three of these characters.
 _GROUP_RE = re.compile(r"[0-9]++")
 _GROUP_GAP = frozenset(" ./_-")
-_GROUP_GAP_MAX = 2
+_GROUP_GAP_MAX = 3  # as the cluster pattern allows
 _WINDOW_MAX = 19  # the longest number with a check digit (a 19-digit card)
 
 
@@ -258,7 +258,7 @@ def _grouped_kind(number: bytes, cuts: int | None) -> str | None:
 
 
 def _runs(text: str, start: int, end: int) -> Iterator[list[tuple[int, int]]]:
-    """Runs of digit groups in text[start:end] joined by one or two separators."""
+    """Runs of digit groups in text[start:end] joined by one to three separators."""
     run: list[tuple[int, int]] = []
     for m in _GROUP_RE.finditer(text, start, end):
         if run:

@@ -37,9 +37,10 @@ from common.pii_payload import screen
 
 __all__ = ["HOLD", "StreamFilter"]
 
-# 19 digits with two-character separators between each (55), an e-mail local part (64)
-# and "@" -- the e-mail case is the longer; plus two characters of lookahead.
-HOLD = pii.EMAIL_LOCAL_MAX + 1 + 2
+# The longest finding that can be complete before its last characters are seen: 19 digits
+# with three-character separators between each (73), or an e-mail's local part and "@"
+# (65); plus the two characters a match looks past its end.
+HOLD = max(19 + 18 * 3, pii.EMAIL_LOCAL_MAX + 1) + 2
 # Text already relayed that is kept as left context ("RG", "CEP", a digit before).
 CONTEXT = 32
 _DOMAIN_TAIL = re.compile(r"[A-Za-z0-9.-]*\Z")
