@@ -1,11 +1,12 @@
 """Personal-data scan: throughput (MB/s) on several kinds of text, and the corpus rates.
 
-    python bench/pii.py [--mib 4] [--rounds 40]
+    python bench/pii.py [--repeat 3] [--rounds 40]
 
 Prints MB/s of `common.pii.scan` on 1 MiB texts (Portuguese prose, number-heavy logs,
 text full of PII, text with full-width digits and zero-width characters, hostile digit
-runs), of a whole request body through `common.pii_payload.screen` with redaction, and
-the detection and false-positive rates on the generated corpus (`bench/pii_corpus.py`).
+runs), of a whole request body through `common.pii_payload.screen` with redaction, of a
+streamed answer through `common.pii_stream.StreamFilter` (4 characters a chunk), and the
+detection and false-positive rates on the generated corpus (`bench/pii_corpus.py`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pii_corpus import corpus, measure
 from common import pii
 from common.pii_payload import screen
+from common.pii_stream import StreamFilter
 
 MIB = 1 << 20
 
@@ -51,6 +55,29 @@ def _rate(label: str, text: str, repeat: int) -> None:
     print(f"{label:<28} {rate}  findings {len(findings)}")
 
 
+def _stream_rate(answer: str, size: int) -> None:
+    """A streamed answer through the redacting filter, `size` characters per chunk."""
+    guard = StreamFilter("redact")
+    head = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    events = [
+        head
+        + b'"choices":[{"index":0,"delta":{"content":'
+        + orjson.dumps(answer[i : i + size])
+        + b'},"finish_reason":null}]}\n\n'
+        for i in range(0, len(answer), size)
+    ]
+    started = time.perf_counter()
+    for event in events:
+        guard.feed(event)
+    guard.feed(b"data: [DONE]\n\n")
+    elapsed = time.perf_counter() - started
+    per_chunk = elapsed / len(events) * 1e6
+    print(
+        f"{'stream, redacted':<28} {len(answer) / 1e6 / elapsed:8.1f} MB/s  "
+        f"{per_chunk:8.1f} us/chunk of {size} characters"
+    )
+
+
 def main() -> int:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,6 +106,8 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     rate = f"{MIB / 1e6 / elapsed:8.1f} MB/s"
     print(f"{'request body, redacted':<28} {rate}  kinds {sorted(result.kinds)}")
+
+    _stream_rate(_text(PROSE + PII, 100_000), 4)
 
     cases = corpus(rounds=args.rounds)
     rates = measure(cases)
