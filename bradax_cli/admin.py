@@ -102,6 +102,7 @@ def _fields(args: argparse.Namespace) -> ProjectFields:
         "allowed_models": _csv(args.models),
         "compliance_rules": _csv(args.compliance),
         "pii_action": args.pii_action,
+        "output_pii_action": args.output_pii_action,
         "cache_enabled": args.cache,
     }
     try:
@@ -172,6 +173,11 @@ def _project_options(parser: argparse.ArgumentParser, creating: bool) -> None:
     parser.add_argument("--compliance", help="compliance rules: lgpd,pii_detection")
     parser.add_argument(
         "--pii-action", choices=["block", "redact"], help="what to do with personal data"
+    )
+    parser.add_argument(
+        "--output-pii-action",
+        choices=["redact", "block", "off"],
+        help="what to do with personal data in answers (default: redact under lgpd, else off)",
     )
     parser.add_argument(
         "--cache",

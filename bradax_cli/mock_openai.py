@@ -30,6 +30,10 @@ Token arithmetic (so callers can assert exact numbers):
   `response_format` and `prediction` add a token per 4 bytes of their JSON (as billed).
 * `/_mock/stats` token sums are what the mock would bill, whatever usage it reports.
 * `/_mock/stats` also shows `last_messages`, the messages of the last chat request as received.
+* scripted replies: `POST /_mock/reply {"text": ..., "refusal": ..., "tool_arguments": ...,
+  "chunk_chars": 3}` makes every chat answer carry exactly that text (streams split it into
+  chunks of `chunk_chars` characters; completion_tokens = number of chunks), until
+  `{"text": null}` or a reset; `GET /_mock/last_request` is the last chat body as received.
 * the reply is "w0 w1 w2 ..."; completion_tokens = min(reply_words, max_completion_tokens or
   max_tokens); finish_reason is "length" when max tokens cut the reply short, else "stop".
 
@@ -298,6 +302,8 @@ class _Mock:
         self.last_messages: list[Any] | None = None
         # Requests that reached /_mock/elsewhere (where `redirect` points).
         self.elsewhere = {"hits": 0, "with_authorization": 0}
+        self.last_body: dict[str, Any] | None = None
+        self.script: _Script | None = None
 
     def config_json(self) -> dict[str, Any]:
         """The current config as a JSON-ready dict."""
@@ -425,10 +431,13 @@ class _Mock:
             return bad
         messages: list[Any] = body["messages"]
         self.last_messages = messages
+        self.last_body = body
         prompt = _prompt_tokens(messages, body)
         if prompt is None:
             self._record(request, model, stream, "400")
             return _error(400, "Each message must be an object.", param="messages")
+        if self.script is not None:
+            return await self._scripted(request, body, cast(str, model), prompt, stream)
         limit = body.get("max_completion_tokens")
         if limit is None:
             limit = body.get("max_tokens")
@@ -642,6 +651,80 @@ class _Mock:
         self._record(request, model, True, "oversize" if oversize else "ok", prompt, words)
         return resp
 
+    # -- scripted replies ----------------------------------------------------------------
+
+    async def _scripted(
+        self, request: web.Request, body: dict[str, Any], model: str, prompt: int, stream: bool
+    ) -> web.StreamResponse:
+        """Answer with the scripted text (JSON, or SSE in chunks of `chunk_chars`)."""
+        script = cast(_Script, self.script)
+        pieces = script.pieces()
+        completion = len(pieces)
+        self._record(request, model, stream, "ok", prompt, completion)
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        base = {
+            "id": f"chatcmpl-{self.rng.getrandbits(96):024x}",
+            "created": int(time.time()),
+            "model": model,
+        }
+        if not stream:
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": script.text,
+                "refusal": script.refusal,
+            }
+            if script.tool_arguments is not None:
+                message["tool_calls"] = [
+                    {
+                        "id": "call_mock",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": script.tool_arguments},
+                    }
+                ]
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            payload = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            return web.Response(body=orjson.dumps(payload), content_type=_JSON_CT)
+        resp = web.StreamResponse(headers=_SSE_HEADERS)
+        await resp.prepare(request)
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            chunk = {**base, "object": "chat.completion.chunk", "choices": [choice]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+
+        with contextlib.suppress(ConnectionError):
+            await send({"role": "assistant", "content": ""})
+            for field_name, piece in pieces:
+                if field_name == "tool_arguments":
+                    call = {"index": 0, "function": {"arguments": piece}}
+                    await send({"tool_calls": [call]})
+                else:
+                    await send({field_name: piece})
+            await send({}, "stop")
+            options = body.get("stream_options")
+            if isinstance(options, dict) and options.get("include_usage") is True:
+                chunk = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+                await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            await resp.write(_DONE)
+        return resp
+
+    async def reply(self, request: web.Request) -> web.Response:
+        """POST /_mock/reply: script the text of the next answers (`{"text": null}` stops)."""
+        try:
+            data = orjson.loads(await request.read())
+            self.script = _Script.parse(data)
+        except (orjson.JSONDecodeError, _BadConfig) as exc:
+            return _error(400, str(exc) or "invalid JSON")
+        return web.json_response({"scripted": self.script is not None}, dumps=_dumps)
+
+    async def last_request(self, request: web.Request) -> web.Response:
+        """GET /_mock/last_request: the last chat request body, as received."""
+        return web.Response(body=orjson.dumps(self.last_body), content_type=_JSON_CT)
+
     # -- control surface -----------------------------------------------------------------
 
     async def config_get(self, request: web.Request) -> web.Response:
@@ -720,6 +803,47 @@ class _Mock:
     async def on_shutdown(self, app: web.Application) -> None:
         """Release hanging requests so the server can stop promptly."""
         self.shutting_down.set()
+
+
+@dataclass
+class _Script:
+    """A scripted answer: content, refusal and tool-call arguments, streamed in chunks."""
+
+    text: str | None
+    refusal: str | None = None
+    tool_arguments: str | None = None
+    chunk_chars: int = 3
+
+    @classmethod
+    def parse(cls, data: object) -> _Script | None:
+        """A `/_mock/reply` body -> script (None when text, refusal and arguments are null)."""
+        if not isinstance(data, dict):
+            raise _BadConfig("the reply must be a JSON object")
+        unknown = sorted(set(data) - {"text", "refusal", "tool_arguments", "chunk_chars"})
+        if unknown:
+            raise _BadConfig(f"unknown reply keys: {', '.join(unknown)}")
+        values = {k: data.get(k) for k in ("text", "refusal", "tool_arguments")}
+        if any(v is not None and not isinstance(v, str) for v in values.values()):
+            raise _BadConfig("text, refusal and tool_arguments must be strings or null")
+        chunk = data.get("chunk_chars", 3)
+        if not _is_int(chunk) or chunk < 1:
+            raise _BadConfig("chunk_chars must be an integer >= 1")
+        if all(v is None for v in values.values()):
+            return None
+        return cls(values["text"], values["refusal"], values["tool_arguments"], chunk)
+
+    def pieces(self) -> list[tuple[str, str]]:
+        """(field, text) pieces of the stream, in order: content, refusal, arguments."""
+        out: list[tuple[str, str]] = []
+        size = self.chunk_chars
+        for name, value in (
+            ("content", self.text),
+            ("refusal", self.refusal),
+            ("tool_arguments", self.tool_arguments),
+        ):
+            if value:
+                out.extend((name, value[i : i + size]) for i in range(0, len(value), size))
+        return out
 
 
 def _dumps(obj: Any) -> str:
@@ -808,6 +932,8 @@ def build_app(config: MockConfig, *, body_timeout: float = BODY_TIMEOUT) -> web.
         ("POST", "/_mock/reset", state.reset),
         ("GET", "/_mock/stats", state.stats),
         ("*", ELSEWHERE + "/{tail:.*}", state.elsewhere_handler),
+        ("POST", "/_mock/reply", state.reply),
+        ("GET", "/_mock/last_request", state.last_request),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

@@ -19,12 +19,17 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from common import deps
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# The methods functions-framework's HTTP routes accept.
+FRAMEWORK_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH"})
 
 
 def load_module(source: Path) -> tuple[Any, Any]:
@@ -50,20 +55,29 @@ def load(source: Path, target: str) -> ASGIApp:
     app: ASGIApp = create_asgi_app_from_module(  # type: ignore[no-untyped-call]
         target, str(source), "http", module, spec
     )
-    return BrokerLifespan(app)
+    return BrokerLifespan(app, getattr(module, target))
 
 
 class BrokerLifespan:
-    """Answers the ASGI lifespan protocol for an app that has none; passes the rest through."""
+    """Answers the ASGI lifespan protocol for an app that has none; passes the rest through.
 
-    def __init__(self, app: ASGIApp) -> None:
+    functions-framework's routes accept only the common methods and answer any other with
+    a plain-text 405; those requests go straight to the function instead, which answers
+    them in the broker's JSON error shape (and counts them).
+    """
+
+    def __init__(self, app: ASGIApp, function: Callable[[Request], Awaitable[Response]]) -> None:
         self.app = app
+        self.function = function
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+        elif scope["type"] == "http" and scope["method"] not in FRAMEWORK_METHODS:
+            response = await self.function(Request(scope, receive))
+            await response(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
-        await lifespan(receive, send)
 
 
 async def lifespan(receive: Receive, send: Send) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from common import bounds, pii
+from common import bounds
 from common.apikeys import looks_like_key
 from common.audit import STREAM as AUDIT_STREAM
 from common.audit import AuditEvent
@@ -55,6 +56,8 @@ from common.http import JSONResponse, client_ip, read_json_body, validation_erro
 from common.ledger import Drainer, PendingSettles
 from common.llm import Completion, StreamCall, Upstream, UpstreamClient
 from common.logs import get_logger, log_outcome, mask_project, request_id_var
+from common.pii_guard import INLINE_BYTES, PIIGuard
+from common.pii_stream import StreamFilter
 from common.projects import PolicyCache, Project
 from common.quota import (
     Admission,
@@ -92,6 +95,7 @@ class Call:
     params: dict[str, Any]
     stream: bool
     client_usage: bool
+    size: int = 0  # bytes of the body as received
 
     @property
     def max_tokens(self) -> int | None:
@@ -122,7 +126,7 @@ def parse_call(raw: bytes, api: Api) -> Call:
     except ValidationError as exc:
         raise validation_error(exc) from None
     dumped = [m.model_dump(exclude_none=True) for m in messages]
-    return Call(api, model, dumped, params, stream, client_usage)
+    return Call(api, model, dumped, params, stream, client_usage, len(raw))
 
 
 @dataclass
@@ -180,6 +184,7 @@ class Invoker:
         self.pending = pending
         self.failures = failures
         self.clock = clock
+        self.pii = PIIGuard(settings, telemetry)
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- entry points ------------------------------------------------------------------
@@ -244,15 +249,17 @@ class Invoker:
     ) -> Response:
         project = await self._project(principal)
         chain = self._chain(project, call.model)
-        messages = self._screen(project, call)
-        body = self._body(project, call, messages)
-        now = self.clock()
-        created_ms = int(now * 1000)
-        month = budget_month(datetime.fromtimestamp(now, UTC))
+        body = self._body(project, call, call.messages)
         idem_key = request.headers.get("idempotency-key")
+        # Over the request as the client sent it: redaction must not merge two requests.
         fingerprint = ""
         if idem_key:
             fingerprint = hashlib.sha256(_dumps([call.api, body], sort_keys=True)).hexdigest()
+        body = await self.pii.request(project, body, call.size)
+        now = self.clock()
+        created_ms = int(now * 1000)
+        month = budget_month(datetime.fromtimestamp(now, UTC))
+        if idem_key:
             replay = await self._idempotency_begin(project, idem_key, call, fingerprint)
             if replay is not None:
                 await self.auth.check_revocation(principal)
@@ -332,31 +339,6 @@ class Invoker:
                 param="model",
             )
         return self.client.catalog.chain(model)
-
-    def _screen(self, project: Project, call: Call) -> list[dict[str, Any]]:
-        """Apply the project's PII rule: block (422, kinds only) or redact; fail closed."""
-        if "pii_detection" not in project.compliance_rules:
-            return call.messages
-        try:
-            if project.pii_action == "redact":
-                redacted, kinds = pii.redact_chat_messages(call.messages)
-                if kinds:
-                    self.telemetry.incr("pii_detections_total", action="redact")
-                return redacted
-            kinds = pii.scan_chat_messages(call.messages)
-        except Exception:
-            get_logger().exception("PII detection failed; request refused")
-            raise PIIDetected(
-                "personal-data check failed; the request was refused", code="pii_check_failed"
-            ) from None
-        if kinds:
-            self.telemetry.incr("pii_detections_total", action="block")
-            found = ", ".join(sorted(kinds))
-            raise PIIDetected(
-                f"the prompt contains personal data ({found}); remove it or ask for redaction",
-                details={"pii_kinds": sorted(kinds)},
-            )
-        return call.messages
 
     def _body(self, project: Project, call: Call, messages: list[dict[str, Any]]) -> dict[str, Any]:
         """The upstream body: params, the token cap enforced, usage asked for in streams."""
@@ -482,6 +464,7 @@ class Invoker:
         if charge.unverified is not None:
             status = "usage_unverified"
             self._unverified(ctx, charge.unverified)
+        result, kinds = await self._screen_answer(ctx, result, charge)
         cost = await self._settle(
             ctx,
             result.upstream,
@@ -489,12 +472,51 @@ class Invoker:
             charge.completion,
             status,
             200,
-            f"usage_{charge.unverified}" if charge.unverified else None,
+            f"usage_{charge.unverified}"
+            if charge.unverified
+            else ("output_pii_redacted" if kinds else None),
             False,
         )
         if cache_key is not None and charge.unverified is None:
             self._spawn(self._cache_put(cache_key, result))
-        return self._render(ctx, result, cost, charge)
+        response = self._render(ctx, result, cost, charge)
+        if kinds:
+            response.headers["X-Bradax-PII-Redacted"] = ",".join(sorted(kinds))
+        return response
+
+    async def _screen_answer(
+        self, ctx: Context, result: Completion, charge: bounds.Charge
+    ) -> tuple[Completion, set[str]]:
+        """The answer under the project's output rule; a blocked answer is settled (at what the
+        call is charged), then 422."""
+        action = self.pii.answer_action(ctx.project)
+        if action is None:
+            return result, set()
+        tokens = (charge.prompt, charge.completion)
+        try:
+            data, kinds = await self.pii.answer(action, result.data, len(result.body))
+        except PIIDetected as exc:
+            await self._settle(ctx, result.upstream, *tokens, "pii_blocked", 422, exc.code, False)
+            raise
+        except BaseException:
+            await self._settle(
+                ctx, result.upstream, *tokens, "cancelled", 499, "client_disconnected", False
+            )
+            raise
+        if kinds and action == "block":
+            code = "output_pii_detected"
+            await self._settle(ctx, result.upstream, *tokens, "pii_blocked", 422, code, False)
+            found = ", ".join(sorted(kinds))
+            raise PIIDetected(
+                f"the answer contains personal data ({found}) and was withheld",
+                code=code,
+                details={"pii_kinds": sorted(kinds)},
+            )
+        if kinds:
+            notice = {"pii": {"action": "redacted", "kinds": sorted(kinds)}}
+            data = {**data, "bradax": notice}
+            result = dataclasses.replace(result, data=data, body=_dumps(data))
+        return result, kinds
 
     def _unverified(self, ctx: Context, reason: str) -> None:
         """Count and log (once per call) a usage claim that was replaced by the bound."""
@@ -567,11 +589,14 @@ class Invoker:
             "X-Request-ID": ctx.request_id,
             **ctx.admission.headers(),
         }
+        action = self.pii.answer_action(ctx.project)
+        guard = self.pii.stream_filter(action) if action is not None else None
         return MeteredStream(
             stream,
-            lambda outcome: self._finish_stream(ctx, stream, outcome),
+            lambda outcome: self._finish_stream(ctx, stream, outcome, guard),
             self._extend(ctx),
             headers,
+            guard,
         )
 
     def _extend(self, ctx: Context) -> Callable[[], Awaitable[None]]:
@@ -582,7 +607,9 @@ class Invoker:
 
         return extend
 
-    async def _finish_stream(self, ctx: Context, stream: StreamCall, outcome: str) -> None:
+    async def _finish_stream(
+        self, ctx: Context, stream: StreamCall, outcome: str, guard: StreamFilter | None = None
+    ) -> None:
         claim = None
         if stream.prompt_tokens is not None and stream.completion_tokens is not None:
             claim = (stream.prompt_tokens, stream.completion_tokens)
@@ -591,6 +618,10 @@ class Invoker:
         status = {"completed": "success"}.get(outcome, outcome)
         http = 200 if outcome == "completed" else 499 if outcome == "client_disconnected" else 502
         error = None if outcome == "completed" else f"stream_{outcome}"
+        if outcome == "pii_blocked":
+            http, error = 200, "output_pii_detected"
+        elif guard is not None and guard.kinds and outcome == "completed":
+            error = "output_pii_redacted"
         if charge.unverified is not None:
             self._unverified(ctx, charge.unverified)
             if outcome == "completed":
@@ -787,6 +818,7 @@ class Invoker:
         if (
             not project.cache_enabled
             or "lgpd" in project.compliance_rules  # answers are not kept under LGPD
+            or project.answer_pii_action != "off"  # nor answers that must be scanned
             or call.stream
             or self.settings.redis_cache_ttl <= 0
             or body.get("temperature") != 0
@@ -949,8 +981,10 @@ class MeteredStream(Response):
         finish: Callable[[str], Awaitable[None]],
         extend: Callable[[], Awaitable[None]],
         headers: dict[str, str],
+        guard: StreamFilter | None = None,
     ) -> None:
         self.stream = stream
+        self.guard = guard
         self.finish = finish
         self.extend = extend
         self.status_code = 200
@@ -981,12 +1015,31 @@ class MeteredStream(Response):
     async def _pump(self, send: Any) -> str:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         last_extend = time.monotonic()
+        guard = self.guard
         async for event in self.stream.events():
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+            if guard is None:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            else:
+                # Personal data in the answer: relay what no finding can still reach.
+                if len(event) <= INLINE_BYTES:
+                    relayed = guard.feed(event)
+                else:
+                    relayed = await asyncio.to_thread(guard.feed, event)
+                for part in relayed:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                if guard.blocked:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return "pii_blocked"
             if time.monotonic() - last_extend > self.EXTEND_EVERY:
                 last_extend = time.monotonic()
                 with contextlib.suppress(ServiceUnavailable):
                     await self.extend()
+        if guard is not None and not self.stream.done:
+            for part in guard.finish():  # a stream cut short: flush what was held
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            if guard.blocked:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return "pii_blocked"
         outcome = self.stream.finish or "cut"
         if outcome != "completed":
             error = {

@@ -60,7 +60,7 @@ STATUS_TEXT = {
     409: "Conflict (idempotent call in progress)",
     413: "Body too large",
     415: "Body is not JSON",
-    422: "Personal data in the prompt",
+    422: "Personal data in the prompt, or in a blocked answer; a personal-data check over budget",
     429: "Rate limited (Retry-After)",
     500: "Internal error (quote the request id)",
     502: "Upstream failed",

@@ -42,6 +42,7 @@ class ProjectFields(BaseModel):
     allowed_models: tuple[str, ...] | None = None
     compliance_rules: tuple[str, ...] | None = None
     pii_action: Literal["block", "redact"] | None = None
+    output_pii_action: Literal["redact", "block", "off"] | None = None
     cache_enabled: bool | None = None
 
     @field_validator("compliance_rules")
@@ -73,6 +74,8 @@ class Project(BaseModel):
     allowed_models: tuple[str, ...]
     compliance_rules: tuple[str, ...]
     pii_action: Literal["block", "redact"]
+    # None: the default, redact under lgpd and off otherwise (see `answer_pii_action`)
+    output_pii_action: Literal["redact", "block", "off"] | None = None
     cache_enabled: bool
     status: Literal["active", "suspended"]
     created_at: datetime
@@ -83,17 +86,25 @@ class Project(BaseModel):
         """True unless suspended."""
         return self.status == "active"
 
+    @property
+    def answer_pii_action(self) -> Literal["redact", "block", "off"]:
+        """What is done with personal data in answers: the setting, else redact under lgpd."""
+        if self.output_pii_action is not None:
+            return self.output_pii_action
+        return "redact" if "lgpd" in self.compliance_rules else "off"
+
     def public(self) -> dict[str, Any]:
         """JSON-ready view (money as a string, to keep it exact)."""
         data = self.model_dump(mode="json")
         data["budget_monthly_usd"] = str(self.budget_monthly_usd)
+        data["output_pii_action_effective"] = self.answer_pii_action
         return data
 
 
 _COLUMNS = (
     "id, name, division, team, budget_monthly_usd, max_tokens_per_request, "
     "max_requests_per_hour, max_requests_per_second, allowed_models, compliance_rules, "
-    "pii_action, cache_enabled, status, created_at, updated_at"
+    "pii_action, output_pii_action, cache_enabled, status, created_at, updated_at"
 )
 _JSON_FIELDS = ("allowed_models", "compliance_rules")
 

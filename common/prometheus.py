@@ -66,7 +66,8 @@ SIMPLE_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "pii_detections_total": (
         "bradax_pii_detections",
-        "Prompts with personal data, by action (block, redact).",
+        "Prompts and answers with personal data, by action (block, redact, output_block, "
+        "output_redact).",
         ("action",),
     ),
     "cache_hits_total": ("bradax_cache_hits", "Answers served from the response cache.", ()),

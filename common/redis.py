@@ -40,6 +40,8 @@ T = TypeVar("T")
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, RespConnectionError, OSError, TimeoutError)
 # Error replies that mean the server cannot serve right now: retry later, never a 500.
 TRANSIENT = ("READONLY", "OOM", "LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+# Replies the callers expect and handle (creating a consumer group that exists): not logged.
+EXPECTED = ("BUSYGROUP",)
 _CLASS_WORDS: dict[type[Exception], str] = {
     exceptions.ReadOnlyError: "READONLY",
     exceptions.OutOfMemoryError: "OOM",
@@ -69,7 +71,8 @@ def translate(exc: Exception) -> Exception:
         word = _CLASS_WORDS.get(type(exc)) or reply.split(" ", 1)[0].upper()
         if word in TRANSIENT:
             return ServiceUnavailable(f"governance store (redis) unavailable: {word}")
-        _log.error("redis refused a command: %s", reply[:200])
+        if word not in EXPECTED:
+            _log.error("redis refused a command: %s", reply[:200])
         return StoreError(reply)
     if isinstance(exc, UNAVAILABLE):
         return ServiceUnavailable("governance store (redis) unavailable")

@@ -189,6 +189,12 @@ class Settings(BaseSettings):
     policy_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # how long cached policy may be served while PostgreSQL cannot answer
     policy_stale_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    # Personal-data scans: past either budget a request or answer is refused (fail closed)
+    pii_scan_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    pii_scan_max_chars: int = Field(default=16 * 1_048_576, ge=1024)
+    pii_scan_workers: int = Field(default=1, ge=1, le=32)
+    # binary attachments (images, audio, PDFs) cannot be read for personal data
+    pii_binary_attachments: Literal["pass", "block"] = "pass"
 
     # Secrets store
     secrets_backend: Literal["env", "secretsmanager", "ssm"] = "env"

@@ -132,6 +132,8 @@ def test_project_create_as_a_subprocess(settings: Settings) -> None:
         "allowed_models": ["gpt-4.1-nano", "gpt-4.1-mini"],
         "compliance_rules": ["lgpd", "pii_detection"],
         "pii_action": "block",
+        "output_pii_action": None,
+        "output_pii_action_effective": "redact",
         "cache_enabled": False,
         "status": "active",
     }
@@ -231,6 +233,23 @@ def test_project_update_changes_only_given_fields(created: Any, bradax: Any) -> 
     assert project["cache_enabled"] is True
     assert project["name"] == "Chatbot Atendimento"
     assert project["max_requests_per_hour"] == 100
+
+
+def test_project_output_pii_action_is_set_and_shown(created: Any, bradax: Any) -> None:
+    """--output-pii-action sets what is done with PII in answers; show reports it and its effect."""
+    result = bradax("project", "update", "--id", PROJECT, "--output-pii-action", "block")
+    assert result.code == 0, result.err
+    project = result.json()["project"]
+    assert (project["output_pii_action"], project["output_pii_action_effective"]) == (
+        "block",
+        "block",
+    )
+    shown = bradax("project", "show", "--id", PROJECT).json()["project"]
+    assert shown["output_pii_action"] == "block"
+    off = bradax("project", "update", "--id", PROJECT, "--output-pii-action", "off").json()
+    assert off["project"]["output_pii_action_effective"] == "off"
+    bad = bradax("project", "update", "--id", PROJECT, "--output-pii-action", "mask")
+    assert bad.code != 0
 
 
 def test_suspend_and_resume(created: Any, bradax: Any, redis_db: sync_redis.Redis) -> None:

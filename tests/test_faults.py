@@ -55,21 +55,31 @@ async def _ledger_ids(url: str) -> list[str]:
 
 
 async def test_postgres_outage_loses_and_duplicates_no_usage_record(
-    clean_state: None, redis_url: str, mock: MockUpstream, tmp_path: Path,
+    clean_state: None,
+    redis_url: str,
+    mock: MockUpstream,
+    tmp_path: Path,
     own_postgres: tuple[EmbeddedPostgres, str],
 ) -> None:
     """PostgreSQL stops during a stream of invokes and comes back: every call the upstream
     served is in the ledger exactly once (checked against the upstream's own record)."""
     server, pg_url = own_postgres
-    settings = make_settings(pg_url, redis_url, openai_api_key="mock-key",
-                             openai_base_url=mock.url, policy_cache_seconds=1.0)
+    settings = make_settings(
+        pg_url,
+        redis_url,
+        openai_api_key="mock-key",
+        openai_base_url=mock.url,
+        policy_cache_seconds=1.0,
+    )
     tenant = await create_tenant(settings)
     broker = serve_broker(settings, tmp=tmp_path, POLICY_CACHE_SECONDS="1")
     statuses: list[int] = []
     try:
         async with httpx2.AsyncClient(timeout=30) as http:
-            reply = await http.post(broker.url + "/api/v1/auth/token", json={
-                "project_id": tenant.project_id, "api_key": tenant.api_key})
+            reply = await http.post(
+                broker.url + "/api/v1/auth/token",
+                json={"project_id": tenant.project_id, "api_key": tenant.api_key},
+            )
             access = reply.json()["access_token"]
             for _ in range(10):
                 statuses.append((await _invoke(http, broker.url, access)).status_code)
@@ -99,14 +109,20 @@ async def test_upstream_faults_settle_exactly(
 ) -> None:
     """429, 500, a hang and a cut stream: each client gets its documented answer within the
     timeout, no reservation is left behind and the ledger matches what the upstream produced."""
-    current = configure(openai_api_key="mock-key", openai_base_url=mock.url, openai_timeout=2.0,
-                        openai_max_retries=1)
+    current = configure(
+        openai_api_key="mock-key",
+        openai_base_url=mock.url,
+        openai_timeout=2.0,
+        openai_max_retries=1,
+    )
     tenant = await create_tenant(current)
     broker = serve_broker(current, tmp=tmp_path)
     try:
         async with httpx2.AsyncClient(timeout=30) as http:
-            reply = await http.post(broker.url + "/api/v1/auth/token", json={
-                "project_id": tenant.project_id, "api_key": tenant.api_key})
+            reply = await http.post(
+                broker.url + "/api/v1/auth/token",
+                json={"project_id": tenant.project_id, "api_key": tenant.api_key},
+            )
             access = reply.json()["access_token"]
             mock.enqueue({"status": 429, "retry_after": 0})  # retried, then served
             retried = await _invoke(http, broker.url, access)
@@ -118,7 +134,8 @@ async def test_upstream_faults_settle_exactly(
             hang_seconds = time.monotonic() - started
             mock.enqueue({"cut_after_chunks": 2})
             async with http.stream(
-                "POST", broker.url + "/v1/chat/completions",
+                "POST",
+                broker.url + "/v1/chat/completions",
                 headers={"Authorization": f"Bearer {tenant.api_key}"},
                 json={"model": "gpt-4.1-nano", "messages": MESSAGES, "stream": True},
             ) as cut:

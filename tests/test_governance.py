@@ -376,19 +376,24 @@ async def test_clean_prompts_pass_pii_detection(upstream: Settings, router: Any)
     assert reply.status_code == 200
 
 
+@pytest.mark.parametrize(
+    "budget",
+    [{"pii_scan_max_chars": 1024}, {"pii_scan_timeout_seconds": 0.000_001}],
+    ids=["size", "time"],
+)
 async def test_pii_detection_fails_closed(
-    upstream: Settings, router: Any, mock: MockUpstream, monkeypatch: pytest.MonkeyPatch
+    upstream: Settings, configure: Any, router: Any, mock: MockUpstream, budget: dict[str, Any]
 ) -> None:
-    """If the detector itself fails, the request is refused (fault injected), never let through."""
-    from common import pii
-
-    def broken(messages: object) -> set[str]:
-        raise RuntimeError("detector crashed")
-
-    monkeypatch.setattr(pii, "scan_chat_messages", broken)
+    """A prompt whose scan would exceed the size or time budget is refused, never let through."""
+    current = configure(openai_api_key="k", openai_base_url=mock.url, **budget)
     http = await make_client(router)
-    tenant = await login(http, await create_tenant(upstream, compliance_rules=("pii_detection",)))
-    reply = await call(http, tenant)
+    tenant = await login(http, await create_tenant(current, compliance_rules=("pii_detection",)))
+    text = "Sem dados pessoais, apenas texto comum para ocupar espaço. " * 1200  # ~70 KB
+    reply = await http.post(
+        "/api/v1/llm/invoke",
+        headers=tenant.auth,
+        json={"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": text}]},
+    )
     assert reply.status_code == 422
     assert reply.json()["error"]["code"] == "pii_check_failed"
     assert mock.stats()["requests"] == 0

@@ -782,3 +782,40 @@ def test_cli_closes_slow_and_idle_clients() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_scripted_reply_json_and_stream(base_url: str, http: aiohttp.ClientSession) -> None:
+    """/_mock/reply fixes the answer's text (JSON, or SSE chunks of chunk_chars) until cleared."""
+    script = {"text": "CPF 529.982.247-25", "tool_arguments": '{"a": 1}', "chunk_chars": 4}
+    async with http.post("/_mock/reply", json=script) as resp:
+        assert resp.status == 200
+    status, body = await _chat(http, {"model": "gpt-4.1", "messages": USER})
+    assert status == 200
+    message = body["choices"][0]["message"]
+    assert message["content"] == "CPF 529.982.247-25"
+    assert message["tool_calls"][0]["function"]["arguments"] == '{"a": 1}'
+    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0)
+    stream = await client.chat.completions.create(model="gpt-4.1", messages=USER, stream=True)
+    pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+    assert "".join(p or "" for p in pieces) == "CPF 529.982.247-25"
+    assert "CPF " in pieces
+    await client.close()
+    async with http.post("/_mock/reply", json={"text": None}) as resp:
+        assert (await resp.json()) == {"scripted": False}
+    _, plain = await _chat(http, {"model": "gpt-4.1", "messages": USER, "max_tokens": 2})
+    assert plain["choices"][0]["message"]["content"] == "w0 w1"
+
+
+async def test_scripted_reply_rejects_bad_bodies(http: aiohttp.ClientSession) -> None:
+    """A /_mock/reply body with unknown keys or wrong types is a 400."""
+    for bad in ({"txt": "x"}, {"text": 1}, {"text": "x", "chunk_chars": 0}, [1]):
+        async with http.post("/_mock/reply", json=bad) as resp:
+            assert resp.status == 400, bad
+
+
+async def test_last_request_is_the_body_as_received(http: aiohttp.ClientSession) -> None:
+    """/_mock/last_request answers the last chat body exactly as it arrived."""
+    body = {"model": "gpt-4.1", "messages": USER, "user": "u1", "metadata": {"k": "v"}}
+    await _chat(http, body)
+    async with http.get("/_mock/last_request") as resp:
+        assert await resp.json() == body

@@ -115,7 +115,7 @@ class BadRequest(BradaxError):
 
 
 class PIIBlocked(BadRequest):
-    """The prompt holds personal data the project forbids; `kinds` names them (never values)."""
+    """The prompt (or answer) holds personal data the project forbids; `kinds` names them."""
 
     @property
     def kinds(self) -> list[str]:
@@ -203,6 +203,8 @@ class UpstreamRateLimited(RateLimited, UpstreamError):
 _BY_CODE: dict[str, type[BradaxError]] = {
     "pii_detected": PIIBlocked,
     "pii_check_failed": PIIBlocked,
+    "output_pii_detected": PIIBlocked,
+    "pii_unscannable_attachment": PIIBlocked,
     "model_not_allowed": ModelNotAllowed,
     "project_suspended": ProjectSuspended,
     "upstream_rate_limited": UpstreamRateLimited,
