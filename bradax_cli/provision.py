@@ -9,6 +9,7 @@ dicts; an API key is returned once, when created; only its hash is stored.
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,9 +20,11 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from common import audit as audit_chain
+from common import keyspace
 from common.apikeys import ApiKeyStore
 from common.audit import AuditEvent, AuditTrail
 from common.db import Database
+from common.denylist import DenyList
 from common.errors import BrokerError, ServiceUnavailable, StoreError, StoreUnsupported
 from common.pricing import PriceTable
 from common.projects import ProjectFields, ProjectStore
@@ -61,16 +64,15 @@ class Admin:
 
     async def deny(self, key: str, ttl: int | None, consequence: str) -> bool:
         """Set a deny-list entry; False (warning with `consequence`) if Redis cannot be told."""
-        args: list[object] = ["SET", key, "1"] if ttl is None else ["SET", key, "1", "EX", ttl]
-        return await self._redis_or_warn(args, consequence)
+        return await self._or_warn(DenyList(self.redis).add(key, ttl), consequence)
 
     async def allow(self, key: str, consequence: str) -> bool:
         """Delete a deny-list entry; False (warning with `consequence`) if Redis cannot be told."""
-        return await self._redis_or_warn(["DEL", key], consequence)
+        return await self._or_warn(DenyList(self.redis).remove(key), consequence)
 
-    async def _redis_or_warn(self, command: list[object], consequence: str) -> bool:
+    async def _or_warn(self, change: Awaitable[None], consequence: str) -> bool:
         try:
-            await self.redis.call(*command)
+            await change
         except (ServiceUnavailable, StoreError, RedisError) as exc:
             why = exc.message if isinstance(exc, StoreUnsupported) else "Redis unreachable"
             print(f"bradax: warning: {why}; {consequence}", file=sys.stderr)
@@ -164,7 +166,7 @@ async def set_project_status(admin: Admin, project_id: str, *, suspend: bool) ->
     async with admin.db.connection() as conn, conn.transaction():
         project = await admin.projects.set_status(project_id, status, conn)
         await admin.record(conn, AuditEvent(f"project.{action}", "allowed", project.id, ACTOR))
-    key = f"bx:deny:proj:{project.id}"
+    key = keyspace.deny_project(project.id)
     if suspend:
         immediate = await admin.deny(
             key,
@@ -226,7 +228,7 @@ async def revoke_key(admin: Admin, key_id: str) -> dict[str, Any]:
         )
     # Nothing but the deny-list stops a live access token: without Redis it runs to its expiry.
     immediate = await admin.deny(
-        f"bx:deny:key:{key.key_id}",
+        keyspace.deny_key(key.key_id),
         admin.token_deny_ttl,
         "no new tokens are issued, but live access tokens of this key stay valid until they "
         f"expire (up to {admin.settings.jwt_access_token_expire_minutes} min); "

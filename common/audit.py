@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from common import keyspace
 from common.db import Database
 
 GENESIS = bytes(32)
@@ -37,7 +38,7 @@ COPY_COLUMNS = [
     "hash",
 ]
 LOCK_KEY = 0x6272616478_02
-STREAM = "bx:audit"
+STREAM = keyspace.AUDIT_STREAM
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from common.apikeys import ApiKey, ApiKeyStore, looks_like_key
 from common.cache import AsyncTTLCache
+from common.denylist import DenyList
 from common.errors import InsufficientScope, Unauthorized
 from common.quota import DenyKey, deny_keys
 from common.redis import RedisStore
@@ -67,7 +68,7 @@ class Authenticator:
     ) -> None:
         self.tokens = tokens
         self._keys = keys
-        self._redis = redis
+        self._deny = DenyList(redis)
         self._clock = clock
         self._key_cache_seconds = key_cache_seconds
         self._key_cache: dict[bytes, tuple[float, Principal]] = {}
@@ -115,11 +116,7 @@ class Authenticator:
 
     async def check_revocation(self, principal: Principal) -> None:
         """Unauthorized if any deny-list entry for the credential exists (503 if Redis is down)."""
-        entries = principal.deny()
-        values = await self._redis.call("MGET", *(entry.key for entry in entries))
-        for entry, value in zip(entries, values, strict=True):
-            if value is not None:
-                raise Unauthorized(entry.reason, code="revoked")
+        await self._deny.check(principal.deny())
 
     def knows_key(self, header: str | None) -> bool:
         """True if this API key was verified moments ago (its principal is cached)."""

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from common import bounds
+from common import bounds, keyspace
 from common.apikeys import looks_like_key
 from common.audit import STREAM as AUDIT_STREAM
 from common.audit import AuditEvent
@@ -380,14 +380,17 @@ class Invoker:
         if settings.rate_limiting_enabled:
             limits.append(
                 Limit(
-                    "max_requests_per_hour", f"p:{project.id}", project.max_requests_per_hour, 3600
+                    "max_requests_per_hour",
+                    keyspace.limit_scope("p", project.id),
+                    project.max_requests_per_hour,
+                    3600,
                 )
             )
             if project.max_requests_per_second:
                 limits.append(
                     Limit(
                         "max_requests_per_second",
-                        f"ps:{project.id}",
+                        keyspace.limit_scope("ps", project.id),
                         project.max_requests_per_second,
                         1,
                     )
@@ -395,7 +398,12 @@ class Invoker:
             if settings.rate_limit_ip_per_hour:
                 ip = client_ip(request, settings.trusted_proxies)
                 limits.append(
-                    Limit("ip_per_hour", f"ip:{ip}", settings.rate_limit_ip_per_hour, 3600)
+                    Limit(
+                        "ip_per_hour",
+                        keyspace.limit_scope("ip", ip),
+                        settings.rate_limit_ip_per_hour,
+                        3600,
+                    )
                 )
         try:
             return await self.governor.admit(
@@ -826,7 +834,7 @@ class Invoker:
         ):
             return None
         digest = hashlib.sha256(_dumps(body, sort_keys=True)).hexdigest()
-        return f"bx:cache:{project.id}:{call.api}:{digest}"
+        return keyspace.response_cache(project.id, call.api, digest)
 
     async def _cache_get(self, key: str) -> dict[str, Any] | None:
         raw = await self.redis.call("GET", key)
@@ -954,7 +962,7 @@ def _reasoning(model: str) -> bool:
 
 
 def _idem_key(project_id: str, key: str) -> str:
-    return f"bx:idem:{project_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+    return keyspace.idempotency(project_id, key)
 
 
 def _flat(fields: dict[str, bytes]) -> list[Any]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from common import keyspace
 from common.bounds import INT32
 from common.db import Database
 from common.errors import BudgetExceeded, RateLimited, ServiceUnavailable, Unauthorized
@@ -36,15 +37,15 @@ from common.redis import RedisStore
 from common.telemetry import field
 
 NANO = Decimal(1_000_000_000)
-LEDGER_STREAM = "bx:ledger"
-METRICS_HASH = "bx:m:counters"
+LEDGER_STREAM = keyspace.LEDGER_STREAM
+METRICS_HASH = keyspace.METRICS_COUNTERS
 DONE_TTL = 86_400
 MONTH_TTL = 62 * 86_400
 MAX_CLEANUP = 100
 # Intents of admitted calls: request id -> [project, month, bound_nano, record] (hash),
 # and request id -> when it is due, in ms (zset).
-INTENTS = "bx:intent"
-INTENTS_DUE = "bx:intent:due"
+INTENTS = keyspace.INTENTS
+INTENTS_DUE = keyspace.INTENTS_DUE
 RECONCILE_BATCH = 100
 # NUMERIC(24, 12): below 10^12 USD.
 MAX_COST = Decimal(10) ** 12 - 1
@@ -86,7 +87,7 @@ class Limit:
 
     def key(self, now_s: int) -> str:
         """The counter's Redis key for the window holding now_s."""
-        return f"bx:rl:{self.scope}:{self.window}:{now_s // self.window}"
+        return keyspace.rate_limit(self.scope, self.window, now_s // self.window)
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,13 @@ class DenyKey:
 def deny_keys(project_id: str, key_id: str, jti: str | None, family: str | None) -> list[DenyKey]:
     """The deny-list entries that revoke a credential: project, key, token family, token."""
     keys = [
-        DenyKey(f"bx:deny:proj:{project_id}", "project is suspended"),
-        DenyKey(f"bx:deny:key:{key_id}", "credential has been revoked"),
+        DenyKey(keyspace.deny_project(project_id), "project is suspended"),
+        DenyKey(keyspace.deny_key(key_id), "credential has been revoked"),
     ]
     if family:
-        keys.append(DenyKey(f"bx:deny:fam:{family}", "token has been revoked"))
+        keys.append(DenyKey(keyspace.deny_family(family), "token has been revoked"))
     if jti:
-        keys.append(DenyKey(f"bx:deny:jti:{jti}", "token has been revoked"))
+        keys.append(DenyKey(keyspace.deny_token(jti), "token has been revoked"))
     return keys
 
 
@@ -130,8 +131,7 @@ class BudgetClaim:
 
 def budget_keys(project_id: str, month: str) -> tuple[str, str, str]:
     """Redis keys of a project's month: budget hash, reservation zset, amounts hash."""
-    base = f"{project_id}:{month}"
-    return f"bx:b:{base}", f"bx:bres:{base}", f"bx:bamt:{base}"
+    return keyspace.budget(project_id, month)
 
 
 @dataclass(frozen=True)
@@ -427,7 +427,7 @@ class Governor:
     async def rebuild(self, project_id: str, month: str) -> int:
         """Restore a month's spend from the ledger (plus calls settled meanwhile); nano-USD."""
         budget_key, _, _ = budget_keys(project_id, month)
-        orphans_key = f"bx:borph:{project_id}:{month}"
+        orphans_key = keyspace.budget_orphans(project_id, month)
         orphan_ids = [rid.decode() for rid in await self._redis.call("HKEYS", orphans_key)]
         base = await self._db.fetchval(
             "SELECT coalesce(sum(cost_usd), 0) FROM usage_ledger "
@@ -459,10 +459,10 @@ class Governor:
             budget_key,
             resv_key,
             amounts_key,
-            f"bx:done:{request_id}",
+            keyspace.settled(request_id),
             LEDGER_STREAM,
-            f"bx:borph:{project_id}:{month}",
-            f"bx:bsoft:{project_id}:{month}",
+            keyspace.budget_orphans(project_id, month),
+            keyspace.budget_soft(project_id, month),
             METRICS_HASH,
             INTENTS,
             INTENTS_DUE,

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from common import keyspace
 from common.apikeys import INVALID_CREDENTIALS, ApiKey, ApiKeyStore
 from common.audit import AuditEvent, AuditTrail
 from common.db import Database
+from common.denylist import DenyList
 from common.errors import (
     ProjectSuspended,
     RateLimited,
@@ -83,12 +85,13 @@ class FailureGate:
         self._per_project = settings.auth_failures_per_project
 
     def _limits(self, ip: str, project_id: str | None) -> list[Limit]:
-        limits = [Limit("failed_auth_per_ip", f"authfail:ip:{ip}", self._per_ip, self._window)]
+        scope = keyspace.limit_scope("authfail:ip", ip)
+        limits = [Limit("failed_auth_per_ip", scope, self._per_ip, self._window)]
         if project_id:
             limits.append(
                 Limit(
                     "failed_auth_per_project",
-                    f"authfail:proj:{project_id}:ip:{ip}",
+                    keyspace.limit_scope("authfail:proj", project_id, "ip", ip),
                     self._per_project,
                     self._window,
                 )
@@ -135,7 +138,7 @@ class SessionService:
         audit: AuditTrail,
     ) -> None:
         self._db = db
-        self._redis = redis
+        self._deny = DenyList(redis)
         self._tokens = tokens
         self._keys = ApiKeyStore(db)
         self._projects = ProjectStore(db)
@@ -212,7 +215,7 @@ class SessionService:
         claims = self._tokens.verify(token, None, stamp)
         if claims.token_type == "access":
             ttl = max(1, claims.expires_at - stamp + self._tokens.leeway + 60)
-            await self._redis.call("SET", f"bx:deny:jti:{claims.jti}", "1", "EX", ttl)
+            await self._deny.add(keyspace.deny_token(claims.jti), ttl)
             return claims
         async with self._db.connection() as conn, conn.transaction():
             await self._revoke_family(conn, claims.family, now)
@@ -224,7 +227,7 @@ class SessionService:
             family,
             now,
         )
-        await self._redis.call("SET", f"bx:deny:fam:{family}", "1", "EX", self._deny_ttl)
+        await self._deny.add(keyspace.deny_family(family), self._deny_ttl)
 
     async def _issue(self, key: ApiKey, family: str, now: datetime) -> TokenPair:
         stamp = int(now.timestamp())

@@ -22,12 +22,13 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from common import keyspace
 from common.background import stop_task
 from common.logs import get_logger
 from common.redis import RedisStore
 
-COUNTERS = "bx:m:counters"
-GAUGE_PREFIX = "bx:m:gauge:"
+COUNTERS = keyspace.METRICS_COUNTERS
+GAUGE_PREFIX = keyspace.GAUGE_PREFIX
 GAUGE_TTL = 15
 FLUSH_SECONDS = 1.0
 # Histogram buckets of bradax_request_duration_seconds.
@@ -179,4 +180,4 @@ class Telemetry:
     @property
     def gauge_key(self) -> str:
         """The Redis hash holding this instance's gauges."""
-        return GAUGE_PREFIX + self.instance
+        return keyspace.gauge(self.instance)

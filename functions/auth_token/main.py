@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import Response
 
-from common import deps, services
+from common import deps, keyspace, services
 from common.audit import AuditEvent
 from common.errors import BadRequest, BrokerError, RateLimited, Unauthorized
 from common.http import JSONResponse, Route, client_ip, parse_body
@@ -91,7 +91,10 @@ async def _gate(request: Request, event: str, project_id: str | None) -> Attempt
     try:
         if settings.rate_limiting_enabled and settings.rate_limit_auth_per_minute:
             limit = Limit(
-                "auth_per_ip", f"auth:ip:{attempt.ip}", settings.rate_limit_auth_per_minute, 60
+                "auth_per_ip",
+                keyspace.limit_scope("auth:ip", attempt.ip),
+                settings.rate_limit_auth_per_minute,
+                60,
             )
             await services.governor.get().admit(now_ms=attempt.now_ms, limits=[limit])
         attempt.slot = await services.failures.get().take(attempt.ip, project_id, attempt.now_ms)

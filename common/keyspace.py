@@ -1,0 +1,93 @@
+"""Every Redis key bradax uses, spelled here and only here.
+
+    per project     bx:b / bx:bres / bx:bamt / bx:borph / bx:bsoft :<project>:<month>
+                    bx:deny:proj:<project>, bx:idem:<project>:<sha256>,
+                    bx:cache:<project>:<api>:<sha256>, rate limits bx:rl:p|ps:<project>:...
+    per credential  bx:deny:key:<key id>, bx:deny:fam:<family>, bx:deny:jti:<token id>
+    per call        bx:done:<request id> (settled once)
+    per client IP   bx:rl:ip:<ip>:..., bx:rl:auth:ip:<ip>:..., bx:rl:authfail:...
+    broker-wide     bx:ledger, bx:audit (streams), bx:intent / bx:intent:due (intents),
+                    bx:m:counters, bx:m:gauge:<instance>
+
+Modules ask this one for names; none spells a key itself, so the layout (a later cluster
+mode puts a project's keys in one hash slot) changes in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+LEDGER_STREAM = "bx:ledger"
+AUDIT_STREAM = "bx:audit"
+METRICS_COUNTERS = "bx:m:counters"
+GAUGE_PREFIX = "bx:m:gauge:"
+# Intents of admitted calls: request id -> intent (hash), request id -> due time in ms (zset).
+INTENTS = "bx:intent"
+INTENTS_DUE = "bx:intent:due"
+
+
+def gauge(instance: str) -> str:
+    """One broker instance's gauges (a hash with a TTL)."""
+    return GAUGE_PREFIX + instance
+
+
+def rate_limit(scope: str, window: int, bucket: int) -> str:
+    """A fixed-window counter: `scope` names what is counted (e.g. p:<project>, ip:<ip>)."""
+    return f"bx:rl:{scope}:{window}:{bucket}"
+
+
+def limit_scope(kind: str, *parts: str) -> str:
+    """The scope of a rate limit: project (p), burst (ps), client IP (ip), token issuing
+    (auth:ip), failed credentials (authfail:ip, authfail:proj:<project>:ip)."""
+    return ":".join((kind, *parts))
+
+
+def deny_project(project_id: str) -> str:
+    """Set while the project is suspended."""
+    return f"bx:deny:proj:{project_id}"
+
+
+def deny_key(key_id: str) -> str:
+    """Set once the API key is revoked (outlives its tokens)."""
+    return f"bx:deny:key:{key_id}"
+
+
+def deny_family(family: str) -> str:
+    """Set once a login's token family is revoked."""
+    return f"bx:deny:fam:{family}"
+
+
+def deny_token(jti: str) -> str:
+    """Set once one access token is revoked."""
+    return f"bx:deny:jti:{jti}"
+
+
+def budget(project_id: str, month: str) -> tuple[str, str, str]:
+    """A project's month: budget hash (spent, reserved), reservation zset, amounts hash."""
+    base = f"{project_id}:{month}"
+    return f"bx:b:{base}", f"bx:bres:{base}", f"bx:bamt:{base}"
+
+
+def budget_orphans(project_id: str, month: str) -> str:
+    """Costs settled while the month's spend was missing (kept for its rebuild)."""
+    return f"bx:borph:{project_id}:{month}"
+
+
+def budget_soft(project_id: str, month: str) -> str:
+    """Set once the month crossed BUDGET_SOFT_THRESHOLD (warn once)."""
+    return f"bx:bsoft:{project_id}:{month}"
+
+
+def settled(request_id: str) -> str:
+    """Set by the settlement of a call: a second settle of it is a no-op."""
+    return f"bx:done:{request_id}"
+
+
+def idempotency(project_id: str, key: str) -> str:
+    """A project's Idempotency-Key (hashed: clients choose it)."""
+    return f"bx:idem:{project_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def response_cache(project_id: str, api: str, digest: str) -> str:
+    """A cached answer of a project for one exact request body."""
+    return f"bx:cache:{project_id}:{api}:{digest}"
