@@ -21,6 +21,7 @@ import orjson
 
 from common import keyspace
 from common.db import Database
+from common.redis import RedisStore
 
 GENESIS = bytes(32)
 CHUNK = 32
@@ -210,11 +211,21 @@ async def verify(db: Database, batch: int = 5000) -> Verdict:
 
 
 class AuditTrail:
-    """Direct appends for low-volume events (no-op when AUDIT_LOGGING_ENABLED is false)."""
+    """Direct appends for low-volume events, queued ones for the hot path (no-op when
+    AUDIT_LOGGING_ENABLED is false)."""
 
     def __init__(self, db: Database, enabled: bool) -> None:
         self._db = db
         self.enabled = enabled
+
+    async def queue(self, redis: RedisStore, event: AuditEvent) -> None:
+        """Append an event to the audit stream; the drainer writes it into the chain."""
+        if not self.enabled:
+            return
+        flat: list[Any] = []
+        for name, value in event.to_stream().items():
+            flat.extend((name, value))
+        await redis.call("XADD", STREAM, "*", *flat)
 
     async def record(self, *events: AuditEvent) -> None:
         """Append the events now, in one transaction."""

@@ -1,9 +1,21 @@
-"""Background loops (ledger drainer, metrics flusher): stopping them reliably."""
+"""Background work: loops (ledger drainer, metrics flusher) stopped reliably, and one-off
+tasks kept alive until they finish (asyncio holds only weak references to tasks)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
+
+_KEPT: set[asyncio.Future[Any]] = set()
+
+
+def keep(work: Awaitable[Any]) -> asyncio.Future[Any]:
+    """Run `work` as a task that cannot be garbage-collected before it is done."""
+    task = asyncio.ensure_future(work)
+    _KEPT.add(task)
+    task.add_done_callback(_KEPT.discard)
+    return task
 
 
 async def stop_task(task: asyncio.Task[Any], patience: float = 3.0) -> None:

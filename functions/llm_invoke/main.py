@@ -52,6 +52,7 @@ _invoker = deps.Lazy(
         drainer=services.drainer.get(),
         pending=services.pending_settles.get(),
         failures=services.failures.get(),
+        audit=services.audit.get(),
     )
 )
 

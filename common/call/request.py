@@ -1,0 +1,92 @@
+"""The request step: a call under its project's policy becomes the body sent upstream.
+
+Allowed models and the served catalog decide the upstream chain; every output-token field
+must fit the project's cap (a call without one gets the cap, so every cost is bounded);
+streams always ask for usage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from common import bounds
+from common.call.model import Call
+from common.errors import BadRequest, ModelNotAllowed, NotFound
+from common.llm import ModelCatalog, Upstream
+from common.projects import Project
+
+
+def upstream_chain(catalog: ModelCatalog, project: Project, model: str) -> list[Upstream]:
+    """The model's upstream and fallbacks; 403 if the project may not use it, 404 if unserved."""
+    if model not in project.allowed_models:
+        allowed = ", ".join(project.allowed_models) or "none"
+        raise ModelNotAllowed(
+            f"model '{model}' is not allowed for this project; allowed models: {allowed}",
+            param="model",
+        )
+    if catalog.get(model) is None:
+        raise NotFound(
+            f"model '{model}' is not served by this broker", code="model_not_found", param="model"
+        )
+    return catalog.chain(model)
+
+
+def upstream_body(project: Project, call: Call) -> dict[str, Any]:
+    """The upstream body: params, the token cap enforced, usage asked for in streams."""
+    body: dict[str, Any] = dict(call.params)
+    bounds.refuse_unbounded(body)
+    limit = project.max_tokens_per_request
+    # Every output-token field must fit the cap: the upstream obeys any one of them.
+    for name in bounds.OUTPUT_FIELDS:
+        requested = bounds.output_cap({name: body.get(name)})
+        if requested is not None and requested > limit:
+            raise BadRequest(
+                f"{name} {requested} exceeds this project's limit of {limit}",
+                code="max_tokens_exceeded",
+                param=name,
+            )
+    if call.max_tokens is None:
+        body["max_completion_tokens" if _reasoning(call.model) else "max_tokens"] = limit
+    body["model"] = call.model
+    body["messages"] = call.messages
+    if call.stream:
+        body["stream"] = True
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+    return body
+
+
+def fingerprint(call: Call, body: dict[str, Any]) -> str:
+    """The identity of a request for idempotency (taken before any redaction)."""
+    return hashlib.sha256(dumps([call.api, body], sort_keys=True)).hexdigest()
+
+
+def payload(body: dict[str, Any]) -> Callable[[Upstream], bytes]:
+    """The bytes sent to each upstream of the chain (its own model name)."""
+
+    def build(upstream: Upstream) -> bytes:
+        if upstream.model == body["model"]:
+            return dumps(body)
+        return dumps({**body, "model": upstream.model})
+
+    return build
+
+
+def dumps(value: Any, sort_keys: bool = False) -> bytes:
+    """orjson, or the standard library for integers beyond 64 bits (valid JSON all the same)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
+    except TypeError:
+        import json
+
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+        return text.encode()
+
+
+def _reasoning(model: str) -> bool:
+    return model.startswith(("o1", "o3", "o4", "gpt-5"))
