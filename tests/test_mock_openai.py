@@ -1,4 +1,4 @@
-"""Tests of the OpenAI-compatible mock upstream (bradax_cli.mock_openai), served for real."""
+"""Tests of the OpenAI-compatible mock upstream (bradax_cli.mock), served for real."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from bradax_cli import mock_openai
-from bradax_cli.mock_openai import MockConfig, build_app
+from bradax_cli.mock import state as mock_state
+from bradax_cli.mock.config import MockConfig
+from bradax_cli.mock.server import build_app
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 USER: Any = [{"role": "user", "content": "hello there"}]  # prompt_tokens = 3 + 4 + 2 = 9
@@ -609,7 +610,7 @@ async def test_seeded_random_rates_repeat(http: aiohttp.ClientSession) -> None:
 
 async def test_calls_list_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     """The calls list keeps only the newest MAX_CALLS entries while sums cover all calls."""
-    monkeypatch.setattr(mock_openai, "MAX_CALLS", 3)
+    monkeypatch.setattr(mock_state, "MAX_CALLS", 3)
     runner, url = await _start(build_app(MockConfig()))
     try:
         async with aiohttp.ClientSession(url) as http:
