@@ -1,9 +1,13 @@
 """Benchmark: the broker's added latency, throughput and CPU per request over the mock upstream.
 
-    python bench/run.py [--duration 10] [--concurrency 1,16,64] [--stream]
+    python bench/run.py [--duration 10] [--concurrency 1,16,64] [--server serve|image]
 
-It starts the mock upstream and the broker (`bradax serve`, one process pinned to one core,
-authentication + governance + ledger on), creates a project, then for each concurrency
+It starts the mock upstream and the broker, one process pinned to one core, authentication +
+governance + ledger on: `--server serve` (default) is `bradax serve`, every function's
+functions-framework app behind the path router, driven on the spec's invoke API with an
+access token; `--server image` is the llm_invoke image's own server (gunicorn + uvicorn
+worker over functions-framework, common.function_server), driven on /v1/chat/completions
+with the project's API key. It creates a project, then for each concurrency
 drives wrk first straight at the mock and then through the broker, and prints requests/s,
 p50/p99 latency, errors, the broker's added latency and its CPU time per request (from the
 process' own accounting, steadier than wall time on a shared machine). It prints figures;
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -57,17 +62,40 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (a gunicorn master and its workers)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found.extend(process_tree(int(child)))
+    return found
+
+
+def tree_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process tree."""
+    user = system = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            u, s = cpu_times(member)
+            user, system = user + u, system + s
+    return user, system
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process."""
-    return sum(cpu_times(pid))
+    """User + system CPU seconds of a process and its children."""
+    return sum(tree_times(pid))
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of a process and its children in MiB."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 @dataclass
@@ -199,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--broker-core", default="0")
+    parser.add_argument(
+        "--server",
+        choices=("serve", "image"),
+        default="serve",
+        help="bradax serve (every function) or the llm_invoke image's server",
+    )
     parser.add_argument("--load-core", default="1")
     parser.add_argument(
         "--profile",
@@ -246,15 +280,18 @@ def main(argv: list[str] | None = None) -> int:
         log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix="bradax-bench-", suffix=".log", delete=False
         )
+        if args.server == "serve":
+            command = ["-m", "bradax_cli.cli", "serve"]
+        else:
+            command = ["-m", "common.function_server", "--source"]
+            command += ["functions/llm_invoke/main.py", "--target", "llm_invoke"]
         broker = subprocess.Popen(
             [
                 "taskset",
                 "-c",
                 args.broker_core,
                 sys.executable,
-                "-m",
-                "bradax_cli.cli",
-                "serve",
+                *command,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -267,18 +304,24 @@ def main(argv: list[str] | None = None) -> int:
         )
         stack.callback(broker.terminate)
         base = f"http://127.0.0.1:{broker_port}"
-        wait_http(base + "/live")
         wait_http(f"http://127.0.0.1:{mock_port}/v1/models")
-        token = httpx2.post(
-            base + "/api/v1/auth/token", json={"project_id": "proj_bench", "api_key": key}
-        ).json()
-        access = token["access_token"]
-        auth = {"Authorization": f"Bearer {access}"}
+        if args.server == "serve":
+            wait_http(base + "/live")
+            token = httpx2.post(
+                base + "/api/v1/auth/token", json={"project_id": "proj_bench", "api_key": key}
+            ).json()
+            auth = {"Authorization": f"Bearer {token['access_token']}"}
+            path, body = "/api/v1/llm/invoke", BODY_SPEC
+        else:
+            wait_http(base + "/v1/models")
+            auth = {"Authorization": f"Bearer {key}"}
+            path, body = "/v1/chat/completions", BODY_OPENAI
         # Warm up both paths (pools, caches, JIT-less but import-heavy first calls).
-        wrk(base + "/api/v1/llm/invoke", BODY_SPEC, auth, 8, 3, args.load_core)
+        wrk(base + path, body, auth, 8, 3, args.load_core)
         rss_start = rss_mb(broker.pid)
         print(
-            f"broker pid {broker.pid} pinned to core {args.broker_core}; mock and wrk on core "
+            f"{args.server}: {path}; broker pid {broker.pid} pinned to core {args.broker_core}; "
+            "mock and wrk on core "
             f"{args.load_core}; {args.duration}s per run; log lines go to {log.name}"
         )
         print()
@@ -317,12 +360,10 @@ def main(argv: list[str] | None = None) -> int:
                     stderr=subprocess.DEVNULL,
                 )
             before = cpu_seconds(broker.pid)
-            sys_before = cpu_times(broker.pid)[1]
-            through = wrk(
-                base + "/api/v1/llm/invoke", BODY_SPEC, auth, level, args.duration, args.load_core
-            )
+            sys_before = tree_times(broker.pid)[1]
+            through = wrk(base + path, body, auth, level, args.duration, args.load_core)
             used = cpu_seconds(broker.pid) - before
-            system_share = (cpu_times(broker.pid)[1] - sys_before) / used if used else 0.0
+            system_share = (tree_times(broker.pid)[1] - sys_before) / used if used else 0.0
             if spy is not None:
                 spy.wait()
             through.cpu_ms_per_request = used * 1000 / max(1, through.requests)
