@@ -72,17 +72,7 @@ class Admitter:
             intent,
         )
         admission = await self._admit(request, plan, claim, created_ms)
-        ctx = Context(
-            plan.request_id,
-            plan.principal,
-            plan.project,
-            plan.call,
-            plan.chain,
-            month,
-            created_ms,
-            claim,
-            admission,
-        )
+        ctx = _context(plan, month, created_ms, claim, admission)
         ctx.prompt_bounds, ctx.completion_bound = prompt_bounds, completion_bound
         return ctx
 
@@ -91,17 +81,7 @@ class Admitter:
         created_ms = int(now * 1000)
         admission = await self._admit(request, plan, None, created_ms)
         month = budget_month(datetime.fromtimestamp(now, UTC))
-        return Context(
-            plan.request_id,
-            plan.principal,
-            plan.project,
-            plan.call,
-            plan.chain,
-            month,
-            created_ms,
-            None,
-            admission,
-        )
+        return _context(plan, month, created_ms, None, admission)
 
     async def _admit(
         self, request: Request, plan: Plan, claim: BudgetClaim | None, now_ms: int
@@ -154,6 +134,22 @@ class Admitter:
                 )
             )
         return limits
+
+
+def _context(
+    plan: Plan, month: str, created_ms: int, claim: BudgetClaim | None, admission: Admission
+) -> Context:
+    return Context(
+        plan.request_id,
+        plan.principal,
+        plan.project,
+        plan.call,
+        plan.chain,
+        month,
+        created_ms,
+        claim,
+        admission,
+    )
 
 
 def call_bounds(body: dict[str, Any], chain: list[Upstream]) -> tuple[dict[str, int], int]:
