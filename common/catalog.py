@@ -8,7 +8,6 @@ its cost could not be bounded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlencode
 
 from common.pricing import Price, PriceTable
 from common.settings import Settings
@@ -28,13 +27,6 @@ class Upstream:
     query: tuple[tuple[str, str], ...] = ()
     # the wire protocol the upstream speaks (a key of common.llm.DIALECTS)
     dialect: str = "openai"
-
-    @property
-    def url(self) -> str:
-        """The chat-completions endpoint."""
-        if self.query:
-            return f"{self.base_url}/chat/completions?{urlencode(self.query)}"
-        return f"{self.base_url}/chat/completions"
 
 
 class ModelCatalog:

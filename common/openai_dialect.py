@@ -9,6 +9,7 @@ and its `usage` is a claim (`common.bounds.read_usage`); an error body may name
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import urlencode
 
 import orjson
 
@@ -23,7 +24,9 @@ class OpenAIDialect:
 
     def url(self, upstream: Upstream) -> str:
         """`<base_url>/chat/completions`, with the route's query (Azure's api-version)."""
-        return upstream.url
+        if upstream.query:
+            return f"{upstream.base_url}/chat/completions?{urlencode(upstream.query)}"
+        return f"{upstream.base_url}/chat/completions"
 
     def headers(self, upstream: Upstream, request_id: str) -> dict[str, str]:
         """JSON, our request id, and the key as a bearer token or an Azure `api-key`."""
