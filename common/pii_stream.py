@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import orjson
 
-from common import pii
+from common import pii, pii_patterns
 from common.pii_normalize import normalise
 from common.pii_payload import screen
 
@@ -40,7 +40,7 @@ __all__ = ["HOLD", "StreamFilter"]
 # The longest finding that can be complete before its last characters are seen: 19 digits
 # with three-character separators between each (73), or an e-mail's local part and "@"
 # (65); plus the two characters a match looks past its end.
-HOLD = max(19 + 18 * 3, pii.EMAIL_LOCAL_MAX + 1) + 2
+HOLD = max(19 + 18 * 3, pii_patterns.EMAIL_LOCAL_MAX + 1) + 2
 # Text already relayed that is kept as left context ("RG", "CEP", a digit before).
 CONTEXT = 32
 _DOMAIN_TAIL = re.compile(r"[A-Za-z0-9.-]*\Z")
@@ -64,7 +64,7 @@ def _release_point(text: str) -> int:
     cut = len(norm) - HOLD
     at = norm.rfind("@", max(0, len(norm) - EMAIL_MAX))
     if at >= 0 and _DOMAIN_TAIL.match(norm, at + 1):
-        cut = min(cut, at - pii.EMAIL_LOCAL_MAX)  # an e-mail may still be growing
+        cut = min(cut, at - pii_patterns.EMAIL_LOCAL_MAX)  # an e-mail may still be growing
     if cut <= 0:
         return 0
     return normalised.position(cut)

@@ -11,10 +11,13 @@ import orjson
 import pytest
 from aiohttp import web
 
+from common.breaker import Breaker
+from common.catalog import ModelCatalog
 from common.errors import UpstreamBadResponse
-from common.llm import Breaker, ModelCatalog, UpstreamClient, backoff, retry_after_seconds
+from common.llm import UpstreamClient, backoff
 from common.pricing import PriceTable
 from common.settings import Settings
+from common.upstream_errors import retry_after_seconds
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

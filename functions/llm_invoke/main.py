@@ -10,9 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common import deps, services
+from common.catalog import ModelCatalog
 from common.http import Route
 from common.invoke import Invoker
-from common.llm import ModelCatalog, UpstreamClient
+from common.llm import UpstreamClient
 from common.openapi import Operation
 from common.pricing import PriceTable
 from common.runtime import function_app
