@@ -10,7 +10,6 @@ from common.ledger import Drainer, PendingSettles
 from common.projects import PolicyCache, ProjectStore
 from common.quota import Governor
 from common.sessions import FailureGate, SessionService
-from common.telemetry import Telemetry
 from common.tokens import TokenService
 
 tokens: deps.Lazy[TokenService] = deps.Lazy(lambda: TokenService(deps.settings()))
@@ -45,13 +44,6 @@ sessions: deps.Lazy[SessionService] = deps.Lazy(
 )
 failures: deps.Lazy[FailureGate] = deps.Lazy(
     lambda: FailureGate(deps.redis.get(), deps.settings())
-)
-telemetry: deps.Lazy[Telemetry] = deps.Lazy(
-    lambda: Telemetry(
-        deps.redis.get,
-        enabled=deps.settings().metrics_enabled,
-        pool_stats=lambda: deps.db.get().stats() if deps.db.built else {},
-    )
 )
 drainer: deps.Lazy[Drainer] = deps.Lazy(
     lambda: Drainer(

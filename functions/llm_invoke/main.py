@@ -29,7 +29,7 @@ INVOKE_ERRORS = (400, 401, 402, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504
 
 def _client() -> UpstreamClient:
     settings = deps.settings()
-    telemetry = services.telemetry.get()
+    telemetry = deps.telemetry.get()
     return UpstreamClient(
         settings,
         ModelCatalog(settings, PriceTable(settings)),
@@ -48,7 +48,7 @@ _invoker = deps.Lazy(
         governor=services.governor.get(),
         client=_upstream.get(),
         redis=deps.redis.get(),
-        telemetry=services.telemetry.get(),
+        telemetry=deps.telemetry.get(),
         drainer=services.drainer.get(),
         pending=services.pending_settles.get(),
         failures=services.failures.get(),

@@ -58,7 +58,7 @@ async def project_metrics(request: Request) -> Response:
 async def prometheus_text(request: Request) -> Response:
     _check_scrape_token(request.headers.get("authorization"))
     services.drainer.get().ensure_started()
-    await services.telemetry.get().flush()
+    await deps.telemetry.get().flush()
     month = budget_month(datetime.now(UTC))
     projects = await services.policies.get().all()
     live = await prometheus.live_budgets(deps.redis.get(), [p.id for p in projects], month)
