@@ -61,7 +61,7 @@ def _common(*names: str) -> frozenset[str]:
 
 SERVING = ("background", "db", "deps", "errors", "http", "logs", "openapi", "redis", "resp")
 SERVING += ("runtime", "settings", "telemetry")
-CREDENTIALS = ("apikeys", "audit", "auth", "bounds", "cache", "ledger", "projects", "quota")
+CREDENTIALS = ("apikeys", "audit", "auth", "bounds", "cache", "projects", "quota")
 CREDENTIALS += ("scopes", "services", "sessions", "tokens")
 DIETS: dict[str, Diet] = {
     # Checks PostgreSQL, Redis and the upstream: no tokens, no HTTP client library, no ledger.
@@ -69,15 +69,17 @@ DIETS: dict[str, Diet] = {
         forbidden=frozenset({"jwt", "cryptography", "aiohttp", "openai", "prometheus_client"}),
         common=_common(*SERVING, "health", "migrate", "schemas"),
     ),
-    # Issues tokens (jwt): talks to no upstream, renders no metrics.
+    # Issues tokens (jwt): talks to no upstream, renders no metrics, writes no usage.
     "auth_token": Diet(
-        forbidden=frozenset({"aiohttp", "openai", "prometheus_client", "common.llm"}),
+        forbidden=frozenset(
+            {"aiohttp", "openai", "prometheus_client", "common.llm", "common.ledger"}
+        ),
         common=_common(*SERVING, *CREDENTIALS, "schemas"),
     ),
     # Verifies tokens (jwt) and renders metrics: talks to no upstream.
     "metrics": Diet(
         forbidden=frozenset({"aiohttp", "openai", "common.llm", "common.invoke"}),
-        common=_common(*SERVING, *CREDENTIALS, "prometheus", "reports"),
+        common=_common(*SERVING, *CREDENTIALS, "ledger", "ledger_workers", "prometheus", "reports"),
     ),
     # The call pipeline: its common/ modules are being split, so only exclusions are pinned.
     "llm_invoke": Diet(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from common import deps, services
+from common import deps, ledger_workers, services
 from common.http import Route
 from common.invoke import Invoker
 from common.llm import ModelCatalog, UpstreamClient
@@ -49,8 +49,8 @@ _invoker = deps.Lazy(
         client=_upstream.get(),
         redis=deps.redis.get(),
         telemetry=deps.telemetry.get(),
-        drainer=services.drainer.get(),
-        pending=services.pending_settles.get(),
+        drainer=ledger_workers.drainer.get(),
+        pending=ledger_workers.pending_settles.get(),
         failures=services.failures.get(),
     )
 )
