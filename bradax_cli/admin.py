@@ -20,7 +20,7 @@ from bradax_cli.console import emit, run_async
 from bradax_cli.provision import Admin, AdminError
 from common.apikeys import KEY_PREFIX, parse_key
 from common.projects import ProjectFields
-from common.tokens import ALL_SCOPES
+from common.scopes import ALL_SCOPES
 
 INT32_MAX = 2**31 - 1
 MAX_GRACE_MINUTES = 30 * 24 * 60

@@ -29,8 +29,8 @@ from common.errors import BrokerError, ServiceUnavailable, StoreError, StoreUnsu
 from common.pricing import PriceTable
 from common.projects import ProjectFields, ProjectStore
 from common.redis import RedisStore
+from common.scopes import ALL_SCOPES
 from common.settings import Settings, load_settings
-from common.tokens import ALL_SCOPES
 
 ACTOR = "cli"
 DEMO_PROJECT = "proj_demo"

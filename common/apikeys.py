@@ -19,7 +19,7 @@ import asyncpg
 
 from common.db import Database
 from common.errors import BadRequest, NotFound, Unauthorized
-from common.tokens import ALL_SCOPES
+from common.scopes import ALL_SCOPES
 
 KEY_PREFIX = "bx"
 _KEY = re.compile(r"^bx_([0-9a-f]{16})_([A-Za-z0-9_-]{32,128})$")

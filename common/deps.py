@@ -1,4 +1,4 @@
-"""Lazy per-process singletons (pools, clients), built on first use, with a reset for tests.
+"""Lazy per-process singletons (pools, clients, the telemetry sink), built on first use.
 
 Functions-framework has no start-up hook, so nothing is opened at import: each `Lazy`
 builds its object the first time a request needs it. `configure(settings)` swaps the
@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 from common.db import Database
 from common.redis import RedisStore
 from common.settings import Settings, clear_settings_cache, get_settings
+from common.telemetry import Telemetry
 
 T = TypeVar("T")
 
@@ -53,6 +54,15 @@ def settings() -> Settings:
 
 db: Lazy[Database] = Lazy(lambda: Database(settings()))
 redis: Lazy[RedisStore] = Lazy(lambda: RedisStore(settings()))
+# Every function counts requests, so the sink lives here rather than among the services
+# (whose imports, jwt and the ledger among them, not every function needs).
+telemetry: Lazy[Telemetry] = Lazy(
+    lambda: Telemetry(
+        redis.get,
+        enabled=settings().metrics_enabled,
+        pool_stats=lambda: db.get().stats() if db.built else {},
+    )
+)
 
 
 def configure(new: Settings | None) -> None:

@@ -2,18 +2,23 @@
 
 Each check has its own short timeout (about 1 s), so a hung Redis or PostgreSQL never hangs
 a probe. The upstream is checked without spending money (GET /models), cached briefly;
-a missing OPENAI_API_KEY reads "not_configured".
+a missing OPENAI_API_KEY reads "not_configured". The probe is a plain HTTP/1.1 GET over
+asyncio streams (stdlib), so the health function loads no HTTP client library: it reads the
+status line only (at most STATUS_LINE_LIMIT bytes), never follows a redirect and is
+cancelled whole by its timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from common import migrate
 from common.db import Database
@@ -22,6 +27,9 @@ from common.redis import RedisStore
 from common.settings import Settings
 
 HEALTHY, DEGRADED, UNHEALTHY, NOT_CONFIGURED = "healthy", "degraded", "unhealthy", "not_configured"
+# The most of an upstream's answer the probe reads: its status line.
+STATUS_LINE_LIMIT = 8192
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9]{2})(?: |\r?\n)")
 
 
 @dataclass
@@ -85,19 +93,54 @@ class UpstreamProbe:
         key = self._settings.openai_api_key
         assert key is not None
         headers = {"Authorization": f"Bearer {key.get_secret_value()}"}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(
-                f"{self._settings.openai_base_url}/models",
-                headers=headers,
-                allow_redirects=False,  # our key never follows a redirect to another origin
-            ) as reply,
-        ):
-            if reply.status != 200:
-                raise UpstreamStatusError(reply.status)
-            async for _ in reply.content.iter_any():
-                pass  # drained, never buffered: only the status matters
+        # A 3xx is an error like any other: our key never follows a redirect to another origin.
+        status = await http_get_status(f"{self._settings.openai_base_url}/models", headers)
+        if status != 200:
+            raise UpstreamStatusError(status)
         return {}
+
+
+async def http_get_status(url: str, headers: Mapping[str, str]) -> int:
+    """The status an http(s) GET of `url` answers, reading nothing past the status line.
+
+    Raises OSError (connection, TLS) or MalformedAnswer (not an HTTP/1.x status line, or one
+    longer than STATUS_LINE_LIMIT); ValueError for a header that would split the request.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    fields = {"Host": parts.netloc.rpartition("@")[2], **headers}
+    if any(c in text for item in fields.items() for text in item for c in "\r\n\0"):
+        raise ValueError("header with a line break")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    request = "".join([f"GET {target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in fields.items())])
+    request += "Accept: application/json\r\nConnection: close\r\n\r\n"
+    tls = ssl.create_default_context() if parts.scheme == "https" else None
+    reader, writer = await asyncio.open_connection(
+        parts.hostname,
+        parts.port or (443 if tls else 80),
+        ssl=tls,
+        limit=STATUS_LINE_LIMIT,
+    )
+    try:
+        writer.write(request.encode("latin-1"))
+        await writer.drain()
+        try:
+            line = await reader.readline()
+        except ValueError as exc:  # over the limit before a line end
+            raise MalformedAnswer("status line too long") from exc
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    match = _STATUS_LINE.match(line)
+    if match is None:
+        raise MalformedAnswer("not an HTTP/1.x status line")
+    return int(match.group(1))
+
+
+class MalformedAnswer(Exception):
+    """The upstream's answer does not start with an HTTP/1.x status line."""
 
 
 class UpstreamStatusError(Exception):

@@ -28,10 +28,8 @@ def function_app(
         print(f"bradax {name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logs(settings.log_level)
-    from common import services
-
     app = make_function(
-        name, routes, telemetry=services.telemetry.get, on_first_request=_freeze_startup
+        name, routes, telemetry=deps.telemetry.get, on_first_request=_freeze_startup
     )
     if openapi_path is not None:
         app.serve_openapi(openapi_path)

@@ -1,4 +1,7 @@
-"""The shared services every function builds lazily from `deps` (one instance per process)."""
+"""The shared services the functions build lazily from `deps` (one instance per process).
+
+The ledger's workers are in common/ledger_workers.py, for the functions that write usage.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,9 @@ from common import deps
 from common.apikeys import ApiKeyStore
 from common.audit import AuditTrail
 from common.auth import Authenticator
-from common.ledger import Drainer, PendingSettles
 from common.projects import PolicyCache, ProjectStore
 from common.quota import Governor
 from common.sessions import FailureGate, SessionService
-from common.telemetry import Telemetry
 from common.tokens import TokenService
 
 tokens: deps.Lazy[TokenService] = deps.Lazy(lambda: TokenService(deps.settings()))
@@ -43,24 +44,4 @@ sessions: deps.Lazy[SessionService] = deps.Lazy(
         deps.settings(), deps.db.get(), deps.redis.get(), tokens.get(), audit.get()
     )
 )
-failures: deps.Lazy[FailureGate] = deps.Lazy(
-    lambda: FailureGate(deps.redis.get(), deps.settings())
-)
-telemetry: deps.Lazy[Telemetry] = deps.Lazy(
-    lambda: Telemetry(
-        deps.redis.get,
-        enabled=deps.settings().metrics_enabled,
-        pool_stats=lambda: deps.db.get().stats() if deps.db.built else {},
-    )
-)
-drainer: deps.Lazy[Drainer] = deps.Lazy(
-    lambda: Drainer(
-        deps.redis.get(),
-        deps.db.get(),
-        audit_enabled=deps.settings().audit_logging_enabled,
-        reconcile=governor.get().reconcile,
-    )
-)
-pending_settles: deps.Lazy[PendingSettles] = deps.Lazy(
-    lambda: PendingSettles(deps.db.get(), audit_enabled=deps.settings().audit_logging_enabled)
-)
+failures: deps.Lazy[FailureGate] = deps.Lazy(lambda: FailureGate(deps.redis.get(), deps.settings()))

@@ -21,7 +21,6 @@ from common.errors import Unauthorized
 from common.settings import ConfigError, Settings
 
 TokenType = Literal["access", "refresh"]
-ALL_SCOPES = ("invoke_llm", "read_metrics")
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ from common import deps
 from common.apikeys import ApiKeyStore
 from common.db import Database
 from common.projects import ProjectFields, ProjectStore
+from common.scopes import ALL_SCOPES
 from common.settings import Settings
-from common.tokens import ALL_SCOPES, TokenService
+from common.tokens import TokenService
 
 TOKEN = "/api/v1/auth/token"
 REFRESH = "/api/v1/auth/refresh"

@@ -308,7 +308,7 @@ async def test_soft_threshold_is_counted_once_a_month(
     tenant = await login(http, await create_tenant(upstream, budget_monthly_usd="0.0001"))
     codes = [(await call(http, tenant, max_tokens=12)).status_code for _ in range(20)]
     assert codes == [200] * 16 + [402] * 4
-    telemetry = services.telemetry.get()
+    telemetry = deps.telemetry.get()
     await telemetry.flush()
     crossings = await deps.redis.get().call(
         "HGET", "bx:m:counters", f"budget_soft_threshold_total|project={tenant.project_id}"

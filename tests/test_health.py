@@ -13,6 +13,7 @@ import httpx2
 import pytest
 
 from common import deps, migrate
+from common.health import UpstreamProbe, http_get_status
 from common.settings import Settings
 from tests.conftest import make_settings
 
@@ -198,3 +199,98 @@ async def test_concurrent_probes_do_not_pile_up(client: httpx2.AsyncClient) -> N
     """Twenty concurrent /health probes all answer."""
     replies = await asyncio.gather(*(client.get("/health") for _ in range(20)))
     assert {r.status_code for r in replies} == {200}
+
+
+# -- the upstream probe's HTTP GET, against small real servers ----------------------------------
+
+
+async def _serve(answer: bytes | None, seen: list[bytes] | None = None) -> asyncio.Server:
+    """A TCP server on 127.0.0.1 that reads the request head, then writes `answer` and keeps
+    writing body bytes until the client leaves (None: never answers at all)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if seen is not None:
+            seen.append(head)
+        try:
+            if answer is None:
+                await reader.read()  # until the client gives up and closes
+                return
+            writer.write(answer)
+            while True:  # an endless body: the probe must not read it
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def _url(server: asyncio.Server) -> str:
+    return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+
+
+def _upstream_probe(base_url: str) -> UpstreamProbe:
+    return UpstreamProbe(Settings(openai_api_key="sk-probe", openai_base_url=base_url))
+
+
+async def test_probe_sends_the_key_to_models_and_reads_only_the_status_line() -> None:
+    """The probe GETs {base}/models with the bearer key and is healthy on a 200 whose body
+    never ends (it reads nothing past the status line)."""
+    seen: list[bytes] = []
+    server = await _serve(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n", seen)
+    async with server:
+        check = await _upstream_probe(_url(server)).check(2.0)
+    assert check.status == "healthy", check.error
+    assert seen[0].startswith(b"GET /v1/models HTTP/1.1\r\n")
+    assert b"\r\nAuthorization: Bearer sk-probe\r\n" in seen[0]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"HTTP/1.1 503 Service Unavailable\r\n\r\n", "UpstreamStatusError"),
+        (
+            b"HTTP/1.1 301 Moved\r\nLocation: http://elsewhere.invalid/\r\n\r\n",
+            "UpstreamStatusError",
+        ),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "MalformedAnswer"),
+        (b"HTTP/1.1 200 " + b"O" * 20000, "MalformedAnswer"),
+    ],
+)
+async def test_probe_is_unhealthy_on_an_error_redirect_or_foreign_answer(
+    answer: bytes, error: str
+) -> None:
+    """An error status, a redirect (never followed), a non-HTTP answer or a status line over
+    the read limit make the upstream unhealthy, named by the error's class."""
+    server = await _serve(answer)
+    async with server:
+        check = await _upstream_probe(_url(server)).check(2.0)
+    assert check.status == "unhealthy"
+    assert check.error is not None
+    assert error in check.error
+
+
+async def test_probe_of_a_silent_upstream_ends_at_its_timeout() -> None:
+    """An upstream that accepts the connection and never answers is unhealthy at the timeout."""
+    server = await _serve(None)
+    async with server:
+        started = time.monotonic()
+        check = await _upstream_probe(_url(server)).check(0.3)
+        elapsed = time.monotonic() - started
+    assert check.status == "unhealthy"
+    assert check.error is not None
+    assert "did not answer within 0.3s" in check.error
+    assert elapsed < 1.5
+
+
+async def test_probe_refuses_a_header_that_would_split_the_request() -> None:
+    """A key holding a line break is never written to the wire."""
+    seen: list[bytes] = []
+    server = await _serve(b"HTTP/1.1 200 OK\r\n\r\n", seen)
+    async with server:
+        with pytest.raises(ValueError, match="line break"):
+            await http_get_status(_url(server) + "/models", {"Authorization": "a\r\nX-Evil: 1"})
+    assert seen == []

@@ -43,6 +43,7 @@ SERVER = {"functions-framework", "uvicorn", "uvloop", "httptools"}
 # Loaded when installed, but guarded by try/except ImportError where they are imported.
 OPTIONAL = {
     "botocore",  # aws_lambda_powertools.shared.user_agent (patches boto's user agent if present)
+    "cryptography",  # redis.utils (only notes whether it is installed, for OCSP checks)
     "sniffio",  # anyio._core._eventloop (detects the running async library if present)
 }
 # Interpreter artefacts of compiled extensions, not importable packages of their own.
@@ -197,10 +198,10 @@ def test_prometheus_client_is_loaded_by_metrics_only(closures: dict[str, Closure
 
 
 def test_aiohttp_is_loaded_exactly_where_declared(closures: dict[str, Closure]) -> None:
-    """aiohttp is loaded by llm_invoke and health, the two that declare it, and no other."""
+    """aiohttp is loaded by llm_invoke, the one function that declares it, and no other."""
     loaded = {name for name in FUNCTIONS if "aiohttp" in closures[name].tops}
     declared = {name for name in FUNCTIONS if "aiohttp" in _declared(name)}
-    assert loaded == declared == {"health", "llm_invoke"}
+    assert loaded == declared == {"llm_invoke"}
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -226,11 +227,13 @@ def test_requirements_list_the_direct_imports_and_nothing_else(
 
 
 def test_requirement_closures_keep_optional_packages_out() -> None:
-    """openai is installed by no function; prometheus-client only by metrics; aiohttp by two."""
+    """openai is installed by no function; prometheus-client only by metrics; aiohttp only by
+    llm_invoke; the health function installs neither pyjwt nor cryptography."""
     installs = {name: _closure(_function_requirements(name)) for name in FUNCTIONS}
     assert {name for name, dists in installs.items() if "openai" in dists} == set()
     assert {name for name, d in installs.items() if "prometheus-client" in d} == {"metrics"}
-    assert {name for name, d in installs.items() if "aiohttp" in d} == {"health", "llm_invoke"}
+    assert {name for name, d in installs.items() if "aiohttp" in d} == {"llm_invoke"}
+    assert {"pyjwt", "cryptography"} & installs["health"] == set()
 
 
 def test_requirement_specifiers_match_pyproject() -> None:

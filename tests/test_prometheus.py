@@ -446,7 +446,7 @@ async def test_active_connections_counts_requests_in_flight(
         http.post(INVOKE, json={"model": "gpt-4.1-nano", "messages": MESSAGES}, headers=tenant.auth)
     )
     for _ in range(100):  # until the call is in flight
-        if services.telemetry.get().active:
+        if deps.telemetry.get().active:
             break
         await asyncio.sleep(0.01)
     during, _ = parse((await http.get("/prometheus")).text)
@@ -512,7 +512,7 @@ async def seeded_scrape(http: httpx2.AsyncClient, settings: Settings) -> str:
     finally:
         await redis.close()
     assert (await http.get("/live")).status_code == 200
-    await services.telemetry.get().flush()  # the probe above feeds the histogram
+    await deps.telemetry.get().flush()  # the probe above feeds the histogram
     reply = await http.get("/prometheus")
     assert reply.status_code == 200
     return reply.text

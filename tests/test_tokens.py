@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
 from common.errors import Unauthorized
+from common.scopes import ALL_SCOPES
 from common.settings import ConfigError, Settings, load_settings
-from common.tokens import ALL_SCOPES, TokenService
+from common.tokens import TokenService
 
 NOW = 1_750_000_000
 DB = "postgresql://postgres@127.0.0.1:9/unused"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from common import deps, services
+from common import deps, ledger_workers, services
 from common.catalog import ModelCatalog
 from common.http import Route
 from common.invoke import Invoker
@@ -30,7 +30,7 @@ INVOKE_ERRORS = (400, 401, 402, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504
 
 def _client() -> UpstreamClient:
     settings = deps.settings()
-    telemetry = services.telemetry.get()
+    telemetry = deps.telemetry.get()
     return UpstreamClient(
         settings,
         ModelCatalog(settings, PriceTable(settings)),
@@ -49,9 +49,9 @@ _invoker = deps.Lazy(
         governor=services.governor.get(),
         client=_upstream.get(),
         redis=deps.redis.get(),
-        telemetry=services.telemetry.get(),
-        drainer=services.drainer.get(),
-        pending=services.pending_settles.get(),
+        telemetry=deps.telemetry.get(),
+        drainer=ledger_workers.drainer.get(),
+        pending=ledger_workers.pending_settles.get(),
         failures=services.failures.get(),
         audit=services.audit.get(),
     )

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import Response
 
-from common import deps, prometheus, reports, services
+from common import deps, ledger_workers, prometheus, reports, services
 from common.auth import bearer
 from common.errors import ProjectSuspended, Unauthorized
 from common.http import JSONResponse, Route
@@ -44,7 +44,7 @@ async def project_metrics(request: Request) -> Response:
         raise ProjectSuspended(f"project {project.id} is suspended")
     now = datetime.now(UTC)
     start, end = reports.window(dict(request.query_params), now)
-    services.drainer.get().ensure_started()
+    ledger_workers.drainer.get().ensure_started()
     async with _catch_up_lock:
         await _catch_up.get().drain_once()
     month = budget_month(now)
@@ -57,8 +57,8 @@ async def project_metrics(request: Request) -> Response:
 
 async def prometheus_text(request: Request) -> Response:
     _check_scrape_token(request.headers.get("authorization"))
-    services.drainer.get().ensure_started()
-    await services.telemetry.get().flush()
+    ledger_workers.drainer.get().ensure_started()
+    await deps.telemetry.get().flush()
     month = budget_month(datetime.now(UTC))
     projects = await services.policies.get().all()
     live = await prometheus.live_budgets(deps.redis.get(), [p.id for p in projects], month)
