@@ -224,6 +224,8 @@ class UpstreamError(BrokerError):
     status = 502
     code = "upstream_error"
     openai_type = "api_error"
+    # True when the upstream may have run (and billed) the call: charged at its bound.
+    upstream_billed = False
 
 
 class UpstreamBadResponse(UpstreamError):

@@ -126,8 +126,11 @@ class UpstreamClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # Idle connections close before common servers' own idle timeouts (15 s and up),
+            # so a pooled connection is not reused just as the server drops it: a connection
+            # lost after the request went out is not retried (it may have been billed).
             connector = aiohttp.TCPConnector(
-                limit=0, ttl_dns_cache=300, keepalive_timeout=30, enable_cleanup_closed=True
+                limit=0, ttl_dns_cache=300, keepalive_timeout=10, enable_cleanup_closed=True
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -94,6 +94,10 @@ class Failure:
     message: str = ""
     timeout: bool = False
     reached: bool = False
+    # The connection broke after the request went out: the upstream may have run (and
+    # billed) it, so it is not retried (one reservation covers one billed call) and the
+    # call is charged at its bound.
+    maybe_billed: bool = False
     # the upstream's error code / type, kept only when they are SAFE_ERROR_TOKENS
     code: str | None = None
 
@@ -110,6 +114,8 @@ class Failure:
     @property
     def retryable(self) -> bool:
         """May the call try again (the same upstream after a backoff, or a fallback)?"""
+        if self.maybe_billed:
+            return False
         return self.status is None or self.status in RETRY_STATUSES
 
 
@@ -154,7 +160,15 @@ def transport_failure(exc: BaseException) -> Failure:
     """One of TRANSPORT_ERRORS as a Failure; a timeout is marked as one."""
     if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
         return Failure(None, None, "upstream timed out", timeout=True, reached=True)
-    return Failure(None, None, f"upstream unreachable ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):  # nothing sent
+        return Failure(None, None, f"upstream unreachable ({type(exc).__name__})")
+    return Failure(
+        None,
+        None,
+        f"upstream connection lost ({type(exc).__name__})",
+        reached=True,
+        maybe_billed=True,
+    )
 
 
 def echo_probe(upstream: Upstream) -> bytes | None:
@@ -219,4 +233,7 @@ def final_error(failure: Failure, attempts: int, timed_out: bool = False) -> Bro
         )
     if status is not None:
         return UpstreamError(f"upstream returned {status} ({tries}){said}", details=details)
-    return UpstreamError(f"{failure.message or 'upstream failed'} ({tries})")
+    error = UpstreamError(f"{failure.message or 'upstream failed'} ({tries})")
+    if failure.maybe_billed:
+        error.upstream_billed = True  # charged at its bound
+    return error

@@ -35,20 +35,27 @@ def test_answered_reads_retry_after() -> None:
 
 
 @pytest.mark.parametrize(
-    ("exc", "timeout"),
+    ("exc", "timeout", "maybe_billed"),
     [
-        (TimeoutError(), True),
-        (aiohttp.ServerTimeoutError(), True),
-        (aiohttp.ClientConnectionError(), False),
-        (ConnectionRefusedError(), False),
+        (TimeoutError(), True, False),
+        (aiohttp.ServerTimeoutError(), True, False),
+        (ConnectionRefusedError(), False, False),
+        (aiohttp.ServerDisconnectedError(), False, True),
+        (aiohttp.ClientPayloadError(), False, True),
+        (aiohttp.ClientConnectionError(), False, True),
     ],
 )
-def test_transport_failures_blame_the_upstream(exc: BaseException, timeout: bool) -> None:
-    """Timeouts and connection errors are retryable failures that count against the breaker."""
+def test_transport_failures_blame_the_upstream(
+    exc: BaseException, timeout: bool, maybe_billed: bool
+) -> None:
+    """Timeouts and connection errors count against the breaker; a connection lost after the
+    request went out may have been billed, so it is not retried (and is charged), while one
+    that never connected is retried."""
     failure = transport_failure(exc)
     assert failure.timeout is timeout
     assert failure.blames_upstream
-    assert failure.retryable
+    assert failure.maybe_billed is maybe_billed
+    assert failure.retryable is not maybe_billed
     assert failure.status is None
 
 

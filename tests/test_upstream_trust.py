@@ -209,6 +209,38 @@ async def test_malformed_200_is_not_retried_and_is_charged_at_its_bound(
     assert _reserved(current, tenant.project_id) == 0
 
 
+async def test_connection_lost_after_the_request_is_not_retried_and_is_charged(
+    configure: Any, mock: MockUpstream, tenant_http: Any
+) -> None:
+    """A connection the upstream drops after reading the request (it may have run and billed
+    it) is a 502 after exactly one call even with retries configured, charged at the call's
+    bound, never at $0; a refused connection (nothing sent) costs nothing."""
+    http, tenant_for = tenant_http
+    current = configure(openai_api_key=KEY, openai_base_url=mock.url, openai_max_retries=3)
+    tenant = await tenant_for(current)
+    mock.enqueue({"cut_after_chunks": 0})
+    status, _, text = await _call(http, tenant, "openai", False)
+    assert status == 502, text
+    assert "connection lost" in text
+    stats = mock.stats()
+    assert stats["requests"] == 1
+    assert stats["by_outcome"] == {"cut": 1}
+    [row] = await ledger_rows(current)
+    assert (row["status"], row["http_status"]) == ("upstream_error", 502)
+    assert row["completion_tokens"] == 5  # the call's max_tokens: its bound
+    assert row["prompt_tokens"] >= stats["prompt_tokens"]
+    assert row["cost_usd"] > 0
+    assert _reserved(current, tenant.project_id) == 0
+
+    refused = configure(
+        openai_api_key=KEY, openai_base_url="http://127.0.0.1:9/v1", openai_max_retries=0
+    )
+    status, _, text = await _call(http, tenant, "openai", False)
+    assert status == 502, text
+    rows = await ledger_rows(refused)
+    assert [(r["status"], r["cost_usd"]) for r in rows][-1] == ("upstream_error", 0)
+
+
 async def test_oversize_answer_is_a_metered_502(
     configure: Any, mock: MockUpstream, tenant_http: Any
 ) -> None:
