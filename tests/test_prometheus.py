@@ -27,7 +27,7 @@ from common.prometheus import Snapshot
 from common.quota import budget_month
 from common.redis import RedisStore
 from common.settings import Settings
-from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, METHODS
+from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, HISTOGRAMS, METHODS
 from tests.conftest import (
     MockUpstream,
     Process,
@@ -423,6 +423,13 @@ async def test_labels_stay_bounded(broker: Any) -> None:
     assert labels["method"] == {"POST", "GET", "other"}
     assert labels["method"] <= METHODS | {"other"}
     assert labels["model"] == {"gpt-4.1-nano"}
+    # The GenAI conventions' labels: models the catalog serves, a fixed operation and types.
+    assert labels["gen_ai_request_model"] == labels["gen_ai_response_model"] == {"gpt-4.1-nano"}
+    assert labels["gen_ai_operation_name"] == {"chat"}
+    assert labels["gen_ai_provider_name"] == {"openai"}
+    assert labels["gen_ai_token_type"] == {"input", "output"}
+    assert labels["error_type"] == {""}
+    assert labels["api"] == {"invoke"}
     assert set(labels) == {
         "method",
         "endpoint",
@@ -432,6 +439,13 @@ async def test_labels_stay_bounded(broker: Any) -> None:
         "kind",
         "state",
         "project",
+        "gen_ai_operation_name",
+        "gen_ai_provider_name",
+        "gen_ai_request_model",
+        "gen_ai_response_model",
+        "gen_ai_token_type",
+        "error_type",
+        "api",
     }
 
 
@@ -509,6 +523,11 @@ async def seeded_scrape(http: httpx2.AsyncClient, settings: Settings) -> str:
         for key, (_, _, labels) in prometheus.SIMPLE_COUNTERS.items():
             await redis.call("HINCRBY", COUNTERS, field(key, **{n: "x" for n in labels}), 1)
         await redis.call("HINCRBY", COUNTERS, field("openai_cost_nano_total", model="m"), 5)
+        for key, (_, _, labels) in prometheus.OBSERVED.items():
+            series = {n: "x" for n in labels}
+            bucket = field(f"{key}_bucket", **series, le=repr(HISTOGRAMS[key].buckets[0]))
+            for name in (bucket, field(f"{key}_count", **series), field(f"{key}_sum", **series)):
+                await redis.call("HINCRBY", COUNTERS, name, 1)
     finally:
         await redis.close()
     assert (await http.get("/live")).status_code == 200
@@ -556,7 +575,7 @@ async def test_dashboard_queries_what_the_broker_exposes(broker: Any) -> None:
         assert expr.count("(") == expr.count(")"), title
         assert expr.count("{") == expr.count("}"), title
         assert expr.count("[") == expr.count("]"), title
-        metrics = set(re.findall(r"\bbradax_\w+", expr))
+        metrics = set(re.findall(r"\b(?:bradax|gen_ai_client|gen_ai_server)_\w+", expr))
         assert metrics, title
         assert metrics <= set(names), (title, metrics - set(names))
         charted |= metrics
