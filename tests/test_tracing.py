@@ -12,7 +12,7 @@ import gzip
 import secrets
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx2
@@ -24,8 +24,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from common import deps
+from common import deps, tracing_sdk
 from common.logs import mask_project
 from common.redis import RedisStore
 from common.settings import Settings
@@ -304,4 +306,61 @@ async def test_a_dead_collector_costs_dropped_spans_only(
     finally:
         await redis.close()
     assert int(dropped) == len(STEPS) + 1  # the first call's spans: one server span, its steps
+    await http.aclose()
+
+
+class StuckExporter(SpanExporter):
+    """A collector that takes the first batch and then hangs until released."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.entered.set()
+        self.release.wait(10)
+        return SpanExportResult.SUCCESS
+
+
+def test_a_full_export_queue_drops_and_counts_spans() -> None:
+    """While the collector hangs, spans past the queue's capacity are dropped and counted."""
+    drops = tracing_sdk.Drops()
+    exporter = StuckExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(tracing_sdk.CountingProcessor(exporter, drops, max_queue_size=2))
+    tracer = provider.get_tracer("test")
+    try:
+        for _ in range(2):  # a full batch: the export thread takes it and hangs
+            tracer.start_span("taken").end()
+        assert exporter.entered.wait(10)
+        for _ in range(5):  # two fit in the queue, three do not
+            tracer.start_span("queued").end()
+        assert drops.take() == {"queue_full": 3}
+        assert drops.take() == {}
+    finally:
+        exporter.release.set()
+        provider.shutdown()
+
+
+async def test_a_zero_ratio_sampler_exports_nothing_but_still_propagates(
+    settings: Settings, configure: Any, mock: MockUpstream, router: Any, collector: Collector
+) -> None:
+    """OTEL_TRACES_SAMPLER=traceidratio with arg 0 records no span; the upstream still gets
+    the caller's trace id, marked not sampled."""
+    http, tenant, _ = await traced_broker(
+        configure,
+        mock,
+        router,
+        otel_exporter_otlp_endpoint=collector.url,
+        otel_traces_sampler="traceidratio",
+        otel_traces_sampler_arg=0.0,
+    )
+    trace_id = secrets.token_hex(16)
+    headers = {**tenant.key_auth, "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    assert (await http.post(CHAT, json=body(), headers=headers)).status_code == 200
+    await flush()
+    assert collector.spans == []
+    sent = httpx2.get(mock.root + "/_mock/last_headers").json()
+    assert sent["traceparent"].startswith(f"00-{trace_id}-")
+    assert sent["traceparent"].endswith("-00")
     await http.aclose()
