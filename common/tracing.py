@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 OVERHEAD_HEADER = "X-Bradax-Overhead-Ms"
 OPERATION = "chat"
+SHUTDOWN_SECONDS = 5.0
 _NO_HEADERS: Mapping[str, str] = {}
 _NULL: contextlib.nullcontext[None] = contextlib.nullcontext()
 
@@ -93,12 +94,14 @@ class Tracing:
         return self.drops.take()
 
     async def aclose(self) -> None:
-        """Export what is queued (within the exporter's timeout) and stop the export thread."""
+        """Export what is queued and stop the export thread; a collector that does not answer
+        within SHUTDOWN_SECONDS does not hold the process' shutdown (those spans are lost)."""
         import asyncio
 
         if self.provider is not None:
             provider, self.provider = self.provider, None
-            await asyncio.to_thread(provider.shutdown)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(provider.shutdown), SHUTDOWN_SECONDS)
 
 
 current: contextvars.ContextVar[CallTrace | None] = contextvars.ContextVar(

@@ -364,3 +364,20 @@ async def test_a_zero_ratio_sampler_exports_nothing_but_still_propagates(
     assert sent["traceparent"].startswith(f"00-{trace_id}-")
     assert sent["traceparent"].endswith("-00")
     await http.aclose()
+
+
+async def test_shutdown_exports_what_is_queued(
+    settings: Settings, configure: Any, mock: MockUpstream, router: Any, collector: Collector
+) -> None:
+    """Closing the function's dependencies exports the spans still queued and stops the
+    export thread."""
+    http, tenant, _ = await traced_broker(
+        configure, mock, router, otel_exporter_otlp_endpoint=collector.url
+    )
+    assert (await http.post(CHAT, json=body(), headers=tenant.key_auth)).status_code == 200
+    assert collector.spans == []  # the export thread waits for its schedule (5 s)
+    before = span_threads()
+    await deps.aclose()
+    assert len(collector.spans) == len(STEPS) + 1
+    assert span_threads() == before - 1
+    await http.aclose()
