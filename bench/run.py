@@ -1,6 +1,6 @@
 """Benchmark: the broker's added latency, throughput and CPU per request over the mock upstream.
 
-    python bench/run.py [--duration 10] [--concurrency 1,16,64] [--server serve|image]
+    python bench/run.py [--duration 10] [--concurrency 1,16,64] [--server serve|image] [--trace]
 
 It starts the mock upstream and the broker, one process pinned to one core, authentication +
 governance + ledger on: `--server serve` (default) is `bradax serve`, every function's
@@ -12,7 +12,9 @@ drives wrk first straight at the mock and then through the broker, and prints re
 p50/p99 latency, errors, the broker's added latency and its CPU time per request (from the
 process' own accounting, steadier than wall time on a shared machine). It prints figures;
 it asserts nothing. PostgreSQL and Redis come from DATABASE_URL / REDIS_URL, else the local
-defaults, else embedded servers. Needs `wrk` on PATH.
+defaults, else embedded servers. Needs `wrk` on PATH. `--trace` turns tracing on (sampling
+1.0), exporting by OTLP/HTTP to a sink in this process that accepts and discards the spans
+(their count is printed), so the CPU figure includes building and exporting every span.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx2
@@ -175,6 +179,24 @@ def wrk(
     return Run(requests, micros / 1e6, p50 / 1000, p99 / 1000, errors)
 
 
+class TraceSink(BaseHTTPRequestHandler):
+    """Accepts OTLP/HTTP exports and discards them (counting the bytes received)."""
+
+    received = 0
+
+    def do_POST(self) -> None:
+        size = int(self.headers.get("Content-Length", "0"))
+        self.rfile.read(size)
+        TraceSink.received += size
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
 def wait_http(url: str, timeout: float = 30) -> None:
     """Wait until GET url answers."""
     deadline = time.monotonic() + timeout
@@ -235,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--load-core", default="1")
     parser.add_argument(
+        "--trace", action="store_true", help="traces on, exported to a sink in this process"
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="record a py-spy profile of the broker at the highest concurrency",
@@ -276,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
                 "WORKERS": "1",
             }
         )
+        if args.trace:
+            sink = ThreadingHTTPServer(("127.0.0.1", 0), TraceSink)
+            threading.Thread(target=sink.serve_forever, daemon=True).start()
+            stack.callback(sink.shutdown)
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink.server_port}"
+            env["OTEL_TRACES_SAMPLER"] = "always_on"
+        else:
+            env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+            env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
         key = asyncio.run(_setup_project(env))
         log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix="bradax-bench-", suffix=".log", delete=False
@@ -322,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{args.server}: {path}; broker pid {broker.pid} pinned to core {args.broker_core}; "
             "mock and wrk on core "
-            f"{args.load_core}; {args.duration}s per run; log lines go to {log.name}"
+            f"{args.load_core}; {args.duration}s per run; log lines go to {log.name}; "
+            f"traces {'on (sampled 1.0)' if args.trace else 'off'}"
         )
         print()
         header = (
@@ -378,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"broker RSS: {rss_start:.1f} MiB after warm-up, {rss_mb(broker.pid):.1f} MiB at end")
         ledger = asyncio.run(_ledger_count(env))
         print(f"ledger rows for proj_bench: {ledger}")
+        if args.trace:
+            print(f"OTLP bytes received by the sink: {TraceSink.received}")
     return 0
 
 

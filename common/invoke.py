@@ -44,6 +44,7 @@ from common.redis import RedisStore
 from common.sessions import FailureGate
 from common.settings import Settings
 from common.telemetry import Telemetry
+from common.tracing import OVERHEAD_HEADER, CallTrace, Tracing, current, error_type, step
 
 
 class Invoker:
@@ -63,6 +64,7 @@ class Invoker:
         pending: PendingSettles,
         failures: FailureGate,
         audit: AuditTrail,
+        tracing: Tracing | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -81,16 +83,49 @@ class Invoker:
         self.settler = Settler(settings, governor, telemetry, pending)
         self.upstream = UpstreamStep(client, self.settler)
         self.refusals = Refusals(audit, redis)
+        self.tracing = tracing or Tracing.off()
 
     async def handle(self, request: Request, api: Api) -> Response:
-        """Serve one chat call of the `api` face."""
+        """Serve one chat call of the `api` face: every answer, refusals included, says what
+        the broker itself took (X-Bradax-Overhead-Ms); the call is one trace when traced."""
+        trace = CallTrace(
+            self.tracing,
+            self.telemetry,
+            api,
+            request.method,
+            request.scope["path"],
+            request.headers,
+            request.state.request_id,
+        )
+        token = current.set(trace)
+        try:
+            response = await self._handle(request, api, trace)
+        except BrokerError as exc:
+            exc.headers[OVERHEAD_HEADER] = trace.overhead_header()
+            trace.end(exc.status, exc.code)
+            raise
+        except BaseException as exc:
+            trace.end(500 if isinstance(exc, Exception) else 499, error_type(exc))
+            raise
+        finally:
+            current.reset(token)
+            for reason, count in self.tracing.take_drops().items():
+                self.telemetry.incr("trace_spans_dropped_total", count, reason=reason)
+        response.headers[OVERHEAD_HEADER] = trace.overhead_header()
+        if not isinstance(response, MeteredStream):
+            trace.end(response.status_code)  # a stream's span ends with the stream
+        return response
+
+    async def _handle(self, request: Request, api: Api, trace: CallTrace) -> Response:
         self.drainer.ensure_started()
         face = FACES[api]
         principal: Principal | None = None
         try:
-            principal = await self.credentials.verify(request, api_key_allowed=api != "invoke")
+            with step("authenticate"):
+                principal = await self.credentials.verify(request, api_key_allowed=api != "invoke")
             call = face.parse(await read_json_body(request, self.settings.max_body_bytes))
             plan = await self._plan(request, principal, call)
+            trace.planned(plan.project.id, call.model, call.max_tokens, call.stream)
             answered = await self._replay(plan)
             if answered is not None:
                 return answered
@@ -98,7 +133,7 @@ class Invoker:
             await self._refused(request, principal, exc)
             raise
         try:
-            return await self._run(request, face, plan)
+            return await self._run(request, face, plan, trace)
         except BaseException:
             if plan.idempotency_key:
                 await self.idempotency.abort(plan.project, plan.idempotency_key)
@@ -121,7 +156,8 @@ class Invoker:
         body = req.upstream_body(project, call)
         key = request.headers.get("idempotency-key")
         fingerprint = req.fingerprint(call, body) if key else ""  # as sent, before redaction
-        body = await self.pii.request(project, body, call.size)
+        with step("screen"):
+            body = await self.pii.request(project, body, call.size)
         request_id: str = request.state.request_id
         return Plan(request_id, principal, project, call, chain, body, fingerprint, key)
 
@@ -155,34 +191,39 @@ class Invoker:
 
     # -- admission, then the upstream: outcomes are ledgered -------------------------------
 
-    async def _run(self, request: Request, face: Face, plan: Plan) -> Response:
+    async def _run(self, request: Request, face: Face, plan: Plan, trace: CallTrace) -> Response:
         plan.cache_key = self.cache.key(plan.project, plan.call, plan.body)
         cached = await self.cache.get(plan.cache_key) if plan.cache_key else None
         try:
-            if cached is not None:
-                ctx = await self.admitter.admit_cached(request, plan, self.clock())
-            else:
-                ctx = await self.admitter.admit(request, plan, self.clock())
+            with step("admit"):
+                if cached is not None:
+                    ctx = await self.admitter.admit_cached(request, plan, self.clock())
+                else:
+                    ctx = await self.admitter.admit(request, plan, self.clock())
         except BrokerError as exc:
+            trace.set("bradax.admission", exc.code)
             await self._refused(request, plan.principal, exc)
             raise
+        trace.set("bradax.admission", "admitted")
         if cached is not None:
             response = await self._serve_cached(face, ctx, cached)
         elif plan.call.stream:
-            return await self._stream(ctx, plan)
+            return await self._stream(ctx, plan, trace)
         else:
-            response = await self._complete(face, ctx, plan)
+            response = await self._complete(face, ctx, plan, trace)
         if plan.idempotency_key:
             await self.idempotency.end(
                 plan.project, plan.idempotency_key, plan.fingerprint, response, plan.request_id
             )
         return response
 
-    async def _complete(self, face: Face, ctx: Context, plan: Plan) -> Response:
+    async def _complete(self, face: Face, ctx: Context, plan: Plan, trace: CallTrace) -> Response:
         result = await self.upstream.complete(ctx, plan.body)
+        trace.finish_reasons(result.data)
         claim = (result.prompt_tokens, result.completion_tokens)
         charge = self.settler.charge(ctx, result.upstream, claim, result.usage_invalid)
-        result, kinds = await screen_answer(self.pii, self.settler, ctx, result, charge)
+        with step("screen answer"):
+            result, kinds = await screen_answer(self.pii, self.settler, ctx, result, charge)
         status, error = "success", "output_pii_redacted" if kinds else None
         if charge.unverified is not None:
             status, error = "usage_unverified", f"usage_{charge.unverified}"
@@ -196,7 +237,7 @@ class Invoker:
             response.headers["X-Bradax-PII-Redacted"] = ",".join(sorted(kinds))
         return response
 
-    async def _stream(self, ctx: Context, plan: Plan) -> Response:
+    async def _stream(self, ctx: Context, plan: Plan, trace: CallTrace) -> Response:
         stream = await self.upstream.open_stream(ctx, plan.body)
         headers = {
             "Cache-Control": "no-cache",
@@ -208,14 +249,17 @@ class Invoker:
         guard = self.pii.stream_filter(action) if action is not None else None
 
         async def finish(how: str) -> None:
+            current.set(trace)  # this runs in a task of its own, after handle() returned
             await self.settler.settle(ctx, stream_outcome(self.settler, ctx, stream, how, guard))
+            trace.set("bradax.stream.outcome", how)
+            trace.end(200)
 
         async def extend() -> None:
             if ctx.claim is not None:
                 until = int(self.clock() * 1000 + self.settings.reservation_ttl * 1000)
                 await self.governor.extend(ctx.claim, until)
 
-        return MeteredStream(stream, finish, extend, headers, guard)
+        return MeteredStream(stream, finish, extend, headers, guard, trace.first_event)
 
     async def _serve_cached(self, face: Face, ctx: Context, data: dict[str, object]) -> Response:
         await self.settler.settle(ctx, Outcome(None, 0, 0, "success", 200, cached=True))

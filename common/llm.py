@@ -41,6 +41,7 @@ from common.errors import UpstreamBadResponse
 from common.openai_dialect import OPENAI
 from common.settings import Settings
 from common.sse import read_at_most
+from common.tracing import outgoing_headers
 from common.upstream_errors import (
     ERROR_BODY_LIMIT,
     RETRY_STATUSES,
@@ -80,6 +81,15 @@ BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
 # The wire protocols upstreams may speak, by the name an Upstream gives (`Upstream.dialect`).
 DIALECTS: Mapping[str, Dialect] = {"openai": OPENAI}
+
+
+def _headers(dialect: Dialect, upstream: Upstream, request_id: str) -> dict[str, str]:
+    """The dialect's headers, plus the trace's `traceparent` when the call is traced."""
+    headers = dialect.headers(upstream, request_id)
+    trace = outgoing_headers()
+    if trace:
+        headers.update(trace)
+    return headers
 
 
 def backoff(attempt: int, rng: random.Random) -> float:
@@ -166,7 +176,7 @@ class UpstreamClient:
             async with session.post(
                 dialect.url(upstream),
                 data=payload(upstream),
-                headers=dialect.headers(upstream, request_id),
+                headers=_headers(dialect, upstream, request_id),
                 timeout=timeout,
                 allow_redirects=False,
             ) as reply:
@@ -215,7 +225,7 @@ class UpstreamClient:
                 session.post(
                     dialect.url(upstream),
                     data=payload(upstream),
-                    headers=dialect.headers(upstream, request_id),
+                    headers=_headers(dialect, upstream, request_id),
                     timeout=timeout,
                     allow_redirects=False,
                 ),

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from common.quota import LEDGER_STREAM, budget_keys, from_nano
 from common.redis import RedisStore
-from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, parse_field
+from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, HISTOGRAMS, parse_field
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -82,10 +82,46 @@ SIMPLE_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Calls settled at their bound by the reconciler (their instance stopped first).",
         ("model",),
     ),
+    "trace_spans_dropped_total": (
+        "bradax_trace_spans_dropped",
+        "Spans never delivered to the trace collector, by reason (queue_full, export_failed).",
+        ("reason",),
+    ),
     "ledger_dead_letters_total": (
         "bradax_ledger_dead_letters",
         "Ledger records PostgreSQL refused, kept in ledger_dead_letters.",
         (),
+    ),
+}
+
+
+# The GenAI semantic conventions' attributes, as Prometheus labels (dots become underscores).
+_GENAI: tuple[str, ...] = ("gen_ai_operation_name", "gen_ai_provider_name")
+_GENAI += ("gen_ai_request_model", "gen_ai_response_model")
+# histogram in Redis -> (exposed name, help, label names); see common.telemetry.HISTOGRAMS
+OBSERVED: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "genai_token_usage": (
+        "gen_ai_client_token_usage",
+        "Tokens per upstream call, by token type (input, output): gen_ai.client.token.usage.",
+        (*_GENAI, "gen_ai_token_type"),
+    ),
+    "genai_operation_duration": (
+        "gen_ai_client_operation_duration_seconds",
+        "Duration of upstream calls (to the first byte for streams), with error.type when "
+        "one failed: gen_ai.client.operation.duration.",
+        (*_GENAI, "error_type"),
+    ),
+    "genai_time_to_first_token": (
+        "gen_ai_server_time_to_first_token_seconds",
+        "Time from a streamed request's arrival to its first relayed event: "
+        "gen_ai.server.time_to_first_token.",
+        _GENAI,
+    ),
+    "overhead": (
+        "bradax_overhead_seconds",
+        "Time the broker spent on a call outside the upstream call (to the first byte for "
+        "streams), by API face; what X-Bradax-Overhead-Ms reports.",
+        ("api",),
     ),
 }
 
@@ -178,6 +214,8 @@ class SnapshotCollector(Collector):
             cost.add_metric([labels.get("model", "")], float(from_nano(value)))
         yield cost
         yield self._histogram(by_name)
+        for key, (exposed, text, label_names) in OBSERVED.items():
+            yield self._observed(by_name, key, exposed, text, label_names)
         gauges = self.snap.gauges
         active = GaugeMetricFamily(
             "bradax_active_connections", "Requests in flight across all instances."
@@ -246,6 +284,35 @@ class SnapshotCollector(Collector):
                 series.append((repr(bound), running))
             series.append(("+Inf", count))
             family.add_metric(list(key), series, sums.get(key, 0) / 1_000_000)
+        return family
+
+    def _observed(
+        self,
+        by_name: dict[str, list[tuple[dict[str, str], int]]],
+        key: str,
+        exposed: str,
+        text: str,
+        label_names: tuple[str, ...],
+    ) -> Metric:
+        histogram = HISTOGRAMS[key]
+        family = HistogramMetricFamily(exposed, text, labels=list(label_names))
+
+        def series(labels: dict[str, str]) -> tuple[str, ...]:
+            return tuple(labels.get(name, "") for name in label_names)
+
+        buckets: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
+        for labels, value in by_name.get(f"{key}_bucket", []):
+            buckets[series(labels)][labels.get("le", "")] = value
+        counts = {series(labels): value for labels, value in by_name.get(f"{key}_count", [])}
+        sums = {series(labels): value for labels, value in by_name.get(f"{key}_sum", [])}
+        for labels_key, count in sorted(counts.items()):
+            running = 0
+            points: list[tuple[str, float]] = []
+            for bound in histogram.buckets:
+                running += buckets[labels_key].get(repr(bound), 0)
+                points.append((repr(bound), running))
+            points.append(("+Inf", count))
+            family.add_metric(list(labels_key), points, sums.get(labels_key, 0) / histogram.scale)
         return family
 
 

@@ -196,6 +196,22 @@ class Settings(BaseSettings):
     # binary attachments (images, audio, PDFs) cannot be read for personal data
     pii_binary_attachments: Literal["pass", "block"] = "pass"
 
+    # Traces (OpenTelemetry, OTLP/HTTP): off unless an endpoint is set; the standard names
+    otel_exporter_otlp_endpoint: str | None = None  # base URL; traces go to <it>/v1/traces
+    otel_exporter_otlp_traces_endpoint: str | None = None  # full URL, wins over the base
+    otel_service_name: str | None = None  # default: the function's name
+    otel_traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = "parentbased_always_on"
+    otel_traces_sampler_arg: float | None = Field(default=None, ge=0, le=1)
+    # spans waiting for export; past it they are dropped (and counted)
+    otel_bsp_max_queue_size: int = Field(default=2048, ge=1, le=1_000_000)
+
     # Secrets store
     secrets_backend: Literal["env", "secretsmanager", "ssm"] = "env"
     secrets_name: str = ""
@@ -229,6 +245,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = json.loads(value)
         return {k: (Decimal(str(v[0])), Decimal(str(v[1]))) for k, v in value.items()}
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _check_otlp_endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -276,6 +301,15 @@ class Settings(BaseSettings):
         if self.reservation_timeout_seconds is not None:
             return self.reservation_timeout_seconds
         return self.openai_timeout + 60.0
+
+    @property
+    def otlp_traces_endpoint(self) -> str | None:
+        """Where spans are sent (None: tracing off), per the OTLP exporter's standard rules."""
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
     @property
     def stream_idle(self) -> float:

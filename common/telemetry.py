@@ -19,6 +19,7 @@ import secrets
 import socket
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -33,6 +34,11 @@ GAUGE_TTL = 15
 FLUSH_SECONDS = 1.0
 # Histogram buckets of bradax_request_duration_seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Buckets the GenAI semantic conventions advise for their histograms.
+TOKEN_BUCKETS: tuple[float, ...] = tuple(float(4**n) for n in range(14))  # 1 .. 67108864
+DURATION_BUCKETS: tuple[float, ...] = tuple(0.01 * 2**n for n in range(14))  # 0.01 .. 81.92
+TTFT_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5)
+TTFT_BUCKETS += (0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 SEP = "|"
 # HTTP verbs kept as label values; a client can send any token as a method.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -73,6 +79,35 @@ def _request_fields(method: str, route: str, status: int) -> tuple[str, list[str
     )
 
 
+@dataclass(frozen=True)
+class Histogram:
+    """A histogram kept as counters: one per bucket (not cumulative), a count and a sum
+    stored as an integer of `scale` units (micro-seconds for durations)."""
+
+    buckets: tuple[float, ...]
+    scale: int
+
+
+# Histograms observed with Telemetry.observe (rendered by common.prometheus).
+HISTOGRAMS: dict[str, Histogram] = {
+    "genai_token_usage": Histogram(TOKEN_BUCKETS, 1),
+    "genai_operation_duration": Histogram(DURATION_BUCKETS, 1_000_000),
+    "genai_time_to_first_token": Histogram(TTFT_BUCKETS, 1_000_000),
+    "overhead": Histogram(BUCKETS, 1_000_000),
+}
+
+
+@lru_cache(maxsize=4096)
+def _histogram_fields(name: str, labels: tuple[tuple[str, str], ...]) -> tuple[list[str], str, str]:
+    """The bucket, count and sum fields of one histogram series (cached: labels are few)."""
+    kept = dict(labels)
+    return (
+        [field(f"{name}_bucket", **kept, le=repr(b)) for b in HISTOGRAMS[name].buckets],
+        field(f"{name}_count", **kept),
+        field(f"{name}_sum", **kept),
+    )
+
+
 def _clean(value: str) -> str:
     return value.replace(",", "_").replace("=", "_").replace(SEP, "_")[:100]
 
@@ -100,6 +135,21 @@ class Telemetry:
         if self.enabled:
             self._pending[field(name, **labels)] += amount
             self._ensure_task()
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Add one observation to a histogram of HISTOGRAMS."""
+        if not self.enabled:
+            return
+        histogram = HISTOGRAMS[name]
+        buckets, count, total = _histogram_fields(name, tuple(labels.items()))
+        pending = self._pending
+        for bound, bucket in zip(histogram.buckets, buckets, strict=True):
+            if value <= bound:
+                pending[bucket] += 1
+                break
+        pending[count] += 1
+        pending[total] += int(max(0.0, value) * histogram.scale)
+        self._ensure_task()
 
     def request_started(self) -> None:
         """A request entered the process."""

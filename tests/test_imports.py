@@ -56,28 +56,40 @@ SERVING += ("resp",)
 SERVING += ("runtime", "settings", "telemetry")
 CREDENTIALS = ("apikeys", "audit", "auth", "bounds", "cache", "denylist", "projects", "quota")
 CREDENTIALS += ("scopes", "services", "sessions", "tokens", "usage")
+# Tracing: the traces SDK and exporter (redis-py loads OpenTelemetry's metrics SDK by itself
+# when it is installed; no image but llm_invoke's installs it).
+TRACES = (
+    "common.tracing",
+    "common.tracing_sdk",
+    "opentelemetry.sdk.trace",
+    "opentelemetry.exporter",
+)
 DIETS: dict[str, Diet] = {
     # Checks PostgreSQL, Redis and the upstream: no tokens, no HTTP client library, no ledger.
     "health": Diet(
-        forbidden=frozenset({"jwt", "cryptography", "aiohttp", "openai", "prometheus_client"}),
+        forbidden=frozenset(
+            {"jwt", "cryptography", "aiohttp", "openai", "prometheus_client", *TRACES}
+        ),
         common=_common(*SERVING, "health", "migrate", "schemas"),
     ),
     # Issues tokens (jwt): talks to no upstream, renders no metrics, writes no usage.
     "auth_token": Diet(
         forbidden=frozenset(
-            {"aiohttp", "openai", "prometheus_client", "common.llm", "common.ledger"}
+            {"aiohttp", "openai", "prometheus_client", "common.llm", "common.ledger", *TRACES}
         ),
         common=_common(*SERVING, *CREDENTIALS, "schemas"),
     ),
     # Verifies tokens (jwt) and renders metrics: talks to no upstream.
     "metrics": Diet(
-        forbidden=frozenset({"aiohttp", "openai", "common.llm", "common.invoke"}),
+        forbidden=frozenset({"aiohttp", "openai", "common.llm", "common.invoke", *TRACES}),
         common=_common(*SERVING, *CREDENTIALS, "ledger", "ledger_workers", "prometheus", "reports"),
     ),
     # The call pipeline: only exclusions are pinned (it uses most of common/).
     "llm_invoke": Diet(
         forbidden=frozenset(
             {"openai", "prometheus_client", "common.prometheus", "common.reports", "common.health"}
+            # with no OTLP endpoint set, nothing of tracing's SDK is imported
+            | {"common.tracing_sdk", "opentelemetry.sdk.trace", "opentelemetry.exporter"}
         ),
         common=None,
     ),

@@ -45,6 +45,25 @@ OPTIONAL = {
     "botocore",  # aws_lambda_powertools.shared.user_agent (patches boto's user agent if present)
     "cryptography",  # redis.utils (only notes whether it is installed, for OCSP checks)
     "sniffio",  # anyio._core._eventloop (detects the running async library if present)
+    # redis.observability loads OpenTelemetry's metrics SDK when it is installed (only
+    # llm_invoke installs it, for its traces)
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+    "opentelemetry-semantic-conventions",
+    "opentelemetry-proto",
+    "opentelemetry-exporter-otlp-proto-common",
+    "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry-exporter-otlp-common",
+    "opentelemetry-exporter-http-transport",
+    "psutil",  # opentelemetry.sdk.resources (process attributes, when psutil is installed)
+}
+# A namespace package several distributions share: a direct import of it is owned by the
+# distribution of its longest listed prefix.
+NAMESPACE_OWNERS = {
+    "opentelemetry": "opentelemetry-api",
+    "opentelemetry.sdk": "opentelemetry-sdk",
+    "opentelemetry.exporter.otlp.proto.http": "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry.proto": "opentelemetry-proto",
 }
 # Interpreter artefacts of compiled extensions, not importable packages of their own.
 NOT_PACKAGES = re.compile(r"^(_.*|cython_runtime)$")
@@ -176,10 +195,46 @@ def _direct_imports(files: Iterable[str]) -> set[str]:
     for file in files:
         for node in ast.walk(ast.parse(Path(file).read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
-                names |= {alias.name.split(".")[0] for alias in node.names}
+                names |= {_import_name(alias.name) for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
+                names.add(_import_name(node.module))
     return names - set(sys.stdlib_module_names) - {"__future__", "common", "bradax_cli"}
+
+
+def _with_lazy_common(files: Iterable[str]) -> set[str]:
+    """The files, plus the common/ modules they import only when needed (inside a function),
+    whose packages the function's requirements install too."""
+    seen = set(files)
+    stack = list(seen)
+    while stack:
+        for node in ast.walk(ast.parse(Path(stack.pop()).read_text(encoding="utf-8"))):
+            modules: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "common":
+                modules = [f"common.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            for module in modules:
+                path = REPO / (module.replace(".", "/") + ".py")
+                if module.startswith("common.") and path.is_file() and str(path) not in seen:
+                    seen.add(str(path))
+                    stack.append(str(path))
+    return seen
+
+
+def _import_name(module: str) -> str:
+    """The top-level name of an import, or the owning prefix inside a namespace package."""
+    top = module.split(".")[0]
+    if top not in NAMESPACE_OWNERS:
+        return top
+    return max((p for p in NAMESPACE_OWNERS if module == p or module.startswith(p + ".")), key=len)
+
+
+def _direct_distributions(names: Iterable[str]) -> set[str]:
+    """The distributions behind direct imports (namespace prefixes by NAMESPACE_OWNERS)."""
+    owned = {canonicalize_name(NAMESPACE_OWNERS[n]) for n in names if n in NAMESPACE_OWNERS}
+    return owned | _distributions(n for n in names if n not in NAMESPACE_OWNERS)
 
 
 # -- import closures ---------------------------------------------------------------------------
@@ -222,7 +277,7 @@ def test_requirements_list_the_direct_imports_and_nothing_else(
     """The third-party imports of main.py and its common/ modules are exactly the listed ones."""
     files = closures[function].files
     assert any(file.endswith(f"functions/{function}/main.py") for file in files)
-    direct = _distributions(_direct_imports(files))
+    direct = _direct_distributions(_direct_imports(_with_lazy_common(files)))
     assert direct == _declared(function) - SERVER
 
 

@@ -27,7 +27,7 @@ from common.prometheus import Snapshot
 from common.quota import budget_month
 from common.redis import RedisStore
 from common.settings import Settings
-from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, METHODS
+from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, HISTOGRAMS, METHODS
 from tests.conftest import (
     MockUpstream,
     Process,
@@ -423,6 +423,13 @@ async def test_labels_stay_bounded(broker: Any) -> None:
     assert labels["method"] == {"POST", "GET", "other"}
     assert labels["method"] <= METHODS | {"other"}
     assert labels["model"] == {"gpt-4.1-nano"}
+    # The GenAI conventions' labels: models the catalog serves, a fixed operation and types.
+    assert labels["gen_ai_request_model"] == labels["gen_ai_response_model"] == {"gpt-4.1-nano"}
+    assert labels["gen_ai_operation_name"] == {"chat"}
+    assert labels["gen_ai_provider_name"] == {"openai"}
+    assert labels["gen_ai_token_type"] == {"input", "output"}
+    assert labels["error_type"] == {""}
+    assert labels["api"] == {"invoke"}
     assert set(labels) == {
         "method",
         "endpoint",
@@ -432,6 +439,13 @@ async def test_labels_stay_bounded(broker: Any) -> None:
         "kind",
         "state",
         "project",
+        "gen_ai_operation_name",
+        "gen_ai_provider_name",
+        "gen_ai_request_model",
+        "gen_ai_response_model",
+        "gen_ai_token_type",
+        "error_type",
+        "api",
     }
 
 
@@ -509,6 +523,11 @@ async def seeded_scrape(http: httpx2.AsyncClient, settings: Settings) -> str:
         for key, (_, _, labels) in prometheus.SIMPLE_COUNTERS.items():
             await redis.call("HINCRBY", COUNTERS, field(key, **{n: "x" for n in labels}), 1)
         await redis.call("HINCRBY", COUNTERS, field("openai_cost_nano_total", model="m"), 5)
+        for key, (_, _, labels) in prometheus.OBSERVED.items():
+            series = {n: "x" for n in labels}
+            bucket = field(f"{key}_bucket", **series, le=repr(HISTOGRAMS[key].buckets[0]))
+            for name in (bucket, field(f"{key}_count", **series), field(f"{key}_sum", **series)):
+                await redis.call("HINCRBY", COUNTERS, name, 1)
     finally:
         await redis.close()
     assert (await http.get("/live")).status_code == 200
@@ -556,7 +575,7 @@ async def test_dashboard_queries_what_the_broker_exposes(broker: Any) -> None:
         assert expr.count("(") == expr.count(")"), title
         assert expr.count("{") == expr.count("}"), title
         assert expr.count("[") == expr.count("]"), title
-        metrics = set(re.findall(r"\bbradax_\w+", expr))
+        metrics = set(re.findall(r"\b(?:bradax|gen_ai_client|gen_ai_server)_\w+", expr))
         assert metrics, title
         assert metrics <= set(names), (title, metrics - set(names))
         charted |= metrics
@@ -615,3 +634,48 @@ async def test_budget_remaining_follows_redis_and_falls_back_to_the_ledger(broke
         "proj_lost": float(Decimal(2) - Decimal("0.0000031")),
         idle.project_id: 3.0,
     }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, pairs), v in samples.items() if n == name and wanted <= pairs)
+
+
+async def test_genai_convention_histograms_count_each_call(broker: Any) -> None:
+    """Token usage sums to the ledger's tokens, each upstream call is one operation duration,
+    a stream adds one time to first token, every answer one overhead observation."""
+    http, settings = broker
+    tenant = await login(http, await create_tenant(settings))
+    body = {"model": "gpt-4.1-nano", "messages": MESSAGES, "max_tokens": 5}
+    assert (await http.post("/v1/chat/completions", json=body, headers=tenant.key_auth)).is_success
+    async with http.stream(
+        "POST", "/v1/chat/completions", json={**body, "stream": True}, headers=tenant.key_auth
+    ) as reply:
+        assert reply.status_code == 200
+        assert [line async for line in reply.aiter_lines()]
+    refused = await http.post(
+        "/v1/chat/completions", json={**body, "model": "nope"}, headers=tenant.key_auth
+    )
+    assert refused.status_code >= 400
+    rows = await ledger_rows(settings)
+    assert len(rows) == 2
+    await deps.telemetry.get().flush()
+    samples, types = parse((await http.get("/prometheus")).text)
+    usage = "gen_ai_client_token_usage"
+    assert types[usage] == "histogram"
+    genai = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai"}
+    genai |= {"gen_ai_request_model": "gpt-4.1-nano", "gen_ai_response_model": "gpt-4.1-nano"}
+    for kind, column in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+        assert total(samples, f"{usage}_count", **genai, gen_ai_token_type=kind) == 2
+        assert total(samples, f"{usage}_sum", **genai, gen_ai_token_type=kind) == sum(
+            r[column] for r in rows
+        )
+    duration = "gen_ai_client_operation_duration_seconds"
+    assert total(samples, f"{duration}_count", **genai, error_type="") == 2
+    assert total(samples, f"{duration}_bucket", le="+Inf") == 2
+    first = "gen_ai_server_time_to_first_token_seconds"
+    assert total(samples, f"{first}_count", **genai) == 1
+    assert total(samples, "bradax_overhead_seconds_count", api="openai") == 3
+    served = total(samples, "bradax_request_duration_seconds_sum", endpoint="/v1/chat/completions")
+    assert 0 < total(samples, "bradax_overhead_seconds_sum", api="openai") <= served

@@ -24,7 +24,8 @@ Hostile one-shot behaviours (for the broker's upstream-trust rules), each counte
 `last_messages`, the messages of the last chat request as received. Scripted replies:
 `POST /_mock/reply {"text": ..., "refusal": ..., "tool_arguments": ..., "chunk_chars": 3}` makes
 every chat answer carry exactly that text until `{"text": null}` or a reset;
-`GET /_mock/last_request` is the last chat body as received.
+`GET /_mock/last_request` is the last chat body as received; `GET /_mock/last_headers` its
+headers (credentials left out).
 
 Modules: `config` (knobs), `behaviours` (one-shot queue and rates), `state` (stats, script),
 `script`, `http` (shared HTTP helpers), `faults` (misbehaviour common to every protocol),

@@ -92,6 +92,10 @@ class Control:
         """GET /_mock/last_request: the last chat request body, as received."""
         return web.Response(body=orjson.dumps(self.state.last_body), content_type=JSON_CT)
 
+    async def last_headers(self, request: web.Request) -> web.Response:
+        """GET /_mock/last_headers: the last chat request's headers (without credentials)."""
+        return web.Response(body=orjson.dumps(self.state.last_headers), content_type=JSON_CT)
+
     async def elsewhere(self, request: web.Request) -> web.Response:
         """Any request to /_mock/elsewhere/...: counted (the origin a redirect points to)."""
         counts = self.state.elsewhere
@@ -113,4 +117,5 @@ def routes(state: MockState) -> list[Route]:
         ("*", ELSEWHERE + "/{tail:.*}", control.elsewhere),
         ("POST", "/_mock/reply", control.reply),
         ("GET", "/_mock/last_request", control.last_request),
+        ("GET", "/_mock/last_headers", control.last_headers),
     ]

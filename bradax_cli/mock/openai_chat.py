@@ -96,6 +96,11 @@ class ChatCompletions:
         messages: list[Any] = body["messages"]
         state.last_messages = messages
         state.last_body = body
+        state.last_headers = {
+            name.lower(): value
+            for name, value in request.headers.items()
+            if name.lower() not in ("authorization", "api-key")
+        }
         prompt = prompt_tokens(messages, body)
         if prompt is None:
             state.record(request, model, stream, "400")

@@ -57,6 +57,9 @@ class MockState:
         # Requests that reached /_mock/elsewhere (where `redirect` points).
         self.elsewhere = {"hits": 0, "with_authorization": 0}
         self.last_body: dict[str, Any] | None = None
+        # The headers of the last chat request (credentials left out): lets tests see
+        # what the broker sends along, such as a trace's traceparent.
+        self.last_headers: dict[str, str] = {}
         self.script: Script | None = None
 
     def next_behaviour(self) -> Behaviour:

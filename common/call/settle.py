@@ -21,6 +21,7 @@ from common.logs import get_logger, log_outcome, mask_project
 from common.quota import Governor, UsageRecord, to_nano
 from common.settings import Settings
 from common.telemetry import Telemetry, field
+from common.tracing import settled, step
 
 
 class Settler:
@@ -116,10 +117,20 @@ class Settler:
                     threshold=str(self.settings.budget_soft_threshold),
                 )
 
-        try:
-            await settle()
-        except (ServiceUnavailable, OSError):
-            self.pending.add(settle, record)
+        with step("settle"):
+            try:
+                await settle()
+            except (ServiceUnavailable, OSError):
+                self.pending.add(settle, record)
+        settled(
+            self.telemetry,
+            ctx.call.model,
+            outcome.upstream,
+            prompt,
+            completion,
+            cost,
+            outcome.cached,
+        )
         log_outcome(
             "LLM request completed" if outcome.status == "success" else "LLM request ended",
             project_token=mask_project(ctx.project.id),

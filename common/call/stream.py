@@ -62,6 +62,7 @@ class MeteredStream(Response):
         extend: Callable[[], Awaitable[None]],
         headers: dict[str, str],
         guard: StreamFilter | None = None,
+        first_event: Callable[[], None] | None = None,
     ) -> None:
         # No body and no Content-Length: Response.__init__ would add one for b"".
         super().__init__(content=None, status_code=200, headers=headers)
@@ -70,6 +71,7 @@ class MeteredStream(Response):
         self.guard = guard
         self.finish = finish
         self.extend = extend
+        self.first_event = first_event  # called once, when the first event has been sent
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         outcome = "client_disconnected"
@@ -94,7 +96,11 @@ class MeteredStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         last_extend = time.monotonic()
         guard = self.guard
+        first_event = self.first_event
         async for event in self.stream.events():
+            if first_event is not None:
+                first_event()
+                first_event = None
             if guard is None:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             else:

@@ -16,6 +16,7 @@ from common.call.request import payload
 from common.call.settle import Settler
 from common.errors import BrokerError, UpstreamBadResponse, UpstreamTimeout
 from common.llm import Completion, StreamCall, UpstreamClient
+from common.tracing import upstream_call
 
 
 def failure_outcome(ctx: Context, exc: BaseException, *, streamed: bool) -> Outcome:
@@ -59,9 +60,12 @@ class UpstreamStep:
     async def complete(self, ctx: Context, body: dict[str, Any]) -> Completion:
         """A non-streamed answer."""
         try:
-            return await self.client.complete(
-                ctx.chain, payload(body), ctx.request_id, self.client.deadline()
-            )
+            with upstream_call(ctx.call.model) as call:
+                result = await self.client.complete(
+                    ctx.chain, payload(body), ctx.request_id, self.client.deadline()
+                )
+                call.answered(result.upstream)
+            return result
         except (Exception, asyncio.CancelledError) as exc:
             await self.settler.settle(ctx, failure_outcome(ctx, exc, streamed=False))
             raise
@@ -69,13 +73,16 @@ class UpstreamStep:
     async def open_stream(self, ctx: Context, body: dict[str, Any]) -> StreamCall:
         """An open SSE stream (its end is settled by common.call.stream)."""
         try:
-            return await self.client.open_stream(
-                ctx.chain,
-                payload(body),
-                ctx.request_id,
-                self.client.deadline(),
-                strip_usage=not ctx.call.client_usage,
-            )
+            with upstream_call(ctx.call.model) as call:
+                stream = await self.client.open_stream(
+                    ctx.chain,
+                    payload(body),
+                    ctx.request_id,
+                    self.client.deadline(),
+                    strip_usage=not ctx.call.client_usage,
+                )
+                call.answered(stream.upstream)
+            return stream
         except (Exception, asyncio.CancelledError) as exc:
             await self.settler.settle(ctx, failure_outcome(ctx, exc, streamed=True))
             raise

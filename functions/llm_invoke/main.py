@@ -24,6 +24,7 @@ from common.schemas import (
     InvokeResponse,
     ModelList,
 )
+from common.tracing import Tracing
 
 INVOKE_ERRORS = (400, 401, 402, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504)
 
@@ -41,6 +42,7 @@ def _client() -> UpstreamClient:
 
 
 _upstream = deps.Lazy(_client)
+_tracing = deps.Lazy(lambda: Tracing(deps.settings(), "llm_invoke"))
 _invoker = deps.Lazy(
     lambda: Invoker(
         deps.settings(),
@@ -54,6 +56,7 @@ _invoker = deps.Lazy(
         pending=ledger_workers.pending_settles.get(),
         failures=services.failures.get(),
         audit=services.audit.get(),
+        tracing=_tracing.get(),
     )
 )
 
