@@ -132,3 +132,22 @@ def test_cli_migrate_unreachable_database_is_one_line() -> None:
     assert done.returncode == 1
     assert done.stderr.strip() == "bradax: error: database unavailable"
     assert "secretpw" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(("size", "named"), [(100, True), (0, False)])
+async def test_statement_cache_size_is_honoured_by_the_pool(
+    empty_db: str, redis_url: str, size: int, named: bool
+) -> None:
+    """DB_STATEMENT_CACHE_SIZE=0 leaves no named prepared statement on the server (PgBouncer)."""
+    from common.db import Database
+    from tests.conftest import make_settings
+
+    await migrate.migrate(empty_db, statement_cache_size=size)
+    db = Database(make_settings(empty_db, redis_url, db_statement_cache_size=size))
+    try:
+        async with db.connection() as conn:
+            await conn.fetchval("SELECT count(*) FROM usage_ledger WHERE project_id = $1", "p")
+            prepared = await conn.fetchval("SELECT count(*) FROM pg_prepared_statements")
+    finally:
+        await db.close()
+    assert (prepared > 0) is named
