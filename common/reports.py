@@ -60,6 +60,10 @@ class UsageReport(_Strict):
     project_id: str
     window: ReportWindow
     budget: BudgetBlock
+    pending_records: int = Field(
+        description="usage records of the whole broker settled but not yet in the ledger "
+        "(the figures above do not include them yet)"
+    )
 
 
 def parse_moment(value: str, name: str) -> datetime:
@@ -142,8 +146,10 @@ async def project_report(
     end: datetime,
     month: str,
     live: tuple[Decimal, Decimal] | None,
+    pending: int,
 ) -> dict[str, Any]:
-    """The whole GET /metrics answer (UsageReport): usage over [start, end), the month's budget."""
+    """The whole GET /metrics answer (UsageReport): usage over [start, end), the month's
+    budget, and how many records (broker-wide) are still on their way to the ledger."""
     body = await project_usage(db, project.id, start, end)
     spent = await month_spend(db, project.id, month)
     budget = project.budget_monthly_usd
@@ -157,6 +163,7 @@ async def project_report(
         "reserved_usd": usd(reserved),
         "remaining_usd": usd(remaining),
     }
+    body["pending_records"] = pending
     return body
 
 
