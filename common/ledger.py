@@ -30,6 +30,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -90,12 +91,41 @@ COLUMNS = (
     ("budget_month", "text"),
     ("created_at", "timestamptz"),
 )
+# Statuses the spec counts as successful requests (the rest are failed ones).
+SUCCESSFUL = ("success", "usage_unverified")
+ROLLUP_COLUMNS = (
+    ("project_id", "text"),
+    ("hour", "timestamptz"),
+    ("model", "text"),
+    ("budget_month", "text"),
+    ("requests", "bigint"),
+    ("successful", "bigint"),
+    ("failed", "bigint"),
+    ("cached", "bigint"),
+    ("timed", "bigint"),
+    ("latency_ms_sum", "bigint"),
+    ("prompt_tokens", "bigint"),
+    ("completion_tokens", "bigint"),
+    ("cost_usd", "numeric"),
+)
+_SUMMED = [name for name, _ in ROLLUP_COLUMNS[4:]]
+ROLLUP = (
+    f"INSERT INTO usage_hourly AS h ({', '.join(name for name, _ in ROLLUP_COLUMNS)}) "
+    "SELECT * FROM unnest("
+    + ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(ROLLUP_COLUMNS, 1))
+    + f") AS u({', '.join(name for name, _ in ROLLUP_COLUMNS)}) "
+    'ORDER BY project_id COLLATE "C", hour, model COLLATE "C", budget_month '
+    "ON CONFLICT (project_id, hour, model, budget_month) DO UPDATE SET "
+    + ", ".join(f"{name} = h.{name} + EXCLUDED.{name}" for name in _SUMMED)
+)
+# This transaction's ledger inserts are in the rollup already: the insert trigger skips them.
+ROLLUP_KEPT = "SELECT set_config('bradax.rollup_kept', 'on', true)"
 # One statement per batch: every record as a column array, duplicates skipped.
 _ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(COLUMNS, 1))
 INSERT = (
     f"INSERT INTO usage_ledger ({', '.join(name for name, _ in COLUMNS)}) "
     f"SELECT * FROM unnest({_ARRAYS}) "
-    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id, cost_usd"
 )
 
 
@@ -145,17 +175,54 @@ def decision(record: UsageRecord) -> AuditEvent:
 async def write(
     conn: asyncpg.Connection, records: list[UsageRecord], *, with_audit: bool
 ) -> list[UsageRecord]:
-    """Insert records (duplicates ignored) and their audit entries; returns the new ones."""
-    inserted: set[str] = set()
+    """Insert records (duplicates ignored), their hourly rollup and their audit entries, in
+    the caller's transaction; returns the new ones.
+
+    Only the rows this call actually inserted reach the rollup. Locks are taken in one
+    order by every writer (ledger rows by request id, then rollup rows by key), so
+    concurrent writers of overlapping batches wait for each other but never deadlock.
+    """
+    records = sorted(records, key=lambda record: record.request_id)
+    # request id -> the cost as stored (the column's scale), for the rollup
+    inserted: dict[str, Decimal] = {}
+    if records:
+        await conn.execute(ROLLUP_KEPT)
     # Chunks keep each stretch of encoding short: the loop serves requests in between.
     for start in range(0, len(records), CHUNK):
         chunk = records[start : start + CHUNK]
         columns = list(zip(*(_row(record) for record in chunk), strict=True))
-        inserted.update(row["request_id"] for row in await conn.fetch(INSERT, *columns))
+        for row in await conn.fetch(INSERT, *columns):
+            inserted[row["request_id"]] = row["cost_usd"]
     fresh = [record for record in records if record.request_id in inserted]
+    if fresh:
+        await conn.execute(ROLLUP, *zip(*rollup_rows(fresh, inserted), strict=True))
     if with_audit and fresh:
         await audit.append(conn, [decision(r) for r in fresh])
     return fresh
+
+
+def rollup_rows(records: list[UsageRecord], costs: dict[str, Decimal]) -> list[tuple[Any, ...]]:
+    """usage_hourly increments of some records (`costs`: each one's cost as the ledger
+    stored it), one per (project, hour, model, month), in key order (byte order, as the
+    table's triggers lock them)."""
+    sums: dict[tuple[str, int, str, str], list[Any]] = {}
+    for r in records:
+        key = (r.project_id, r.created_at_ms // 3_600_000, r.model, r.budget_month)
+        row = sums.setdefault(key, [0, 0, 0, 0, 0, 0, 0, 0, Decimal(0)])
+        ok = r.status in SUCCESSFUL
+        row[0] += 1  # requests
+        row[1] += ok  # successful
+        row[2] += not ok  # failed
+        row[3] += r.cached  # cached
+        row[4] += not r.cached  # timed: the latency average counts calls that went upstream
+        row[5] += 0 if r.cached else r.latency_ms
+        row[6] += r.prompt_tokens
+        row[7] += r.completion_tokens
+        row[8] += costs[r.request_id]
+    return [
+        (project, datetime.fromtimestamp(hour * 3600, UTC), model, month, *values)
+        for (project, hour, model, month), values in sorted(sums.items())
+    ]
 
 
 class Drainer:

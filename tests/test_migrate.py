@@ -93,6 +93,7 @@ async def test_money_columns_are_numeric(empty_db: str) -> None:
     assert {(r["table_name"], r["data_type"]) for r in rows} == {
         ("projects", "numeric"),
         ("usage_ledger", "numeric"),
+        ("usage_hourly", "numeric"),
     }
 
 
@@ -151,3 +152,45 @@ async def test_statement_cache_size_is_honoured_by_the_pool(
     finally:
         await db.close()
     assert (prepared > 0) is named
+
+
+async def test_the_rollup_migration_backfills_existing_ledger_rows(empty_db: str) -> None:
+    """A ledger written before the hourly rollup existed is summed into it by the migration."""
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await conn.execute(migrate.CREATE_TABLE)
+        for m in migrate.available():
+            if m.version < 4:
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    m.version,
+                    m.name,
+                    m.checksum,
+                )
+        await conn.execute(
+            "INSERT INTO usage_ledger (request_id, project_id, model, prompt_tokens, "
+            "completion_tokens, cost_usd, latency_ms, status, http_status, cached, "
+            "budget_month, created_at) "
+            "SELECT 'req_' || n, 'proj_' || (n % 3), 'gpt-4o', n, 2 * n, n * 0.001, n, "
+            "CASE WHEN n % 4 = 0 THEN 'upstream_error' ELSE 'success' END, 200, n % 5 = 0, "
+            "'202611', timestamptz '2026-11-03 10:00Z' + n * interval '7 minutes' "
+            "FROM generate_series(1, 200) AS n"
+        )
+        applied = await migrate.migrate(empty_db)
+        assert [m.version for m in applied] == [4]
+        rollup = await conn.fetch(
+            "SELECT project_id, hour, sum(requests) AS n, sum(failed) AS failed, "
+            "sum(cached) AS cached, sum(cost_usd) AS cost FROM usage_hourly "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        raw = await conn.fetch(
+            "SELECT project_id, date_trunc('hour', created_at, 'UTC') AS hour, count(*) AS n, "
+            "count(*) FILTER (WHERE status = 'upstream_error') AS failed, "
+            "count(*) FILTER (WHERE cached) AS cached, sum(cost_usd) AS cost "
+            "FROM usage_ledger GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    finally:
+        await conn.close()
+    assert [dict(r) for r in rollup] == [dict(r) for r in raw]
+    assert sum(r["n"] for r in rollup) == 200
