@@ -17,6 +17,9 @@ at their bound the calls whose instance died before settling them.
 
 If Redis itself fails between the upstream call and the settle, `PendingSettles` writes the
 row straight to PostgreSQL and keeps retrying the settle until Redis answers.
+
+Rows are written by `common.ledger_rows.write` (with the hourly rollup and the month's
+partition); the loop also keeps the next month's partition ready.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -42,6 +44,8 @@ from common.audit import AuditEvent
 from common.background import stop_task
 from common.db import Database
 from common.errors import ServiceUnavailable, StoreError
+from common.ledger_rows import ensure_partitions, months_ahead
+from common.ledger_rows import write as write
 from common.logs import get_logger
 from common.quota import LEDGER_STREAM, InvalidRecord, UsageRecord
 from common.redis import RedisStore
@@ -49,13 +53,13 @@ from common.telemetry import COUNTERS
 
 GROUP = "drainer"
 BATCH = 500
-CHUNK = 32
 BLOCK_MS = 200
 # After a partial batch, wait this long: records reach PostgreSQL within ~PACE_S, in
 # batches, instead of one transaction per call when traffic is light.
 PACE_S = 0.2
 IDLE_MS = 30_000
 RECONCILE_EVERY_S = 1.0
+PREPARE_EVERY_S = 3600.0
 # What PostgreSQL (or asyncpg, encoding an argument) says about a row it will not take:
 # that row is dead-lettered. Anything else (a lost connection) leaves the batch pending.
 ROW_ERRORS: tuple[type[BaseException], ...] = (
@@ -71,158 +75,6 @@ DEAD_LETTER = (
     "INSERT INTO ledger_dead_letters (stream_id, request_id, record, reason) "
     "VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id) DO NOTHING"
 )
-
-COLUMNS = (
-    ("request_id", "text"),
-    ("project_id", "text"),
-    ("key_id", "text"),
-    ("model", "text"),
-    ("upstream_model", "text"),
-    ("prompt_tokens", "int"),
-    ("completion_tokens", "int"),
-    ("total_tokens", "int"),
-    ("cost_usd", "numeric"),
-    ("latency_ms", "int"),
-    ("status", "text"),
-    ("http_status", "int"),
-    ("error_code", "text"),
-    ("streamed", "bool"),
-    ("cached", "bool"),
-    ("budget_month", "text"),
-    ("created_at", "timestamptz"),
-)
-# Statuses the spec counts as successful requests (the rest are failed ones).
-SUCCESSFUL = ("success", "usage_unverified")
-ROLLUP_COLUMNS = (
-    ("project_id", "text"),
-    ("hour", "timestamptz"),
-    ("model", "text"),
-    ("budget_month", "text"),
-    ("requests", "bigint"),
-    ("successful", "bigint"),
-    ("failed", "bigint"),
-    ("cached", "bigint"),
-    ("timed", "bigint"),
-    ("latency_ms_sum", "bigint"),
-    ("prompt_tokens", "bigint"),
-    ("completion_tokens", "bigint"),
-    ("cost_usd", "numeric"),
-)
-_SUMMED = [name for name, _ in ROLLUP_COLUMNS[4:]]
-ROLLUP = (
-    f"INSERT INTO usage_hourly AS h ({', '.join(name for name, _ in ROLLUP_COLUMNS)}) "
-    "SELECT * FROM unnest("
-    + ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(ROLLUP_COLUMNS, 1))
-    + f") AS u({', '.join(name for name, _ in ROLLUP_COLUMNS)}) "
-    'ORDER BY project_id COLLATE "C", hour, model COLLATE "C", budget_month '
-    "ON CONFLICT (project_id, hour, model, budget_month) DO UPDATE SET "
-    + ", ".join(f"{name} = h.{name} + EXCLUDED.{name}" for name in _SUMMED)
-)
-# This transaction's ledger inserts are in the rollup already: the insert trigger skips them.
-ROLLUP_KEPT = "SELECT set_config('bradax.rollup_kept', 'on', true)"
-# One statement per batch: every record as a column array, duplicates skipped.
-_ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(COLUMNS, 1))
-INSERT = (
-    f"INSERT INTO usage_ledger ({', '.join(name for name, _ in COLUMNS)}) "
-    f"SELECT * FROM unnest({_ARRAYS}) "
-    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id, cost_usd"
-)
-
-
-def _row(record: UsageRecord) -> tuple[Any, ...]:
-    return (
-        record.request_id,
-        record.project_id,
-        record.key_id,
-        record.model,
-        record.upstream_model,
-        record.prompt_tokens,
-        record.completion_tokens,
-        record.prompt_tokens + record.completion_tokens,
-        record.cost_usd,
-        record.latency_ms,
-        record.status,
-        record.http_status,
-        record.error_code,
-        record.streamed,
-        record.cached,
-        record.budget_month,
-        datetime.fromtimestamp(record.created_at_ms / 1000, UTC),
-    )
-
-
-def decision(record: UsageRecord) -> AuditEvent:
-    """The audit entry of an admitted call (what happened, never the prompt)."""
-    return AuditEvent(
-        "invoke",
-        "allowed",
-        record.project_id,
-        f"key:{record.key_id}" if record.key_id else None,
-        record.request_id,
-        record.status,
-        {
-            "model": record.model,
-            "prompt_tokens": record.prompt_tokens,
-            "completion_tokens": record.completion_tokens,
-            "cost_usd": str(record.cost_usd),
-            "cached": record.cached,
-            "streamed": record.streamed,
-        },
-        datetime.fromtimestamp(record.created_at_ms / 1000, UTC),
-    )
-
-
-async def write(
-    conn: asyncpg.Connection, records: list[UsageRecord], *, with_audit: bool
-) -> list[UsageRecord]:
-    """Insert records (duplicates ignored), their hourly rollup and their audit entries, in
-    the caller's transaction; returns the new ones.
-
-    Only the rows this call actually inserted reach the rollup. Locks are taken in one
-    order by every writer (ledger rows by request id, then rollup rows by key), so
-    concurrent writers of overlapping batches wait for each other but never deadlock.
-    """
-    records = sorted(records, key=lambda record: record.request_id)
-    # request id -> the cost as stored (the column's scale), for the rollup
-    inserted: dict[str, Decimal] = {}
-    if records:
-        await conn.execute(ROLLUP_KEPT)
-    # Chunks keep each stretch of encoding short: the loop serves requests in between.
-    for start in range(0, len(records), CHUNK):
-        chunk = records[start : start + CHUNK]
-        columns = list(zip(*(_row(record) for record in chunk), strict=True))
-        for row in await conn.fetch(INSERT, *columns):
-            inserted[row["request_id"]] = row["cost_usd"]
-    fresh = [record for record in records if record.request_id in inserted]
-    if fresh:
-        await conn.execute(ROLLUP, *zip(*rollup_rows(fresh, inserted), strict=True))
-    if with_audit and fresh:
-        await audit.append(conn, [decision(r) for r in fresh])
-    return fresh
-
-
-def rollup_rows(records: list[UsageRecord], costs: dict[str, Decimal]) -> list[tuple[Any, ...]]:
-    """usage_hourly increments of some records (`costs`: each one's cost as the ledger
-    stored it), one per (project, hour, model, month), in key order (byte order, as the
-    table's triggers lock them)."""
-    sums: dict[tuple[str, int, str, str], list[Any]] = {}
-    for r in records:
-        key = (r.project_id, r.created_at_ms // 3_600_000, r.model, r.budget_month)
-        row = sums.setdefault(key, [0, 0, 0, 0, 0, 0, 0, 0, Decimal(0)])
-        ok = r.status in SUCCESSFUL
-        row[0] += 1  # requests
-        row[1] += ok  # successful
-        row[2] += not ok  # failed
-        row[3] += r.cached  # cached
-        row[4] += not r.cached  # timed: the latency average counts calls that went upstream
-        row[5] += 0 if r.cached else r.latency_ms
-        row[6] += r.prompt_tokens
-        row[7] += r.completion_tokens
-        row[8] += costs[r.request_id]
-    return [
-        (project, datetime.fromtimestamp(hour * 3600, UTC), model, month, *values)
-        for (project, hour, model, month), values in sorted(sums.items())
-    ]
 
 
 class Drainer:
@@ -241,6 +93,7 @@ class Drainer:
         self._audit = audit_enabled
         self._reconcile = reconcile
         self._reconciled_at = 0.0
+        self._prepared_at = -PREPARE_EVERY_S
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._task: asyncio.Task[None] | None = None
         self._groups_ready = False
@@ -261,6 +114,7 @@ class Drainer:
         while not self._stopping:
             try:
                 await self._maybe_reconcile()
+                await self._maybe_prepare_months()
                 moved = await self.drain_once(block_ms=BLOCK_MS)
                 delay = 0.5
                 if moved < BATCH:
@@ -285,6 +139,19 @@ class Drainer:
             raise
         except Exception as exc:  # the drain goes on; the intents wait for the next pass
             get_logger().warning("reconciler pass failed", error=type(exc).__name__)
+
+    async def _maybe_prepare_months(self) -> None:
+        """Hourly: the ledger partitions of this month and the next exist."""
+        if time.monotonic() - self._prepared_at < PREPARE_EVERY_S:
+            return
+        try:
+            async with self._db.connection() as conn, conn.transaction():
+                await ensure_partitions(conn, months_ahead(datetime.now(UTC)))
+            self._prepared_at = time.monotonic()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the writer creates a missing one itself, before its rows
+            get_logger().warning("ledger partitions not prepared", error=type(exc).__name__)
 
     async def _ensure_groups(self) -> None:
         if self._groups_ready:

@@ -7,11 +7,13 @@ import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from common import migrate
+from common.ledger_rows import months_ahead
 from tests.conftest import Services, with_database
 
 
@@ -86,7 +88,8 @@ async def test_money_columns_are_numeric(empty_db: str) -> None:
     try:
         rows = await conn.fetch(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE column_name IN ('budget_monthly_usd', 'cost_usd')"
+            "WHERE column_name IN ('budget_monthly_usd', 'cost_usd') "
+            "AND table_name NOT LIKE 'usage\\_ledger\\_%'"  # the ledger's partitions
         )
     finally:
         await conn.close()
@@ -154,8 +157,10 @@ async def test_statement_cache_size_is_honoured_by_the_pool(
     assert (prepared > 0) is named
 
 
-async def test_the_rollup_migration_backfills_existing_ledger_rows(empty_db: str) -> None:
-    """A ledger written before the hourly rollup existed is summed into it by the migration."""
+async def test_an_existing_ledger_is_rolled_up_and_partitioned(empty_db: str) -> None:
+    """A ledger written before the rollup and the partitions existed keeps every row, is
+    summed into the rollup and split into one partition per budget month (plus the
+    current and the next), and a request id still gets one row."""
     conn = await asyncpg.connect(empty_db)
     try:
         await conn.execute(migrate.CREATE_TABLE)
@@ -174,11 +179,29 @@ async def test_the_rollup_migration_backfills_existing_ledger_rows(empty_db: str
             "budget_month, created_at) "
             "SELECT 'req_' || n, 'proj_' || (n % 3), 'gpt-4o', n, 2 * n, n * 0.001, n, "
             "CASE WHEN n % 4 = 0 THEN 'upstream_error' ELSE 'success' END, 200, n % 5 = 0, "
-            "'202611', timestamptz '2026-11-03 10:00Z' + n * interval '7 minutes' "
+            "CASE WHEN n % 2 = 0 THEN '202610' ELSE '202611' END, "
+            "timestamptz '2026-10-31 10:00Z' + n * interval '7 minutes' "
             "FROM generate_series(1, 200) AS n"
         )
         applied = await migrate.migrate(empty_db)
-        assert [m.version for m in applied] == [4]
+        assert [m.version for m in applied] == [4, 5]
+        partitions = await conn.fetch(
+            "SELECT c.relname, count(l.*) AS n FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid "
+            "LEFT JOIN usage_ledger l ON l.tableoid = c.oid "
+            "WHERE i.inhparent = 'usage_ledger'::regclass GROUP BY 1 ORDER BY 1"
+        )
+        now = datetime.now(UTC)
+        ahead = {f"usage_ledger_{m}" for m in months_ahead(now)}
+        found = {r["relname"]: r["n"] for r in partitions}
+        assert {"usage_ledger_202610": 100, "usage_ledger_202611": 100}.items() <= found.items()
+        assert ahead <= set(found)
+        duplicate = await conn.fetchval(
+            "INSERT INTO usage_ledger (request_id, project_id, model, status, http_status, "
+            "budget_month, created_at) VALUES ('req_7', 'proj_1', 'gpt-4o', 'success', 200, "
+            "'202611', now()) ON CONFLICT (request_id, budget_month) DO NOTHING RETURNING 1"
+        )
+        assert duplicate is None
         rollup = await conn.fetch(
             "SELECT project_id, hour, sum(requests) AS n, sum(failed) AS failed, "
             "sum(cached) AS cached, sum(cost_usd) AS cost FROM usage_hourly "

@@ -130,9 +130,12 @@ async def test_rollup_equals_raw_rows_without_duplicates_or_dead_letters(
         UsageRecord(**{**vars(good[1]), "request_id": "req_p_nul", "model": "gpt\x00nano"}),
     ]
     first, second = good[:200], good[200:]
-    for item in [*first, *first[:20], poison[0]]:  # duplicates inside one batch
-        await redis.call("XADD", LEDGER_STREAM, "*", "r", item.to_json())
     drainer = Drainer(redis, db, audit_enabled=False)
+    for item in [*first[:100], *first[:20]]:  # duplicates inside one batch
+        await redis.call("XADD", LEDGER_STREAM, "*", "r", item.to_json())
+    await drain_all(drainer)
+    for item in [*first[100:], *first[150:170], poison[0]]:  # the same, beside a poison row
+        await redis.call("XADD", LEDGER_STREAM, "*", "r", item.to_json())
     await drain_all(drainer)
     for item in [*second, *first[50:90], poison[1], *second[:10]]:  # and across batches
         await redis.call("XADD", LEDGER_STREAM, "*", "r", item.to_json())
