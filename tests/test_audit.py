@@ -473,3 +473,39 @@ async def test_no_prompt_or_secret_is_stored(broker: Any, mock: MockUpstream) ->
         for secret in (PROMPT_WORD, "Explique", answer, tenant.access_token, tenant.api_key):
             assert secret not in text, (table, secret)
     assert orjson.dumps(mock.stats()["last_messages"]).count(PROMPT_WORD.encode()) == 1
+
+
+async def test_token_requests_never_wait_on_the_chain_lock(broker: Any) -> None:
+    """With the chain's lock held elsewhere, token issue and refresh still answer at once;
+    their events are appended once the lock is free, and the chain verifies."""
+    http, settings = broker
+    tenant = await create_tenant(settings, "proj_lock")
+    holder = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", audit.LOCK_KEY)
+        issued = await asyncio.wait_for(
+            http.post(
+                "/api/v1/auth/token",
+                json={"project_id": tenant.project_id, "api_key": tenant.api_key},
+            ),
+            timeout=5,
+        )
+        assert issued.status_code == 200
+        refreshed = await asyncio.wait_for(
+            http.post(
+                "/api/v1/auth/refresh", json={"refresh_token": issued.json()["refresh_token"]}
+            ),
+            timeout=5,
+        )
+        assert refreshed.status_code == 200
+        assert await holder.fetchval("SELECT count(*) FROM audit_log") == 0
+    finally:
+        await holder.execute("SELECT pg_advisory_unlock($1)", audit.LOCK_KEY)
+        await holder.close()
+    await ledger_rows(settings)
+    rows = await chain(settings)
+    assert [(r["event"], r["project_id"]) for r in rows] == [
+        ("token.issue", "proj_lock"),
+        ("token.refresh", "proj_lock"),
+    ]
+    assert (await verify(settings)).ok
