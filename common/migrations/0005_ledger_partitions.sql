@@ -45,7 +45,10 @@ CREATE INDEX usage_ledger_project_month ON usage_ledger (project_id, budget_mont
 
 -- Create the partition of a budget month if it is missing; true if this call created it.
 -- Serialised by a transaction lock so concurrent writers do not race on the catalog.
-CREATE FUNCTION usage_ledger_partition(month TEXT) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER: a runtime role that does not own usage_ledger may still create the
+-- partitions (as the owner, the role that ran the migrations; in its schema), nothing else.
+CREATE FUNCTION usage_ledger_partition(month TEXT) RETURNS BOOLEAN LANGUAGE plpgsql
+SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     IF month !~ '^[0-9]{4}(0[1-9]|1[0-2])$' THEN
         RAISE EXCEPTION 'budget month % is not YYYYMM', month USING ERRCODE = '22023';
