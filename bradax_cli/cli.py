@@ -25,7 +25,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from common.settings import load_settings
 
     settings = load_settings()
-    applied = run_async(migrate.migrate(settings.database_url.get_secret_value()))
+    applied = run_async(
+        migrate.migrate(
+            settings.database_url.get_secret_value(),
+            statement_cache_size=settings.db_statement_cache_size,
+        )
+    )
     emit(
         {
             "applied": [f"{m.version:04d}_{m.name}" for m in applied],

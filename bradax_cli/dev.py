@@ -107,7 +107,12 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
         _check_redis(settings)
         from common import migrate
 
-        applied = asyncio.run(migrate.migrate(settings.database_url.get_secret_value()))
+        applied = asyncio.run(
+            migrate.migrate(
+                settings.database_url.get_secret_value(),
+                statement_cache_size=settings.db_statement_cache_size,
+            )
+        )
         say(f"migrations: {len(applied)} applied, schema at version {migrate.latest_version()}")
         from bradax_cli import provision
 

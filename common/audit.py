@@ -2,9 +2,11 @@
 
 Each row's hash is sha256(previous hash || canonical(row)); writers serialise on an advisory
 lock, so the chain is one line even with many instances writing. `verify` walks the chain
-and names the first row whose content, link or position does not hold. High-volume events
-(every invoke decision) travel through a Redis stream and are appended in batches by the
-ledger drainer; low-volume ones (tokens, admin changes) are appended directly.
+and names the first row whose content, link or position does not hold. Events of request
+paths (every invoke decision, every token issued, refreshed, revoked or refused) travel
+through a Redis stream and are appended in batches by the ledger drainer, so the lock is
+taken once per batch and no request waits on it; admin changes (the CLI) are appended
+directly.
 """
 
 from __future__ import annotations

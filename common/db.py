@@ -32,12 +32,18 @@ UNAVAILABLE = (
 
 
 class Database:
-    """A lazily opened asyncpg pool sized from DB_POOL_SIZE + DB_MAX_OVERFLOW."""
+    """A lazily opened asyncpg pool sized from DB_POOL_SIZE + DB_MAX_OVERFLOW.
+
+    DB_STATEMENT_CACHE_SIZE sets asyncpg's prepared-statement cache per connection: 0 turns
+    it off, which PgBouncer in transaction pooling mode needs (a prepared statement lives on
+    one server connection, and the next transaction may run on another).
+    """
 
     def __init__(self, settings: Settings, *, connect_timeout: float = 5.0) -> None:
         self._dsn = settings.database_url.get_secret_value()
         self._max_size = settings.db_pool_size + settings.db_max_overflow
         self._min_size = min(2, settings.db_pool_size)
+        self._statement_cache_size = settings.db_statement_cache_size
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
@@ -56,6 +62,7 @@ class Database:
                         timeout=self._connect_timeout,
                         command_timeout=30,
                         max_inactive_connection_lifetime=60,
+                        statement_cache_size=self._statement_cache_size,
                     )
                 except UNAVAILABLE as exc:
                     raise ServiceUnavailable("database unavailable") from exc

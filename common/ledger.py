@@ -17,6 +17,9 @@ at their bound the calls whose instance died before settling them.
 
 If Redis itself fails between the upstream call and the settle, `PendingSettles` writes the
 row straight to PostgreSQL and keeps retrying the settle until Redis answers.
+
+Rows are written by `common.ledger_rows.write` (with the hourly rollup and the month's
+partition); the loop also keeps the next month's partition ready.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from common.audit import AuditEvent
 from common.background import stop_task
 from common.db import Database
 from common.errors import ServiceUnavailable, StoreError
+from common.ledger_rows import ensure_partitions, months_ahead
+from common.ledger_rows import write as write
 from common.logs import get_logger
 from common.quota import LEDGER_STREAM, InvalidRecord, UsageRecord
 from common.redis import RedisStore
@@ -48,13 +53,13 @@ from common.telemetry import COUNTERS
 
 GROUP = "drainer"
 BATCH = 500
-CHUNK = 32
 BLOCK_MS = 200
 # After a partial batch, wait this long: records reach PostgreSQL within ~PACE_S, in
 # batches, instead of one transaction per call when traffic is light.
 PACE_S = 0.2
 IDLE_MS = 30_000
 RECONCILE_EVERY_S = 1.0
+PREPARE_EVERY_S = 3600.0
 # What PostgreSQL (or asyncpg, encoding an argument) says about a row it will not take:
 # that row is dead-lettered. Anything else (a lost connection) leaves the batch pending.
 ROW_ERRORS: tuple[type[BaseException], ...] = (
@@ -70,92 +75,6 @@ DEAD_LETTER = (
     "INSERT INTO ledger_dead_letters (stream_id, request_id, record, reason) "
     "VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id) DO NOTHING"
 )
-
-COLUMNS = (
-    ("request_id", "text"),
-    ("project_id", "text"),
-    ("key_id", "text"),
-    ("model", "text"),
-    ("upstream_model", "text"),
-    ("prompt_tokens", "int"),
-    ("completion_tokens", "int"),
-    ("total_tokens", "int"),
-    ("cost_usd", "numeric"),
-    ("latency_ms", "int"),
-    ("status", "text"),
-    ("http_status", "int"),
-    ("error_code", "text"),
-    ("streamed", "bool"),
-    ("cached", "bool"),
-    ("budget_month", "text"),
-    ("created_at", "timestamptz"),
-)
-# One statement per batch: every record as a column array, duplicates skipped.
-_ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(COLUMNS, 1))
-INSERT = (
-    f"INSERT INTO usage_ledger ({', '.join(name for name, _ in COLUMNS)}) "
-    f"SELECT * FROM unnest({_ARRAYS}) "
-    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
-)
-
-
-def _row(record: UsageRecord) -> tuple[Any, ...]:
-    return (
-        record.request_id,
-        record.project_id,
-        record.key_id,
-        record.model,
-        record.upstream_model,
-        record.prompt_tokens,
-        record.completion_tokens,
-        record.prompt_tokens + record.completion_tokens,
-        record.cost_usd,
-        record.latency_ms,
-        record.status,
-        record.http_status,
-        record.error_code,
-        record.streamed,
-        record.cached,
-        record.budget_month,
-        datetime.fromtimestamp(record.created_at_ms / 1000, UTC),
-    )
-
-
-def decision(record: UsageRecord) -> AuditEvent:
-    """The audit entry of an admitted call (what happened, never the prompt)."""
-    return AuditEvent(
-        "invoke",
-        "allowed",
-        record.project_id,
-        f"key:{record.key_id}" if record.key_id else None,
-        record.request_id,
-        record.status,
-        {
-            "model": record.model,
-            "prompt_tokens": record.prompt_tokens,
-            "completion_tokens": record.completion_tokens,
-            "cost_usd": str(record.cost_usd),
-            "cached": record.cached,
-            "streamed": record.streamed,
-        },
-        datetime.fromtimestamp(record.created_at_ms / 1000, UTC),
-    )
-
-
-async def write(
-    conn: asyncpg.Connection, records: list[UsageRecord], *, with_audit: bool
-) -> list[UsageRecord]:
-    """Insert records (duplicates ignored) and their audit entries; returns the new ones."""
-    inserted: set[str] = set()
-    # Chunks keep each stretch of encoding short: the loop serves requests in between.
-    for start in range(0, len(records), CHUNK):
-        chunk = records[start : start + CHUNK]
-        columns = list(zip(*(_row(record) for record in chunk), strict=True))
-        inserted.update(row["request_id"] for row in await conn.fetch(INSERT, *columns))
-    fresh = [record for record in records if record.request_id in inserted]
-    if with_audit and fresh:
-        await audit.append(conn, [decision(r) for r in fresh])
-    return fresh
 
 
 class Drainer:
@@ -174,6 +93,7 @@ class Drainer:
         self._audit = audit_enabled
         self._reconcile = reconcile
         self._reconciled_at = 0.0
+        self._prepared_at = -PREPARE_EVERY_S
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._task: asyncio.Task[None] | None = None
         self._groups_ready = False
@@ -194,6 +114,7 @@ class Drainer:
         while not self._stopping:
             try:
                 await self._maybe_reconcile()
+                await self._maybe_prepare_months()
                 moved = await self.drain_once(block_ms=BLOCK_MS)
                 delay = 0.5
                 if moved < BATCH:
@@ -218,6 +139,19 @@ class Drainer:
             raise
         except Exception as exc:  # the drain goes on; the intents wait for the next pass
             get_logger().warning("reconciler pass failed", error=type(exc).__name__)
+
+    async def _maybe_prepare_months(self) -> None:
+        """Hourly: the ledger partitions of this month and the next exist."""
+        if time.monotonic() - self._prepared_at < PREPARE_EVERY_S:
+            return
+        try:
+            async with self._db.connection() as conn, conn.transaction():
+                await ensure_partitions(conn, months_ahead(datetime.now(UTC)))
+            self._prepared_at = time.monotonic()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the writer creates a missing one itself, before its rows
+            get_logger().warning("ledger partitions not prepared", error=type(exc).__name__)
 
     async def _ensure_groups(self) -> None:
         if self._groups_ready:

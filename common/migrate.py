@@ -85,10 +85,15 @@ async def current_version(conn: asyncpg.Connection) -> int:
     return max(versions, default=0)
 
 
-async def migrate(dsn: str) -> list[Migration]:
-    """Apply every pending migration to `dsn`; returns the ones applied by this call."""
+async def migrate(dsn: str, *, statement_cache_size: int = 100) -> list[Migration]:
+    """Apply every pending migration to `dsn`; returns the ones applied by this call.
+
+    `statement_cache_size` is DB_STATEMENT_CACHE_SIZE (0 through PgBouncer's transaction
+    pooling). The session advisory lock needs a session: run it on a direct connection or
+    through a session-pooled one.
+    """
     try:
-        conn = await asyncpg.connect(dsn, timeout=10)
+        conn = await asyncpg.connect(dsn, timeout=10, statement_cache_size=statement_cache_size)
     except UNAVAILABLE as exc:
         raise ServiceUnavailable("database unavailable") from exc
     except asyncpg.PostgresError as exc:  # no such database, bad password, no permission

@@ -160,8 +160,16 @@ async def snapshot(redis: RedisStore, budgets: dict[str, tuple[Decimal, Decimal]
                 instances += 1
                 for name, value in _pairs(values):
                     gauges[name.decode()] += int(value)
-    pending = int(await redis.call("XLEN", LEDGER_STREAM))
-    return Snapshot(counters, dict(gauges), instances, budgets, pending)
+    return Snapshot(counters, dict(gauges), instances, budgets, await pending_records(redis))
+
+
+async def pending_records(redis: RedisStore) -> int:
+    """Usage records settled in Redis and not yet written to PostgreSQL.
+
+    The drainer deletes an entry from the ledger stream once its row is committed, so the
+    stream's length is the backlog.
+    """
+    return int(await redis.call("XLEN", LEDGER_STREAM))
 
 
 async def live_budgets(

@@ -267,9 +267,14 @@ class Governor:
         budget_key, _, _ = budget_keys(project_id, month)
         orphans_key = keyspace.budget_orphans(project_id, month)
         orphan_ids = [rid.decode() for rid in await self._redis.call("HKEYS", orphans_key)]
+        # The month from the hourly rollup, less the orphans already in the ledger (they are
+        # added back from the orphans hash): a few rows by primary key, not the month's rows.
         base = await self._db.fetchval(
-            "SELECT coalesce(sum(cost_usd), 0) FROM usage_ledger "
-            "WHERE project_id = $1 AND budget_month = $2 AND NOT (request_id = ANY($3::text[]))",
+            "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM usage_hourly "
+            "        WHERE project_id = $1 AND budget_month = $2) "
+            "     - (SELECT coalesce(sum(cost_usd), 0) FROM usage_ledger "
+            "        WHERE request_id = ANY($3::text[]) AND project_id = $1 "
+            "        AND budget_month = $2)",
             project_id,
             month,
             orphan_ids,

@@ -1,11 +1,14 @@
 """Per-project usage reports computed from the PostgreSQL ledger (GET /metrics).
 
+Figures come from the hourly rollup (usage_hourly, kept by the ledger's triggers in the
+writing transaction), with raw ledger rows only for the partial hours at a window's ends.
+
 `UsageReport` is the documented shape of the answer (OpenAPI); the spec's fields come first.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -60,6 +63,10 @@ class UsageReport(_Strict):
     project_id: str
     window: ReportWindow
     budget: BudgetBlock
+    pending_records: int = Field(
+        description="usage records of the whole broker settled but not yet in the ledger "
+        "(the figures above do not include them yet)"
+    )
 
 
 def parse_moment(value: str, name: str) -> datetime:
@@ -92,46 +99,95 @@ def window(params: dict[str, str], now: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
+# What one stretch of the window adds up to, per model: the rollup's columns.
+_SUMS = (
+    "requests",
+    "successful",
+    "cached",
+    "timed",
+    "latency_ms_sum",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+)
+_FROM_HOURS = """
+    SELECT model, sum(requests) AS requests, sum(successful) AS successful,
+           sum(cached) AS cached, sum(timed) AS timed, sum(latency_ms_sum) AS latency_ms_sum,
+           sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+           sum(cost_usd) AS cost_usd
+    FROM usage_hourly
+    WHERE project_id = $1 AND hour >= $2 AND hour < $3
+    GROUP BY model
+"""
+_FROM_ROWS = """
+    SELECT model, count(*) AS requests,
+           count(*) FILTER (WHERE status IN ('success', 'usage_unverified')) AS successful,
+           count(*) FILTER (WHERE cached) AS cached,
+           count(*) FILTER (WHERE NOT cached) AS timed,
+           coalesce(sum(latency_ms) FILTER (WHERE NOT cached), 0) AS latency_ms_sum,
+           sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+           sum(cost_usd) AS cost_usd
+    FROM usage_ledger
+    WHERE project_id = $1 AND created_at >= $2 AND created_at < $3
+    GROUP BY model
+"""
+
+
+def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    """The whole UTC hours inside [start, end), as [first, last), or None if there is none."""
+    first = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if first < start:
+        first += timedelta(hours=1)
+    last = end.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return (first, last) if first < last else None
+
+
 async def project_usage(
     db: Database, project_id: str, start: datetime, end: datetime
 ) -> dict[str, Any]:
-    """The spec's metrics for one project over [start, end), exact from the ledger."""
-    row = await db.fetchrow(
-        """
-        SELECT count(*) AS total,
-               count(*) FILTER (WHERE status IN ('success', 'usage_unverified')) AS ok,
-               coalesce(avg(latency_ms) FILTER (WHERE NOT cached), 0) AS latency,
-               coalesce(sum(cost_usd), 0) AS cost,
-               coalesce(sum(prompt_tokens), 0) AS prompt,
-               coalesce(sum(completion_tokens), 0) AS completion,
-               count(*) FILTER (WHERE cached) AS cached
-        FROM usage_ledger
-        WHERE project_id = $1 AND created_at >= $2 AND created_at < $3
-        """,
-        project_id,
-        start,
-        end,
-    )
-    assert row is not None
-    models = await db.fetch(
-        "SELECT model, count(*) AS n FROM usage_ledger "
-        "WHERE project_id = $1 AND created_at >= $2 AND created_at < $3 "
-        "GROUP BY model ORDER BY model",
-        project_id,
-        start,
-        end,
-    )
-    cost = Decimal(row["cost"])
+    """The spec's metrics for one project over [start, end), exact.
+
+    Whole hours come from the hourly rollup; the partial hours at either end (a window
+    that does not start or end on the hour) from the ledger's rows, on its time index.
+    """
+    hours = whole_hours(start, end)
+    if hours is None:
+        parts = [await db.fetch(_FROM_ROWS, project_id, start, end)]
+    else:
+        parts = [await db.fetch(_FROM_HOURS, project_id, *hours)]
+        if start < hours[0]:
+            parts.append(await db.fetch(_FROM_ROWS, project_id, start, hours[0]))
+        if hours[1] < end:
+            parts.append(await db.fetch(_FROM_ROWS, project_id, hours[1], end))
+    per_model: dict[str, dict[str, Decimal]] = {}
+    for rows in parts:
+        for row in rows:
+            sums = per_model.setdefault(row["model"], dict.fromkeys(_SUMS, Decimal(0)))
+            for name in _SUMS:
+                sums[name] += Decimal(row[name] or 0)
+    total = {name: sum((m[name] for m in per_model.values()), Decimal(0)) for name in _SUMS}
+    requests = int(total["requests"])
+    cost = total["cost_usd"]
+    timed = int(total["timed"])
+    latency = float(total["latency_ms_sum"] / timed) if timed else 0.0
     return {
-        "total_requests": row["total"],
-        "successful_requests": row["ok"],
-        "failed_requests": row["total"] - row["ok"],
-        "average_latency_ms": round(float(row["latency"])),
+        "total_requests": requests,
+        "successful_requests": int(total["successful"]),
+        "failed_requests": requests - int(total["successful"]),
+        "average_latency_ms": round(latency),
         "total_cost_usd": float(cost),
         "total_cost_usd_exact": usd(cost),
-        "models_usage": {r["model"]: r["n"] for r in models},
-        "tokens": {"prompt": int(row["prompt"]), "completion": int(row["completion"])},
-        "cached_requests": row["cached"],
+        # A rollup row emptied by a correction (its rows moved or deleted) reports nothing.
+        "models_usage": {
+            model: int(sums["requests"])
+            for model, sums in sorted(per_model.items())
+            if sums["requests"] > 0
+        },
+        "tokens": {
+            "prompt": int(total["prompt_tokens"]),
+            "completion": int(total["completion_tokens"]),
+        },
+        "cached_requests": int(total["cached"]),
     }
 
 
@@ -142,8 +198,10 @@ async def project_report(
     end: datetime,
     month: str,
     live: tuple[Decimal, Decimal] | None,
+    pending: int,
 ) -> dict[str, Any]:
-    """The whole GET /metrics answer (UsageReport): usage over [start, end), the month's budget."""
+    """The whole GET /metrics answer (UsageReport): usage over [start, end), the month's
+    budget, and how many records (broker-wide) are still on their way to the ledger."""
     body = await project_usage(db, project.id, start, end)
     spent = await month_spend(db, project.id, month)
     budget = project.budget_monthly_usd
@@ -157,6 +215,7 @@ async def project_report(
         "reserved_usd": usd(reserved),
         "remaining_usd": usd(remaining),
     }
+    body["pending_records"] = pending
     return body
 
 
@@ -186,9 +245,10 @@ async def month_spend(db: Database, project_id: str, month: str) -> Decimal:
 
 
 async def month_spend_of(db: Database, month: str, project_ids: list[str]) -> dict[str, Decimal]:
-    """Ledger spend of some projects for a budget month (absent: nothing spent)."""
+    """Ledger spend of some projects for a budget month (absent: nothing spent), summed
+    from the hourly rollup."""
     rows = await db.fetch(
-        "SELECT project_id, coalesce(sum(cost_usd), 0) AS spent FROM usage_ledger "
+        "SELECT project_id, coalesce(sum(cost_usd), 0) AS spent FROM usage_hourly "
         "WHERE budget_month = $1 AND project_id = ANY($2::text[]) GROUP BY project_id",
         month,
         project_ids,

@@ -143,6 +143,7 @@ class SessionService:
         self._keys = ApiKeyStore(db)
         self._projects = ProjectStore(db)
         self._audit = audit
+        self._redis = redis
         self._deny_ttl = tokens.access_ttl + settings.jwt_leeway_seconds + 60
 
     async def login(self, project_id: str, api_key: str, now: datetime) -> TokenPair:
@@ -194,7 +195,8 @@ class SessionService:
 
     async def _reused(self, conn: Any, claims: Claims, now: datetime) -> NoReturn:
         await self._revoke_family(conn, claims.family, now)
-        await self._audit.record(
+        await self._audit.queue(
+            self._redis,
             AuditEvent(
                 "token.refresh",
                 "denied",
@@ -202,7 +204,7 @@ class SessionService:
                 f"key:{claims.key_id}",
                 reason="refresh token reuse detected; token family revoked",
                 details={"family": claims.family},
-            )
+            ),
         )
         raise Unauthorized(
             "refresh token was already used; the session has been revoked",

@@ -135,6 +135,8 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/bradax")
     db_pool_size: int = Field(default=20, ge=1, le=500)
     db_max_overflow: int = Field(default=10, ge=0, le=500)
+    # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer transaction pooling
+    db_statement_cache_size: int = Field(default=100, ge=0, le=10_000)
 
     # Redis
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")

@@ -125,6 +125,7 @@ def redis_url(services: Services) -> str:
 
 TABLES = (
     "usage_ledger",
+    "usage_hourly",
     "ledger_dead_letters",
     "audit_log",
     "refresh_tokens",

@@ -323,22 +323,30 @@ async def test_every_kind_of_event_lands_in_one_verifiable_chain(
     await ledger_rows(settings)  # the drainer appends invoke decisions
 
     rows = await chain(settings)
-    assert [(r["event"], r["outcome"]) for r in rows] == [
+    # The CLI appends directly; request paths queue their events for the drainer, which
+    # appends each batch (invoke decisions beside their ledger rows) in the order it reads.
+    assert [(r["event"], r["outcome"]) for r in rows[:4]] == [
         ("project.create", "allowed"),
         ("key.create", "allowed"),
         ("project.update", "allowed"),
         ("key.create", "allowed"),
+    ]
+    queued = [(r["event"], r["outcome"]) for r in rows[4:]]
+    assert [e for e in queued if e[0].startswith("token.")] == [
         ("token.issue", "allowed"),
         ("token.issue", "allowed"),
         ("token.refresh", "allowed"),
         ("token.revoke", "allowed"),
+    ]
+    assert sorted(e for e in queued if e[0] == "invoke") == [
         ("invoke", "allowed"),
         ("invoke", "denied"),
     ]
-    assert [r["request_id"] for r in rows[-2:]] == [
-        ok.headers["x-request-id"],
-        denied.headers["x-request-id"],
-    ]
+    decisions = {r["outcome"]: r["request_id"] for r in rows if r["event"] == "invoke"}
+    assert decisions == {
+        "allowed": ok.headers["x-request-id"],
+        "denied": denied.headers["x-request-id"],
+    }
     verdict = await verify(settings)
     assert (verdict.ok, verdict.checked) == (True, 10)
 
@@ -465,3 +473,39 @@ async def test_no_prompt_or_secret_is_stored(broker: Any, mock: MockUpstream) ->
         for secret in (PROMPT_WORD, "Explique", answer, tenant.access_token, tenant.api_key):
             assert secret not in text, (table, secret)
     assert orjson.dumps(mock.stats()["last_messages"]).count(PROMPT_WORD.encode()) == 1
+
+
+async def test_token_requests_never_wait_on_the_chain_lock(broker: Any) -> None:
+    """With the chain's lock held elsewhere, token issue and refresh still answer at once;
+    their events are appended once the lock is free, and the chain verifies."""
+    http, settings = broker
+    tenant = await create_tenant(settings, "proj_lock")
+    holder = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", audit.LOCK_KEY)
+        issued = await asyncio.wait_for(
+            http.post(
+                "/api/v1/auth/token",
+                json={"project_id": tenant.project_id, "api_key": tenant.api_key},
+            ),
+            timeout=5,
+        )
+        assert issued.status_code == 200
+        refreshed = await asyncio.wait_for(
+            http.post(
+                "/api/v1/auth/refresh", json={"refresh_token": issued.json()["refresh_token"]}
+            ),
+            timeout=5,
+        )
+        assert refreshed.status_code == 200
+        assert await holder.fetchval("SELECT count(*) FROM audit_log") == 0
+    finally:
+        await holder.execute("SELECT pg_advisory_unlock($1)", audit.LOCK_KEY)
+        await holder.close()
+    await ledger_rows(settings)
+    rows = await chain(settings)
+    assert [(r["event"], r["project_id"]) for r in rows] == [
+        ("token.issue", "proj_lock"),
+        ("token.refresh", "proj_lock"),
+    ]
+    assert (await verify(settings)).ok

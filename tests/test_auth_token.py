@@ -22,7 +22,7 @@ import asyncpg
 import httpx2
 import jwt
 import pytest
-from conftest import JWT_SECRET, env_for, make_settings, serve_function
+from conftest import JWT_SECRET, env_for, ledger_rows, make_settings, serve_function
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -94,6 +94,8 @@ def admin(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 async def _sql(settings: Settings, query: str, *args: Any) -> Any:
+    if "audit_log" in query:
+        await ledger_rows(settings)  # token events reach the chain through the audit stream
     conn = await asyncpg.connect(settings.database_url.get_secret_value())
     try:
         return await conn.fetch(query, *args)

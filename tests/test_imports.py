@@ -82,7 +82,15 @@ DIETS: dict[str, Diet] = {
     # Verifies tokens (jwt) and renders metrics: talks to no upstream.
     "metrics": Diet(
         forbidden=frozenset({"aiohttp", "openai", "common.llm", "common.invoke", *TRACES}),
-        common=_common(*SERVING, *CREDENTIALS, "ledger", "ledger_workers", "prometheus", "reports"),
+        common=_common(
+            *SERVING,
+            *CREDENTIALS,
+            "ledger",
+            "ledger_rows",
+            "ledger_workers",
+            "prometheus",
+            "reports",
+        ),
     ),
     # The call pipeline: only exclusions are pinned (it uses most of common/).
     "llm_invoke": Diet(

@@ -48,8 +48,9 @@ async def metrics(http: httpx2.AsyncClient, tenant: Tenant, query: str = "") -> 
 
 
 def figures(body: dict[str, Any]) -> dict[str, Any]:
-    """The usage figures of a /metrics body (without project, window and budget)."""
-    return {k: v for k, v in body.items() if k not in ("project_id", "window", "budget")}
+    """The usage figures of a /metrics body (without project, window, budget and backlog)."""
+    skip = ("project_id", "window", "budget", "pending_records")
+    return {k: v for k, v in body.items() if k not in skip}
 
 
 def from_ledger(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -122,11 +123,12 @@ async def test_figures_are_exact_against_the_ledger(broker: Any, mock: MockUpstr
     statuses.append((await invoke(http, other)).status_code)
     assert statuses == [200, 200, 200, 502, 200, 200, 200, 403, 200]
 
+    rows = await ledger_rows(settings, "proj_m")  # /metrics reads the ledger, never drains
     reply = await metrics(http, tenant)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     reports.UsageReport.model_validate(body)  # the documented shape, nothing more or less
-    rows = await ledger_rows(settings, "proj_m")
+    assert body["pending_records"] == 0
     assert figures(body) == from_ledger(rows)
     # 2 x (11 + 5 tokens) + mini (11 + 12) + (11 + 3) + cache hit (free) + stream (11 + 4)
     assert figures(body) == {
@@ -360,33 +362,37 @@ def test_the_function_documents_both_routes(settings: Settings, router: Any) -> 
     assert "security" not in scrape
 
 
-async def test_concurrent_reads_never_duplicate_audit_entries(broker: Any) -> None:
-    """Reading /metrics drains the streams; concurrent reads still append each decision once."""
-    from common.audit import STREAM, AuditEvent
+async def test_metrics_reports_pending_records_and_writes_nothing(broker: Any) -> None:
+    """Records still in the ledger stream are counted as pending; reading /metrics leaves
+    them there and writes no ledger row, and once drained they are in the figures."""
+    from common.quota import LEDGER_STREAM, UsageRecord
 
     http, settings = broker
     tenant = await login(http, await create_tenant(settings))
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
     redis = RedisStore(settings)
-
-    async def decide(batch: int) -> None:
-        for n in range(20):
-            event = AuditEvent("invoke", "denied", tenant.project_id, None, f"r{batch}-{n}", "x")
-            fields = [item for pair in event.to_stream().items() for item in pair]
-            await redis.call("XADD", STREAM, "*", *fields)
-            await asyncio.sleep(0)
-
     try:
-        for batch in range(20):
-            replies = await asyncio.gather(
-                decide(batch), *(metrics(http, tenant) for _ in range(6))
-            )
-            assert {r.status_code for r in replies[1:]} == {200}
+        for n in range(3):
+            record = UsageRecord(
+                f"req_pending_{n}", tenant.project_id, None, "gpt-4.1-nano", None,
+                10, 5, Decimal("0.001"), 20, "success", 200, None, False, False,
+                budget_month(datetime.now(UTC)), now_ms,
+            )  # fmt: skip
+            await redis.call("XADD", LEDGER_STREAM, "*", "r", record.to_json())
+        replies = await asyncio.gather(*(metrics(http, tenant) for _ in range(4)))
+        backlog = int(await redis.call("XLEN", LEDGER_STREAM))
     finally:
         await redis.close()
-    await ledger_rows(settings)
+    assert {r.status_code for r in replies} == {200}
+    assert [r.json()["pending_records"] for r in replies] == [3, 3, 3, 3]
+    assert {r.json()["total_requests"] for r in replies} == {0}
+    assert backlog == 3
     conn = await asyncpg.connect(settings.database_url.get_secret_value())
     try:
-        count = await conn.fetchval("SELECT count(*) FROM audit_log WHERE reason = 'x'")
+        assert await conn.fetchval("SELECT count(*) FROM usage_ledger") == 0
     finally:
         await conn.close()
-    assert count == 400
+    assert len(await ledger_rows(settings)) == 3
+    after = (await metrics(http, tenant)).json()
+    assert (after["pending_records"], after["total_requests"]) == (0, 3)
+    assert after["total_cost_usd_exact"] == "0.003"

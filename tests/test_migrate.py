@@ -7,11 +7,13 @@ import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from common import migrate
+from common.ledger_rows import months_ahead
 from tests.conftest import Services, with_database
 
 
@@ -86,13 +88,15 @@ async def test_money_columns_are_numeric(empty_db: str) -> None:
     try:
         rows = await conn.fetch(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE column_name IN ('budget_monthly_usd', 'cost_usd')"
+            "WHERE column_name IN ('budget_monthly_usd', 'cost_usd') "
+            "AND table_name NOT LIKE 'usage\\_ledger\\_%'"  # the ledger's partitions
         )
     finally:
         await conn.close()
     assert {(r["table_name"], r["data_type"]) for r in rows} == {
         ("projects", "numeric"),
         ("usage_ledger", "numeric"),
+        ("usage_hourly", "numeric"),
     }
 
 
@@ -132,3 +136,84 @@ def test_cli_migrate_unreachable_database_is_one_line() -> None:
     assert done.returncode == 1
     assert done.stderr.strip() == "bradax: error: database unavailable"
     assert "secretpw" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(("size", "named"), [(100, True), (0, False)])
+async def test_statement_cache_size_is_honoured_by_the_pool(
+    empty_db: str, redis_url: str, size: int, named: bool
+) -> None:
+    """DB_STATEMENT_CACHE_SIZE=0 leaves no named prepared statement on the server (PgBouncer)."""
+    from common.db import Database
+    from tests.conftest import make_settings
+
+    await migrate.migrate(empty_db, statement_cache_size=size)
+    db = Database(make_settings(empty_db, redis_url, db_statement_cache_size=size))
+    try:
+        async with db.connection() as conn:
+            await conn.fetchval("SELECT count(*) FROM usage_ledger WHERE project_id = $1", "p")
+            prepared = await conn.fetchval("SELECT count(*) FROM pg_prepared_statements")
+    finally:
+        await db.close()
+    assert (prepared > 0) is named
+
+
+async def test_an_existing_ledger_is_rolled_up_and_partitioned(empty_db: str) -> None:
+    """A ledger written before the rollup and the partitions existed keeps every row, is
+    summed into the rollup and split into one partition per budget month (plus the
+    current and the next), and a request id still gets one row."""
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await conn.execute(migrate.CREATE_TABLE)
+        for m in migrate.available():
+            if m.version < 4:
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    m.version,
+                    m.name,
+                    m.checksum,
+                )
+        await conn.execute(
+            "INSERT INTO usage_ledger (request_id, project_id, model, prompt_tokens, "
+            "completion_tokens, cost_usd, latency_ms, status, http_status, cached, "
+            "budget_month, created_at) "
+            "SELECT 'req_' || n, 'proj_' || (n % 3), 'gpt-4o', n, 2 * n, n * 0.001, n, "
+            "CASE WHEN n % 4 = 0 THEN 'upstream_error' ELSE 'success' END, 200, n % 5 = 0, "
+            "CASE WHEN n % 2 = 0 THEN '202610' ELSE '202611' END, "
+            "timestamptz '2026-10-31 10:00Z' + n * interval '7 minutes' "
+            "FROM generate_series(1, 200) AS n"
+        )
+        applied = await migrate.migrate(empty_db)
+        assert [m.version for m in applied] == [4, 5]
+        partitions = await conn.fetch(
+            "SELECT c.relname, count(l.*) AS n FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid "
+            "LEFT JOIN usage_ledger l ON l.tableoid = c.oid "
+            "WHERE i.inhparent = 'usage_ledger'::regclass GROUP BY 1 ORDER BY 1"
+        )
+        now = datetime.now(UTC)
+        ahead = {f"usage_ledger_{m}" for m in months_ahead(now)}
+        found = {r["relname"]: r["n"] for r in partitions}
+        assert {"usage_ledger_202610": 100, "usage_ledger_202611": 100}.items() <= found.items()
+        assert ahead <= set(found)
+        duplicate = await conn.fetchval(
+            "INSERT INTO usage_ledger (request_id, project_id, model, status, http_status, "
+            "budget_month, created_at) VALUES ('req_7', 'proj_1', 'gpt-4o', 'success', 200, "
+            "'202611', now()) ON CONFLICT (request_id, budget_month) DO NOTHING RETURNING 1"
+        )
+        assert duplicate is None
+        rollup = await conn.fetch(
+            "SELECT project_id, hour, sum(requests) AS n, sum(failed) AS failed, "
+            "sum(cached) AS cached, sum(cost_usd) AS cost FROM usage_hourly "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        raw = await conn.fetch(
+            "SELECT project_id, date_trunc('hour', created_at, 'UTC') AS hour, count(*) AS n, "
+            "count(*) FILTER (WHERE status = 'upstream_error') AS failed, "
+            "count(*) FILTER (WHERE cached) AS cached, sum(cost_usd) AS cost "
+            "FROM usage_ledger GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    finally:
+        await conn.close()
+    assert [dict(r) for r in rollup] == [dict(r) for r in raw]
+    assert sum(r["n"] for r in rollup) == 200

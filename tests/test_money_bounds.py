@@ -437,6 +437,12 @@ async def test_poison_record_does_not_stop_the_ledger_across_two_processes(
                 await http.get(url + "/metrics", headers={"Authorization": f"Bearer {access}"})
                 for url in urls
             ]
+            # /metrics only reads: let the brokers' drainers finish before stopping them (a
+            # batch cut by the stop would wait IDLE_MS for another drainer to claim it).
+            for _ in range(500):
+                if int(await redis.call("XLEN", LEDGER_STREAM)) == 0:
+                    break
+                await asyncio.sleep(0.02)
     finally:
         await redis.close()
         for broker in brokers:

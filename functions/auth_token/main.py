@@ -61,8 +61,10 @@ class Attempt:
         reason: str | None = None,
         **details: str,
     ) -> None:
-        """Append one audit row: never a key or a token, only ids."""
-        await services.audit.get().record(
+        """Queue one audit row (never a key or a token, only ids): the drainers append it to
+        the hash chain in a batch, so no token request waits on the chain's lock."""
+        await services.audit.get().queue(
+            deps.redis.get(),
             AuditEvent(
                 event,
                 outcome,
@@ -71,7 +73,7 @@ class Attempt:
                 request_id=self.request_id,
                 reason=reason,
                 details=details,
-            )
+            ),
         )
 
     async def settle(self, exc: BaseException | None) -> None:

@@ -5,7 +5,6 @@ Serve alone: functions-framework --asgi --source functions/metrics/main.py --tar
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from datetime import UTC, datetime
 
@@ -16,24 +15,14 @@ from common import deps, ledger_workers, prometheus, reports, services
 from common.auth import bearer
 from common.errors import ProjectSuspended, Unauthorized
 from common.http import JSONResponse, Route
-from common.ledger import Drainer
 from common.openapi import Operation
 from common.quota import budget_month
 from common.runtime import function_app
 
-# Before reading the ledger, /metrics copies in what was settled so far. It does so as a
-# consumer of its own, one task at a time: a consumer drained from two tasks at once (say, the
-# background loop and a request) re-reads its unacknowledged entries, and the audit stream,
-# unlike the ledger, has no unique key to drop the second copy.
-_catch_up = deps.Lazy(
-    lambda: Drainer(
-        deps.redis.get(), deps.db.get(), audit_enabled=deps.settings().audit_logging_enabled
-    )
-)
-_catch_up_lock = asyncio.Lock()
-
 
 async def project_metrics(request: Request) -> Response:
+    """The caller's project from the ledger; read-only: records still in Redis are reported
+    as `pending_records`, not drained by the request (the drainers write them)."""
     principal = await services.authenticator.get().authenticate(
         request.headers.get("authorization"), "read_metrics"
     )
@@ -44,13 +33,11 @@ async def project_metrics(request: Request) -> Response:
         raise ProjectSuspended(f"project {project.id} is suspended")
     now = datetime.now(UTC)
     start, end = reports.window(dict(request.query_params), now)
-    ledger_workers.drainer.get().ensure_started()
-    async with _catch_up_lock:
-        await _catch_up.get().drain_once()
     month = budget_month(now)
     live = await prometheus.live_budgets(deps.redis.get(), [project.id], month)
+    pending = await prometheus.pending_records(deps.redis.get())
     body = await reports.project_report(
-        deps.db.get(), project, start, end, month, live.get(project.id)
+        deps.db.get(), project, start, end, month, live.get(project.id), pending
     )
     return JSONResponse(body)
 
