@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from bradax import (
@@ -182,8 +183,19 @@ async def async_connect(
 
 
 def rows(settings: Settings) -> list[dict[str, Any]]:
-    """The ledger rows (drained first)."""
-    return asyncio.run(ledger_rows(settings))
+    """This test's ledger rows (drained first): the broker process outlives each test, so
+    its drainer may still write a previous test's record; only this test's keys count."""
+
+    async def current() -> list[dict[str, Any]]:
+        found = await ledger_rows(settings)
+        conn = await asyncpg.connect(settings.database_url.get_secret_value())
+        try:
+            keys = {r["key_id"] for r in await conn.fetch("SELECT key_id FROM api_keys")}
+        finally:
+            await conn.close()
+        return [row for row in found if row["key_id"] in keys]
+
+    return asyncio.run(current())
 
 
 def revoke(broker_url: str, **body: str) -> None:
