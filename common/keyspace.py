@@ -4,10 +4,9 @@
                     bx:deny:proj:<project>, bx:idem:<project>:<sha256>,
                     bx:cache:<project>:<api>:<sha256>, rate limits bx:rl:p|ps:<project>:...
     per credential  bx:deny:key:<key id>, bx:deny:fam:<family>, bx:deny:jti:<token id>
-    per call        bx:done:<request id> (settled once)
     per client IP   bx:rl:ip:<ip>:..., bx:rl:auth:ip:<ip>:..., bx:rl:authfail:...
     broker-wide     bx:ledger, bx:audit (streams), bx:intent / bx:intent:due (intents),
-                    bx:m:counters, bx:m:gauge:<instance>
+                    bx:m:counters, bx:m:gauge:<instance>, bx:m:instances
 
 Modules ask this one for names; none spells a key itself, so the layout (a later cluster
 mode puts a project's keys in one hash slot) changes in one place.
@@ -21,6 +20,8 @@ LEDGER_STREAM = "bx:ledger"
 AUDIT_STREAM = "bx:audit"
 METRICS_COUNTERS = "bx:m:counters"
 GAUGE_PREFIX = "bx:m:gauge:"
+# Live broker instances: instance -> when it last flushed its gauges, in ms (zset).
+INSTANCES = "bx:m:instances"
 # Intents of admitted calls: request id -> intent (hash), request id -> due time in ms (zset).
 INTENTS = "bx:intent"
 INTENTS_DUE = "bx:intent:due"
@@ -76,11 +77,6 @@ def budget_orphans(project_id: str, month: str) -> str:
 def budget_soft(project_id: str, month: str) -> str:
     """Set once the month crossed BUDGET_SOFT_THRESHOLD (warn once)."""
     return f"bx:bsoft:{project_id}:{month}"
-
-
-def settled(request_id: str) -> str:
-    """Set by the settlement of a call: a second settle of it is a no-op."""
-    return f"bx:done:{request_id}"
 
 
 def idempotency(project_id: str, key: str) -> str:

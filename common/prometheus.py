@@ -7,6 +7,7 @@ scrape of any metrics instance shows the whole broker.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from common import keyspace
 from common.quota import LEDGER_STREAM, budget_keys, from_nano
 from common.redis import RedisStore
-from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, parse_field
+from common.telemetry import BUCKETS, COUNTERS, GAUGE_TTL, INSTANCES, parse_field
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -102,17 +104,14 @@ class Snapshot:
 
 
 async def snapshot(redis: RedisStore, budgets: dict[str, tuple[Decimal, Decimal]]) -> Snapshot:
-    """Read the counters and live instances' gauges from Redis (instances past their TTL
-    have expired and are not counted)."""
+    """Read the counters and live instances' gauges from Redis: the instances registered
+    in the registry zset that flushed within the gauges' TTL (older entries are pruned)."""
     raw = await redis.call("HGETALL", COUNTERS)
     counters = {k.decode(): int(v) for k, v in _pairs(raw)}
-    keys: list[bytes] = []
-    cursor = 0
-    while True:
-        cursor, found = await redis.call("SCAN", cursor, "MATCH", GAUGE_PREFIX + "*", "COUNT", 500)
-        keys.extend(found)
-        if int(cursor) == 0:
-            break
+    oldest = int(time.time() * 1000) - GAUGE_TTL * 1000
+    await redis.call("ZREMRANGEBYSCORE", INSTANCES, "-inf", f"({oldest}")
+    live = await redis.call("ZRANGE", INSTANCES, 0, -1)
+    keys = [keyspace.gauge(name.decode()) for name in live]
     gauges: dict[str, int] = defaultdict(int)
     instances = 0
     if keys:
@@ -120,7 +119,7 @@ async def snapshot(redis: RedisStore, budgets: dict[str, tuple[Decimal, Decimal]
         for key in keys:
             pipe.hgetall(key)
         for values in await redis.guard(pipe.execute()):
-            if values:  # expired between SCAN and HGETALL: not live
+            if values:  # its gauges expired: not live
                 instances += 1
                 for name, value in _pairs(values):
                     gauges[name.decode()] += int(value)

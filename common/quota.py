@@ -63,7 +63,6 @@ __all__ = [
 
 LEDGER_STREAM = keyspace.LEDGER_STREAM
 METRICS_HASH = keyspace.METRICS_COUNTERS
-DONE_TTL = 86_400
 MONTH_TTL = 62 * 86_400
 MAX_CLEANUP = 100
 # Intents of admitted calls: request id -> [project, month, bound_nano, record] (hash),
@@ -289,15 +288,18 @@ class Governor:
         actual: Decimal,
         record: UsageRecord | None,
         metrics: Mapping[str, int] | None = None,
+        reserved: bool | None = None,
     ) -> Settlement:
-        """Release the reservation, add the actual cost, append the record: once per request."""
+        """Release the reservation, add the actual cost, append the record: once per request.
+
+        A call admitted with a reservation (`reserved`, by default whether a claim is given)
+        settles only while its reservation or intent exists; nothing outlives the settle."""
         budget_key, resv_key, amounts_key = budget_keys(project_id, month)
         soft_nano = to_nano(from_nano(claim.budget_nano) * self._soft) if claim else 0
         keys = [
             budget_key,
             resv_key,
             amounts_key,
-            keyspace.settled(request_id),
             LEDGER_STREAM,
             keyspace.budget_orphans(project_id, month),
             keyspace.budget_soft(project_id, month),
@@ -309,7 +311,7 @@ class Governor:
         args: list[object] = [
             request_id,
             to_nano(actual),
-            DONE_TTL,
+            1 if (claim is not None if reserved is None else reserved) else 0,
             soft_nano,
             MONTH_TTL,
             record.fitted().to_json() if record is not None else b"",
@@ -359,6 +361,7 @@ class Governor:
                 month=month,
                 actual=from_nano(int(bound_nano)),
                 record=record,
+                reserved=True,
                 metrics={
                     field("ledger_reconciled_total", model=record.model): 1,
                     field("openai_requests_total", model=record.model, status=RECONCILED): 1,

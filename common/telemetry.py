@@ -17,6 +17,7 @@ import contextvars
 import os
 import secrets
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
@@ -30,6 +31,7 @@ from common.redis import RedisStore
 COUNTERS = keyspace.METRICS_COUNTERS
 GAUGE_PREFIX = keyspace.GAUGE_PREFIX
 GAUGE_TTL = 15
+INSTANCES = keyspace.INSTANCES
 FLUSH_SECONDS = 1.0
 # Histogram buckets of bradax_request_duration_seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -159,6 +161,8 @@ class Telemetry:
             gauges["db_max"] = stats.get("max", 0)
         pipe.hset(gauge_key, mapping=gauges)
         pipe.expire(gauge_key, GAUGE_TTL)
+        # The registry of live instances: a scrape reads it instead of scanning the keyspace.
+        pipe.zadd(INSTANCES, {self.instance: int(time.time() * 1000)})
         try:
             await redis.guard(pipe.execute())
         except Exception:
@@ -175,7 +179,9 @@ class Telemetry:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 2.0)
             # A stopped instance holds no connections: do not let its gauges linger for the TTL.
-            await asyncio.wait_for(self._redis_factory().call("DEL", self.gauge_key), 2.0)
+            redis = self._redis_factory()
+            await asyncio.wait_for(redis.call("DEL", self.gauge_key), 2.0)
+            await asyncio.wait_for(redis.call("ZREM", INSTANCES, self.instance), 2.0)
 
     @property
     def gauge_key(self) -> str:

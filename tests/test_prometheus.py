@@ -27,7 +27,7 @@ from common.prometheus import Snapshot
 from common.quota import budget_month
 from common.redis import RedisStore
 from common.settings import Settings
-from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, METHODS
+from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, GAUGE_TTL, INSTANCES, METHODS
 from tests.conftest import (
     MockUpstream,
     Process,
@@ -175,18 +175,23 @@ async def redis(settings: Settings) -> AsyncIterator[RedisStore]:
 
 
 async def test_snapshot_sums_live_instances_only(redis: RedisStore) -> None:
-    """Gauges are summed over instances whose key is alive; an expired instance drops out."""
+    """Gauges are summed over the registered instances whose key is alive; an expired
+    instance or one that stopped flushing drops out (and out of the registry)."""
+    now_ms = int(time.time() * 1000)
     await redis.call("HSET", COUNTERS, "cache_hits_total", 7)
-    await redis.call("HSET", GAUGE_PREFIX + "a", "active_connections", 2, "db_idle", 3)
-    await redis.call("HSET", GAUGE_PREFIX + "b", "active_connections", 1, "db_idle", 1)
-    await redis.call("HSET", GAUGE_PREFIX + "gone", "active_connections", 50, "db_idle", 50)
+    for name, active, idle in (("a", 2, 3), ("b", 1, 1), ("gone", 50, 50), ("stale", 9, 9)):
+        await redis.call("HSET", GAUGE_PREFIX + name, "active_connections", active, "db_idle", idle)
+    await redis.call("HSET", GAUGE_PREFIX + "unlisted", "active_connections", 70)
     await redis.call("PEXPIRE", GAUGE_PREFIX + "gone", 50)
+    stale_ms = now_ms - (GAUGE_TTL + 5) * 1000
+    await redis.call("ZADD", INSTANCES, now_ms, "a", now_ms, "b", now_ms, "gone", stale_ms, "stale")
     await redis.call("XADD", "bx:ledger", "*", "r", "x")
     await asyncio.sleep(0.1)
     snap = await prometheus.snapshot(redis, {})
     assert snap == Snapshot(
         {"cache_hits_total": 7}, {"active_connections": 3, "db_idle": 4}, 2, {}, 1
     )
+    assert await redis.call("ZRANGE", INSTANCES, 0, -1) == [b"a", b"b", b"gone"]
 
 
 async def test_live_budgets_reads_redis_figures(redis: RedisStore) -> None:
@@ -376,6 +381,7 @@ async def test_disabled_metrics_record_nothing(
     try:
         assert await redis.call("EXISTS", COUNTERS) == 0
         assert await redis.call("KEYS", GAUGE_PREFIX + "*") == []
+        assert await redis.call("ZCARD", INSTANCES) == 0
     finally:
         await redis.close()
     assert samples[s("bradax_instances")] == 0
