@@ -3,8 +3,9 @@
 `Governor.admit` makes one round trip: deny-list (revoked tokens, keys, families, suspended
 projects), fixed-window limits (hourly, per second, per IP, per endpoint) and, for calls that
 spend money, a reservation of the worst-case cost against the month's budget. `settle` makes
-the second: it releases the reservation, adds the actual cost, appends the usage record to
-the ledger stream and counts broker-wide metrics, exactly once per request id.
+the second: it releases the reservation, adds the actual cost and appends the usage record to
+the ledger stream, exactly once per request id; the call's broker-wide metrics are then
+counted in-process (`count`, the telemetry's) and flushed with the others.
 
 The admission also writes the call's intent: the ledger record of the call charged at its
 bound, due when its reservation times out. Settling deletes it in the same step. If the
@@ -20,7 +21,7 @@ admitting anything. Every Redis failure is ServiceUnavailable: nothing is grante
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -62,7 +63,6 @@ __all__ = [
 ]
 
 LEDGER_STREAM = keyspace.LEDGER_STREAM
-METRICS_HASH = keyspace.METRICS_COUNTERS
 MONTH_TTL = 62 * 86_400
 MAX_CLEANUP = 100
 # Intents of admitted calls: request id -> [project, month, bound_nano, record] (hash),
@@ -112,12 +112,12 @@ def deny_keys(project_id: str, key_id: str, jti: str | None, family: str | None)
     """The deny-list entries that revoke a credential: project, key, token family, token."""
     keys = [
         DenyKey(keyspace.deny_project(project_id), "project is suspended"),
-        DenyKey(keyspace.deny_key(key_id), "credential has been revoked"),
+        DenyKey(keyspace.deny_key(project_id, key_id), "credential has been revoked"),
     ]
     if family:
-        keys.append(DenyKey(keyspace.deny_family(family), "token has been revoked"))
+        keys.append(DenyKey(keyspace.deny_family(project_id, family), "token has been revoked"))
     if jti:
-        keys.append(DenyKey(keyspace.deny_token(jti), "token has been revoked"))
+        keys.append(DenyKey(keyspace.deny_token(project_id, jti), "token has been revoked"))
     return keys
 
 
@@ -175,8 +175,16 @@ class Settlement:
 class Governor:
     """Admission and settlement against Redis; budget rebuilds from the PostgreSQL ledger."""
 
-    def __init__(self, redis: RedisStore, db: Database, *, soft_threshold: Decimal) -> None:
+    def __init__(
+        self,
+        redis: RedisStore,
+        db: Database,
+        *,
+        soft_threshold: Decimal,
+        count: Callable[[Mapping[str, int]], None] | None = None,
+    ) -> None:
         self._redis = redis
+        self._count = count
         self._db = db
         self._soft = soft_threshold
         self._rebuilds: dict[tuple[str, str], asyncio.Future[int]] = {}
@@ -303,7 +311,6 @@ class Governor:
             LEDGER_STREAM,
             keyspace.budget_orphans(project_id, month),
             keyspace.budget_soft(project_id, month),
-            METRICS_HASH,
             INTENTS,
             INTENTS_DUE,
         ]
@@ -316,11 +323,11 @@ class Governor:
             MONTH_TTL,
             record.fitted().to_json() if record is not None else b"",
         ]
-        for name, amount in (metrics or {}).items():
-            args.extend((name, amount))
         result = await self._redis.run("settle.lua", keys, args)
         if int(result[0]) == -1:
             return Settlement(duplicate=True)
+        if metrics and self._count is not None:
+            self._count(metrics)
         spent = int(result[1])
         return Settlement(False, spent if spent >= 0 else None, int(result[2]) == 1)
 

@@ -193,7 +193,7 @@ class SessionService:
         return await self._issue(key, claims.family, now)
 
     async def _reused(self, conn: Any, claims: Claims, now: datetime) -> NoReturn:
-        await self._revoke_family(conn, claims.family, now)
+        await self._revoke_family(conn, claims, now)
         await self._audit.record(
             AuditEvent(
                 "token.refresh",
@@ -215,19 +215,20 @@ class SessionService:
         claims = self._tokens.verify(token, None, stamp)
         if claims.token_type == "access":
             ttl = max(1, claims.expires_at - stamp + self._tokens.leeway + 60)
-            await self._deny.add(keyspace.deny_token(claims.jti), ttl)
+            await self._deny.add(keyspace.deny_token(claims.project_id, claims.jti), ttl)
             return claims
         async with self._db.connection() as conn, conn.transaction():
-            await self._revoke_family(conn, claims.family, now)
+            await self._revoke_family(conn, claims, now)
         return claims
 
-    async def _revoke_family(self, conn: Any, family: str, now: datetime) -> None:
+    async def _revoke_family(self, conn: Any, claims: Claims, now: datetime) -> None:
+        family = claims.family
         await conn.execute(
             "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
             family,
             now,
         )
-        await self._deny.add(keyspace.deny_family(family), self._deny_ttl)
+        await self._deny.add(keyspace.deny_family(claims.project_id, family), self._deny_ttl)
 
     async def _issue(self, key: ApiKey, family: str, now: datetime) -> TokenPair:
         stamp = int(now.timestamp())

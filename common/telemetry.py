@@ -19,7 +19,7 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -101,6 +101,12 @@ class Telemetry:
         """Add to a counter."""
         if self.enabled:
             self._pending[field(name, **labels)] += amount
+            self._ensure_task()
+
+    def add(self, fields: Mapping[str, int]) -> None:
+        """Add to several counters, named by `field` (a settled call's figures)."""
+        if self.enabled and fields:
+            self._pending.update(fields)
             self._ensure_task()
 
     def request_started(self) -> None:

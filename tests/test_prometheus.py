@@ -197,8 +197,8 @@ async def test_snapshot_sums_live_instances_only(redis: RedisStore) -> None:
 async def test_live_budgets_reads_redis_figures(redis: RedisStore) -> None:
     """Redis' spent and reserved nano-dollars come back in USD; unknown projects are absent."""
     month = "202507"
-    await redis.call("HSET", f"bx:b:proj_a:{month}", "spent", 1_500, "reserved", 250)
-    await redis.call("HSET", f"bx:b:proj_b:{month}", "spent", 0)
+    await redis.call("HSET", f"bx:b:{{proj_a}}:{month}", "spent", 1_500, "reserved", 250)
+    await redis.call("HSET", f"bx:b:{{proj_b}}:{month}", "spent", 0)
     assert await prometheus.live_budgets(redis, ["proj_a", "proj_b", "proj_c"], month) == {
         "proj_a": (Decimal("0.0000015"), Decimal("0.00000025")),
         "proj_b": (Decimal(0), Decimal(0)),
@@ -604,10 +604,10 @@ async def test_budget_remaining_follows_redis_and_falls_back_to_the_ledger(broke
     month = budget_month(datetime.now(UTC))
     redis = RedisStore(settings)
     try:
-        await redis.call("DEL", f"bx:b:proj_lost:{month}")  # as after a Redis loss
+        await redis.call("DEL", f"bx:b:{{proj_lost}}:{month}")  # as after a Redis loss
         # Settled but not drained yet, plus a live reservation: Redis is ahead of the ledger.
-        await redis.call("HINCRBY", f"bx:b:proj_kept:{month}", "spent", 1_000)
-        await redis.call("HINCRBY", f"bx:b:proj_kept:{month}", "reserved", 500)
+        await redis.call("HINCRBY", f"bx:b:{{proj_kept}}:{month}", "spent", 1_000)
+        await redis.call("HINCRBY", f"bx:b:{{proj_kept}}:{month}", "reserved", 500)
     finally:
         await redis.close()
     samples, _ = parse((await http.get("/prometheus")).text)
