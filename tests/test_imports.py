@@ -52,7 +52,7 @@ def _common(*names: str) -> frozenset[str]:
 
 
 SERVING = ("background", "db", "deps", "errors", "http", "keyspace", "logs", "openapi", "redis")
-SERVING += ("resp",)
+SERVING += ("resp", "resp_cluster")
 SERVING += ("runtime", "settings", "telemetry")
 CREDENTIALS = ("apikeys", "audit", "auth", "bounds", "cache", "denylist", "projects", "quota")
 CREDENTIALS += ("scopes", "services", "sessions", "tokens", "usage")
