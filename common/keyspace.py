@@ -5,7 +5,8 @@
                     bx:cache:{<project>}:<api>:<sha256>, rate limits bx:rl:p|ps:{<project>}:...
     per credential  bx:deny:key|fam|jti:{<project>}:<key id | family | token id>
     per client IP   bx:rl:ip:<ip>:..., bx:rl:auth:ip:<ip>:..., bx:rl:authfail:...
-    broker-wide     bx:ledger, bx:audit (streams), bx:intent / bx:intent:due (intents),
+                    bx:intent / bx:intent:due :{<project>} (intents of calls in flight)
+    broker-wide     bx:ledger, bx:audit (streams), bx:intent:projects (who has intents),
                     bx:m:counters, bx:m:gauge:<instance>, bx:m:instances
 
 Every key a project owns carries the project's hash tag `{<project>}`: on a Redis Cluster
@@ -23,9 +24,8 @@ METRICS_COUNTERS = "bx:m:counters"
 GAUGE_PREFIX = "bx:m:gauge:"
 # Live broker instances: instance -> when it last flushed its gauges, in ms (zset).
 INSTANCES = "bx:m:instances"
-# Intents of admitted calls: request id -> intent (hash), request id -> due time in ms (zset).
-INTENTS = "bx:intent"
-INTENTS_DUE = "bx:intent:due"
+# The projects that may hold intents (a set): where the reconciler looks.
+INTENT_PROJECTS = "bx:intent:projects"
 
 
 def gauge(instance: str) -> str:
@@ -88,6 +88,11 @@ def budget_orphans(project_id: str, month: str) -> str:
 def budget_soft(project_id: str, month: str) -> str:
     """Set once the month crossed BUDGET_SOFT_THRESHOLD (warn once)."""
     return f"bx:bsoft:{tag(project_id)}:{month}"
+
+
+def intents(project_id: str) -> tuple[str, str]:
+    """A project's calls in flight: request id -> intent (hash), -> due time in ms (zset)."""
+    return f"bx:intent:{tag(project_id)}", f"bx:intent:due:{tag(project_id)}"
 
 
 def idempotency(project_id: str, key: str) -> str:

@@ -21,6 +21,7 @@ admitting anything. Every Redis failure is ServiceUnavailable: nothing is grante
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,11 +66,11 @@ __all__ = [
 LEDGER_STREAM = keyspace.LEDGER_STREAM
 MONTH_TTL = 62 * 86_400
 MAX_CLEANUP = 100
-# Intents of admitted calls: request id -> [project, month, bound_nano, record] (hash),
-# and request id -> when it is due, in ms (zset).
-INTENTS = keyspace.INTENTS
-INTENTS_DUE = keyspace.INTENTS_DUE
+# Intents of admitted calls, per project (keyspace.intents): request id -> [project, month,
+# bound_nano, record] (hash), and request id -> when it is due, in ms (zset).
+INTENT_PROJECTS = keyspace.INTENT_PROJECTS
 RECONCILE_BATCH = 100
+REGISTER_EVERY = 5.0
 
 
 def budget_month(now: datetime) -> str:
@@ -188,6 +189,8 @@ class Governor:
         self._db = db
         self._soft = soft_threshold
         self._rebuilds: dict[tuple[str, str], asyncio.Future[int]] = {}
+        # When this process last registered a project in INTENT_PROJECTS (monotonic s).
+        self._registered: dict[str, float] = {}
 
     async def admit(
         self,
@@ -207,9 +210,10 @@ class Governor:
             args.extend((lim.limit, lim.window))
         if budget is not None:
             keys.extend(budget.keys)
-            keys.extend((INTENTS, INTENTS_DUE))
+            keys.extend(keyspace.intents(budget.project_id))
             intent = b""
             if budget.intent is not None and not peek:
+                await self._register(budget.project_id)
                 record = budget.intent.fitted()
                 intent = orjson.dumps(
                     [budget.project_id, budget.month, budget.worst_nano, record.to_json().decode()]
@@ -258,6 +262,14 @@ class Governor:
             assert code == 4
             await self._rebuild_once(budget.project_id, budget.month)
         raise ServiceUnavailable("budget state could not be rebuilt; retry shortly")
+
+    async def _register(self, project_id: str) -> None:
+        """Name the project where the reconciler looks, before an intent is written: once per
+        REGISTER_EVERY seconds (again, should Redis have lost the set meanwhile)."""
+        now = time.monotonic()
+        if now - self._registered.get(project_id, -REGISTER_EVERY) >= REGISTER_EVERY:
+            await self._redis.call("SADD", INTENT_PROJECTS, project_id)
+            self._registered[project_id] = now
 
     async def _rebuild_once(self, project_id: str, month: str) -> int:
         """rebuild(), shared by every concurrent caller of this process (one ledger query)."""
@@ -311,8 +323,7 @@ class Governor:
             LEDGER_STREAM,
             keyspace.budget_orphans(project_id, month),
             keyspace.budget_soft(project_id, month),
-            INTENTS,
-            INTENTS_DUE,
+            *keyspace.intents(project_id),
         ]
         # Validated before the outbox: a row PostgreSQL would refuse never enters the stream.
         args: list[object] = [
@@ -334,22 +345,31 @@ class Governor:
     async def extend(self, claim: BudgetClaim, expires_ms: int) -> None:
         """Push back a live call's reservation deadline and its intent's (long streams)."""
         _, resv_key, _ = claim.keys
+        _, due_key = keyspace.intents(claim.project_id)
         await self._redis.call("ZADD", resv_key, "XX", expires_ms, claim.request_id)
-        await self._redis.call("ZADD", INTENTS_DUE, "XX", expires_ms, claim.request_id)
+        await self._redis.call("ZADD", due_key, "XX", expires_ms, claim.request_id)
 
     async def reconcile(self, now_ms: int) -> int:
         """Settle, at their bound, the intents of calls whose reservation timed out (their
         instance died); returns how many this pass settled. Safe from any instance, at
         once: the settle script lets only the first settle of a request id count."""
+        projects = sorted(p.decode() for p in await self._redis.call("SMEMBERS", INTENT_PROJECTS))
+        settled = 0
+        for owner in projects:
+            settled += await self._reconcile_project(owner, now_ms)
+        return settled
+
+    async def _reconcile_project(self, owner: str, now_ms: int) -> int:
+        intents_key, due_key = keyspace.intents(owner)
         due = await self._redis.call(
-            "ZRANGEBYSCORE", INTENTS_DUE, "-inf", now_ms, "LIMIT", 0, RECONCILE_BATCH
+            "ZRANGEBYSCORE", due_key, "-inf", now_ms, "LIMIT", 0, RECONCILE_BATCH
         )
         settled = 0
         for raw_id in due:
             request_id = raw_id.decode()
-            raw = await self._redis.call("HGET", INTENTS, request_id)
+            raw = await self._redis.call("HGET", intents_key, request_id)
             if raw is None:
-                await self._redis.call("ZREM", INTENTS_DUE, request_id)
+                await self._redis.call("ZREM", due_key, request_id)
                 continue
             try:
                 project_id, month, bound_nano, record_json = orjson.loads(raw)
@@ -359,7 +379,10 @@ class Governor:
                 get_logger().error(
                     "unreadable intent skipped", request=request_id, error=type(exc).__name__
                 )
-                await self._redis.call("ZREM", INTENTS_DUE, request_id)
+                await self._redis.call("ZREM", due_key, request_id)
+                continue
+            if project_id != owner:  # not written by this code: keep it aside
+                await self._redis.call("ZREM", due_key, request_id)
                 continue
             outcome = await self.settle(
                 None,
@@ -382,8 +405,8 @@ class Governor:
                     reconciled_request_id=request_id,
                 )
             else:
-                await self._redis.call("HDEL", INTENTS, request_id)
-                await self._redis.call("ZREM", INTENTS_DUE, request_id)
+                await self._redis.call("HDEL", intents_key, request_id)
+                await self._redis.call("ZREM", due_key, request_id)
         return settled
 
 

@@ -631,8 +631,10 @@ async def test_a_killed_process_call_is_ledgered_once_at_its_bound(
 async def test_reconciler_and_settle_are_mutually_exclusive(upstream: Settings) -> None:
     """Whichever of the settle and the reconciler comes first wins; the other is a duplicate,
     so each admitted call has exactly one ledger row and is charged once."""
-    from common import services
-    from common.quota import INTENTS, INTENTS_DUE, BudgetClaim, intent_record
+    from common import keyspace, services
+    from common.quota import BudgetClaim, intent_record
+
+    intents, intents_due = keyspace.intents("proj_race")
 
     governor = services.governor.get()
     redis = deps.redis.get()
@@ -674,12 +676,12 @@ async def test_reconciler_and_settle_are_mutually_exclusive(upstream: Settings) 
     first = await admit("req_settled_first")
     assert await settle(first)
     late = await admit("req_reconciled_first")
-    assert int(await redis.call("HLEN", INTENTS)) == 1
+    assert int(await redis.call("HLEN", intents)) == 1
     assert await governor.reconcile(now_ms + 1) == 1
     assert not await settle(late)  # the instance came back too late: a duplicate
     assert await governor.reconcile(now_ms + 1) == 0
-    assert int(await redis.call("HLEN", INTENTS)) == 0
-    assert int(await redis.call("ZCARD", INTENTS_DUE)) == 0
+    assert int(await redis.call("HLEN", intents)) == 0
+    assert int(await redis.call("ZCARD", intents_due)) == 0
     rows = {r["request_id"]: r for r in await ledger_rows(upstream)}
     assert rows["req_settled_first"]["status"] == "success"
     assert (rows["req_reconciled_first"]["status"], rows["req_reconciled_first"]["cost_usd"]) == (
