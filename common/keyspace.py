@@ -5,8 +5,9 @@
                     bx:cache:{<project>}:<api>:<sha256>, rate limits bx:rl:p|ps:{<project>}:...
     per credential  bx:deny:key|fam|jti:{<project>}:<key id | family | token id>
     per client IP   bx:rl:ip:<ip>:..., bx:rl:auth:ip:<ip>:..., bx:rl:authfail:...
-                    bx:intent / bx:intent:due :{<project>} (intents of calls in flight)
-    broker-wide     bx:ledger, bx:audit (streams), bx:intent:projects (who has intents),
+                    bx:intent / bx:intent:due :{<project>} (intents of calls in flight),
+                    bx:ledger:{<project>} (the project's ledger outbox stream)
+    broker-wide     bx:audit (stream), bx:projects (projects with intents or ledger records),
                     bx:m:counters, bx:m:gauge:<instance>, bx:m:instances
 
 Every key a project owns carries the project's hash tag `{<project>}`: on a Redis Cluster
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 import hashlib
 
-LEDGER_STREAM = "bx:ledger"
 AUDIT_STREAM = "bx:audit"
 METRICS_COUNTERS = "bx:m:counters"
 GAUGE_PREFIX = "bx:m:gauge:"
 # Live broker instances: instance -> when it last flushed its gauges, in ms (zset).
 INSTANCES = "bx:m:instances"
-# The projects that may hold intents (a set): where the reconciler looks.
-INTENT_PROJECTS = "bx:intent:projects"
+# The projects that may hold intents or ledger records (a set): where the reconciler and
+# the drainers look.
+PROJECTS = "bx:projects"
 
 
 def gauge(instance: str) -> str:
@@ -42,6 +43,14 @@ def limit_scope(kind: str, *parts: str) -> str:
     """The scope of a rate limit: client IP (ip), token issuing (auth:ip), failed
     credentials (authfail:ip, authfail:proj:<project>:ip)."""
     return ":".join((kind, *parts))
+
+
+def failure_scope(ip: str, project_id: str | None = None) -> str:
+    """A failed-credential counter of a client IP (and project): tagged by the IP, so both
+    counters of an attempt share one cluster slot and one script counts them."""
+    if project_id is None:
+        return f"authfail:ip:{{{ip}}}"
+    return f"authfail:proj:{project_id}:ip:{{{ip}}}"
 
 
 def project_scope(kind: str, project_id: str) -> str:
@@ -88,6 +97,11 @@ def budget_orphans(project_id: str, month: str) -> str:
 def budget_soft(project_id: str, month: str) -> str:
     """Set once the month crossed BUDGET_SOFT_THRESHOLD (warn once)."""
     return f"bx:bsoft:{tag(project_id)}:{month}"
+
+
+def ledger_stream(project_id: str) -> str:
+    """A project's ledger outbox: usage records settled, not yet in PostgreSQL (a stream)."""
+    return f"bx:ledger:{tag(project_id)}"
 
 
 def intents(project_id: str) -> tuple[str, str]:

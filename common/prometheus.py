@@ -23,7 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from common import keyspace
-from common.quota import LEDGER_STREAM, budget_keys, from_nano
+from common.quota import budget_keys, from_nano
 from common.redis import RedisStore
 from common.telemetry import BUCKETS, COUNTERS, GAUGE_TTL, INSTANCES, parse_field
 
@@ -123,7 +123,13 @@ async def snapshot(redis: RedisStore, budgets: dict[str, tuple[Decimal, Decimal]
                 instances += 1
                 for name, value in _pairs(values):
                     gauges[name.decode()] += int(value)
-    pending = int(await redis.call("XLEN", LEDGER_STREAM))
+    projects = await redis.call("SMEMBERS", keyspace.PROJECTS)
+    pending = 0
+    if projects:
+        pipe = redis.pipeline(transaction=False)
+        for project in projects:
+            pipe.xlen(keyspace.ledger_stream(project.decode()))
+        pending = sum(int(n) for n in await redis.guard(pipe.execute()))
     return Snapshot(counters, dict(gauges), instances, budgets, pending)
 
 

@@ -21,17 +21,25 @@ admitting anything. Every Redis failure is ServiceUnavailable: nothing is grante
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import orjson
+from redis.crc import key_slot
 
 from common import keyspace
 from common.db import Database
-from common.errors import BudgetExceeded, RateLimited, ServiceUnavailable, Unauthorized
+from common.errors import (
+    BudgetExceeded,
+    RateLimited,
+    ServiceUnavailable,
+    StoreError,
+    Unauthorized,
+)
+from common.limits import Admission, DenyKey, Limit, budget_month, deny_keys, month_end
 from common.logs import get_logger
 from common.redis import RedisStore
 from common.telemetry import field
@@ -63,63 +71,13 @@ __all__ = [
     "to_nano",
 ]
 
-LEDGER_STREAM = keyspace.LEDGER_STREAM
 MONTH_TTL = 62 * 86_400
 MAX_CLEANUP = 100
 # Intents of admitted calls, per project (keyspace.intents): request id -> [project, month,
-# bound_nano, record] (hash), and request id -> when it is due, in ms (zset).
-INTENT_PROJECTS = keyspace.INTENT_PROJECTS
+# bound_nano, record] (hash), and request id -> when it is due, in ms (zset). PROJECTS names
+# the projects holding intents or ledger records.
+PROJECTS = keyspace.PROJECTS
 RECONCILE_BATCH = 100
-REGISTER_EVERY = 5.0
-
-
-def budget_month(now: datetime) -> str:
-    """The budget period a moment belongs to: YYYYMM in UTC."""
-    now = now.astimezone(UTC)
-    return f"{now.year:04d}{now.month:02d}"
-
-
-def month_end(now: datetime) -> datetime:
-    """The first instant of the next month (UTC)."""
-    now = now.astimezone(UTC)
-    if now.month == 12:
-        return datetime(now.year + 1, 1, 1, tzinfo=UTC)
-    return datetime(now.year, now.month + 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Limit:
-    """A fixed-window counter: at most `limit` hits per `window` seconds."""
-
-    name: str
-    scope: str
-    limit: int
-    window: int
-
-    def key(self, now_s: int) -> str:
-        """The counter's Redis key for the window holding now_s."""
-        return keyspace.rate_limit(self.scope, self.window, now_s // self.window)
-
-
-@dataclass(frozen=True)
-class DenyKey:
-    """A deny-list entry to check; `reason` is what the client is told if it exists."""
-
-    key: str
-    reason: str
-
-
-def deny_keys(project_id: str, key_id: str, jti: str | None, family: str | None) -> list[DenyKey]:
-    """The deny-list entries that revoke a credential: project, key, token family, token."""
-    keys = [
-        DenyKey(keyspace.deny_project(project_id), "project is suspended"),
-        DenyKey(keyspace.deny_key(project_id, key_id), "credential has been revoked"),
-    ]
-    if family:
-        keys.append(DenyKey(keyspace.deny_family(project_id, family), "token has been revoked"))
-    if jti:
-        keys.append(DenyKey(keyspace.deny_token(project_id, jti), "token has been revoked"))
-    return keys
 
 
 @dataclass(frozen=True)
@@ -143,25 +101,6 @@ class BudgetClaim:
 def budget_keys(project_id: str, month: str) -> tuple[str, str, str]:
     """Redis keys of a project's month: budget hash, reservation zset, amounts hash."""
     return keyspace.budget(project_id, month)
-
-
-@dataclass(frozen=True)
-class Admission:
-    """A granted call and the figures of its tightest limit (for X-RateLimit-* headers)."""
-
-    limit: int | None = None
-    remaining: int | None = None
-    reset: int | None = None
-
-    def headers(self) -> dict[str, str]:
-        """X-RateLimit-* headers, when a limit applied."""
-        if self.limit is None:
-            return {}
-        return {
-            "X-RateLimit-Limit": str(self.limit),
-            "X-RateLimit-Remaining": str(max(0, self.remaining or 0)),
-            "X-RateLimit-Reset": str(self.reset),
-        }
 
 
 @dataclass(frozen=True)
@@ -189,8 +128,6 @@ class Governor:
         self._db = db
         self._soft = soft_threshold
         self._rebuilds: dict[tuple[str, str], asyncio.Future[int]] = {}
-        # When this process last registered a project in INTENT_PROJECTS (monotonic s).
-        self._registered: dict[str, float] = {}
 
     async def admit(
         self,
@@ -201,7 +138,53 @@ class Governor:
         budget: BudgetClaim | None = None,
         peek: bool = False,
     ) -> Admission:
-        """Grant the call or raise Unauthorized / RateLimited / BudgetExceeded / 503."""
+        """Grant the call or raise Unauthorized / RateLimited / BudgetExceeded / 503.
+
+        On a cluster, limits whose keys are outside the project's slot (per client IP) are
+        counted first, each in its own slot, and given back if the call is refused after."""
+        side = self._side_limits(deny, limits, budget, now_ms // 1000)
+        if not side:
+            return await self._admit(now_ms, deny, limits, budget, peek)
+        counted: list[Limit] = []
+        try:
+            tightest = Admission()
+            for lim in side:
+                tightest = await self._admit(now_ms, (), [lim], None, peek)
+                counted.append(lim)
+            main = await self._admit(
+                now_ms, deny, [x for x in limits if x not in side], budget, peek
+            )
+        except BaseException:
+            if counted and not peek:
+                with contextlib.suppress(ServiceUnavailable, StoreError):  # over-counts only
+                    for lim in counted:
+                        await self._redis.run("failures.lua", [lim.key(now_ms // 1000)], ["refund"])
+            raise
+        if main.remaining is None or (tightest.remaining or 0) < main.remaining:
+            return tightest
+        return main
+
+    def _side_limits(
+        self,
+        deny: Sequence[DenyKey],
+        limits: Sequence[Limit],
+        budget: BudgetClaim | None,
+        now_s: int,
+    ) -> list[Limit]:
+        anchor = deny[0].key if deny else budget.keys[0] if budget else None
+        if not self._redis.cluster or anchor is None:
+            return []
+        slot = key_slot(anchor.encode())
+        return [lim for lim in limits if key_slot(lim.key(now_s).encode()) != slot]
+
+    async def _admit(
+        self,
+        now_ms: int,
+        deny: Sequence[DenyKey],
+        limits: Sequence[Limit],
+        budget: BudgetClaim | None,
+        peek: bool,
+    ) -> Admission:
         now_s = now_ms // 1000
         keys = [d.key for d in deny] + [lim.key(now_s) for lim in limits]
         args: list[object] = [len(deny), len(limits), 1 if budget else 0, now_ms]
@@ -213,7 +196,6 @@ class Governor:
             keys.extend(keyspace.intents(budget.project_id))
             intent = b""
             if budget.intent is not None and not peek:
-                await self._register(budget.project_id)
                 record = budget.intent.fitted()
                 intent = orjson.dumps(
                     [budget.project_id, budget.month, budget.worst_nano, record.to_json().decode()]
@@ -228,8 +210,9 @@ class Governor:
                     intent,
                 )
             )
+        project = budget.project_id if budget is not None and intent else None
         for _attempt in range(2):
-            result = await self._redis.run("admit.lua", keys, args)
+            result = await self._run_registered(project, "admit.lua", keys, args)
             code = int(result[0])
             if code == 0:
                 limit, remaining, reset = (int(x) for x in result[1:4])
@@ -263,13 +246,18 @@ class Governor:
             await self._rebuild_once(budget.project_id, budget.month)
         raise ServiceUnavailable("budget state could not be rebuilt; retry shortly")
 
-    async def _register(self, project_id: str) -> None:
-        """Name the project where the reconciler looks, before an intent is written: once per
-        REGISTER_EVERY seconds (again, should Redis have lost the set meanwhile)."""
-        now = time.monotonic()
-        if now - self._registered.get(project_id, -REGISTER_EVERY) >= REGISTER_EVERY:
-            await self._redis.call("SADD", INTENT_PROJECTS, project_id)
-            self._registered[project_id] = now
+    async def _run_registered(
+        self, project_id: str | None, name: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        """Run a script that writes an intent or a ledger record of the project, naming the
+        project where the reconciler and drainers look in the same breath (SADD, pipelined
+        ahead of the script: on one node it is applied first; should Redis lose the set, the
+        next call names the project again)."""
+        if project_id is None:
+            return await self._redis.run(name, keys, args)
+        register = self._redis.fast_call(PROJECTS, "SADD", PROJECTS, project_id)
+        _, result = await asyncio.gather(register, self._redis.run(name, keys, args))
+        return result
 
     async def _rebuild_once(self, project_id: str, month: str) -> int:
         """rebuild(), shared by every concurrent caller of this process (one ledger query)."""
@@ -320,7 +308,7 @@ class Governor:
             budget_key,
             resv_key,
             amounts_key,
-            LEDGER_STREAM,
+            keyspace.ledger_stream(project_id),
             keyspace.budget_orphans(project_id, month),
             keyspace.budget_soft(project_id, month),
             *keyspace.intents(project_id),
@@ -334,7 +322,8 @@ class Governor:
             MONTH_TTL,
             record.fitted().to_json() if record is not None else b"",
         ]
-        result = await self._redis.run("settle.lua", keys, args)
+        project = project_id if record is not None else None
+        result = await self._run_registered(project, "settle.lua", keys, args)
         if int(result[0]) == -1:
             return Settlement(duplicate=True)
         if metrics and self._count is not None:
@@ -353,7 +342,7 @@ class Governor:
         """Settle, at their bound, the intents of calls whose reservation timed out (their
         instance died); returns how many this pass settled. Safe from any instance, at
         once: the settle script lets only the first settle of a request id count."""
-        projects = sorted(p.decode() for p in await self._redis.call("SMEMBERS", INTENT_PROJECTS))
+        projects = sorted(p.decode() for p in await self._redis.call("SMEMBERS", PROJECTS))
         settled = 0
         for owner in projects:
             settled += await self._reconcile_project(owner, now_ms)

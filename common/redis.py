@@ -211,6 +211,19 @@ class RedisStore:
         except Exception as exc:
             raise translate(exc) from exc
 
+    async def fast_call(self, key: str, *args: Any) -> Any:
+        """One non-blocking command about `key` on the hot-path client (pipelined with the
+        scripts; routed by the key's slot on a cluster); errors translated."""
+        if self.server is None:
+            await self.ensure_supported()
+        fast = self.fast
+        try:
+            if isinstance(fast, ClusterRespClient):
+                return await fast.execute_keyed(key, *args)
+            return await fast.execute(*args)
+        except Exception as exc:
+            raise translate(exc) from exc
+
     async def call(self, *args: Any) -> Any:
         """One raw command; errors translated (ServiceUnavailable / StoreError)."""
         if self.server is None:

@@ -85,13 +85,13 @@ class FailureGate:
         self._per_project = settings.auth_failures_per_project
 
     def _limits(self, ip: str, project_id: str | None) -> list[Limit]:
-        scope = keyspace.limit_scope("authfail:ip", ip)
+        scope = keyspace.failure_scope(ip)
         limits = [Limit("failed_auth_per_ip", scope, self._per_ip, self._window)]
         if project_id:
             limits.append(
                 Limit(
                     "failed_auth_per_project",
-                    keyspace.limit_scope("authfail:proj", project_id, "ip", ip),
+                    keyspace.failure_scope(ip, project_id),
                     self._per_project,
                     self._window,
                 )

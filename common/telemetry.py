@@ -165,15 +165,19 @@ class Telemetry:
             gauges["db_in_use"] = stats.get("in_use", 0)
             gauges["db_idle"] = stats.get("idle", 0)
             gauges["db_max"] = stats.get("max", 0)
-        pipe.hset(gauge_key, mapping=gauges)
-        pipe.expire(gauge_key, GAUGE_TTL)
+        # On a cluster the gauges are in other slots than the counters: a pipeline of their own.
+        live = redis.pipeline(transaction=False) if redis.cluster else pipe
+        live.hset(gauge_key, mapping=gauges)
+        live.expire(gauge_key, GAUGE_TTL)
         # The registry of live instances: a scrape reads it instead of scanning the keyspace.
-        pipe.zadd(INSTANCES, {self.instance: int(time.time() * 1000)})
+        live.zadd(INSTANCES, {self.instance: int(time.time() * 1000)})
         try:
             await redis.guard(pipe.execute())
         except Exception:
             self._pending.update(pending)  # keep the counts for the next flush
             raise
+        if live is not pipe:
+            await redis.guard(live.execute())
 
     async def aclose(self) -> None:
         """Stop the flush loop, flush a last time and withdraw this instance's gauges."""

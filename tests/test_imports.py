@@ -54,7 +54,8 @@ def _common(*names: str) -> frozenset[str]:
 SERVING = ("background", "db", "deps", "errors", "http", "keyspace", "logs", "openapi", "redis")
 SERVING += ("resp", "resp_cluster")
 SERVING += ("runtime", "settings", "telemetry")
-CREDENTIALS = ("apikeys", "audit", "auth", "bounds", "cache", "denylist", "projects", "quota")
+CREDENTIALS = ("apikeys", "audit", "auth", "bounds", "cache", "denylist", "limits", "projects")
+CREDENTIALS += ("quota",)
 CREDENTIALS += ("scopes", "services", "sessions", "tokens", "usage")
 DIETS: dict[str, Diet] = {
     # Checks PostgreSQL, Redis and the upstream: no tokens, no HTTP client library, no ledger.

@@ -21,10 +21,10 @@ import orjson
 import pytest
 import redis as sync_redis
 
-from common import bounds, deps
+from common import bounds, deps, keyspace
 from common.ledger import Drainer
 from common.pricing import LIST_PRICES
-from common.quota import LEDGER_STREAM, UsageRecord, budget_keys, to_nano
+from common.quota import UsageRecord, budget_keys, to_nano
 from common.redis import RedisStore
 from common.settings import Settings
 from tests.conftest import (
@@ -429,7 +429,7 @@ async def test_poison_record_does_not_stop_the_ledger_across_two_processes(
             )
             good = _record("req_poison_neighbour", tenant.project_id)
             for raw in [*_poisons(tenant.project_id), good.to_json()]:
-                await redis.call("XADD", LEDGER_STREAM, "*", "r", raw)
+                await _outbox(redis, tenant.project_id, raw)
             second = await asyncio.gather(
                 *(_call(http, urls[i % 2], tenant, access, False) for i in range(10))
             )
@@ -474,6 +474,12 @@ def _record(request_id: str, project_id: str, **changes: Any) -> UsageRecord:
     return UsageRecord(**values)
 
 
+async def _outbox(redis: RedisStore, project_id: str, raw: bytes) -> None:
+    """Append an entry to a project's ledger outbox, as the settle script does."""
+    await redis.call("SADD", keyspace.PROJECTS, project_id)
+    await redis.call("XADD", keyspace.ledger_stream(project_id), "*", "r", raw)
+
+
 def _poisons(project_id: str) -> list[bytes]:
     """Outbox entries PostgreSQL refuses or nobody can read."""
     return [
@@ -500,10 +506,10 @@ async def test_drainer_dead_letters_refused_rows_and_keeps_the_rest(upstream: Se
     goods = [_record(f"req_good_{i}", "proj_x") for i in range(3)]
     entries = [goods[0].to_json(), *_poisons("proj_x"), goods[1].to_json(), goods[2].to_json()]
     for raw in entries:
-        await redis.call("XADD", LEDGER_STREAM, "*", "r", raw)
+        await _outbox(redis, "proj_x", raw)
     drainer = Drainer(redis, db, audit_enabled=True)
     assert await drainer.drain_once() == len(entries)
-    assert int(await redis.call("XLEN", LEDGER_STREAM)) == 0
+    assert int(await redis.call("XLEN", keyspace.ledger_stream("proj_x"))) == 0
     rows = await db.fetch("SELECT request_id FROM usage_ledger ORDER BY request_id")
     assert [r["request_id"] for r in rows] == ["req_good_0", "req_good_1", "req_good_2"]
     dead = {d["request_id"]: d["reason"] for d in await _dead_letters(upstream)}

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bradax_cli.routes import REPO_ROOT, RouteTable
-from common import deps, prometheus, services
+from common import deps, keyspace, prometheus, services
 from common.prometheus import Snapshot
 from common.quota import budget_month
 from common.redis import RedisStore
@@ -185,7 +185,8 @@ async def test_snapshot_sums_live_instances_only(redis: RedisStore) -> None:
     await redis.call("PEXPIRE", GAUGE_PREFIX + "gone", 50)
     stale_ms = now_ms - (GAUGE_TTL + 5) * 1000
     await redis.call("ZADD", INSTANCES, now_ms, "a", now_ms, "b", now_ms, "gone", stale_ms, "stale")
-    await redis.call("XADD", "bx:ledger", "*", "r", "x")
+    await redis.call("SADD", keyspace.PROJECTS, "proj_a")
+    await redis.call("XADD", keyspace.ledger_stream("proj_a"), "*", "r", "x")
     await asyncio.sleep(0.1)
     snap = await prometheus.snapshot(redis, {})
     assert snap == Snapshot(
