@@ -235,10 +235,12 @@ class Drainer:
 
     async def _drain_once(self) -> int:
         try:
-            projects = await self._redis.call("SMEMBERS", keyspace.PROJECTS)
+            projects = sorted(await self._redis.call("SMEMBERS", keyspace.PROJECTS))
+            streams = [keyspace.ledger_stream(p.decode()) for p in projects]
+            lengths = await self._redis.each("XLEN", streams)  # idle projects cost one XLEN
             moved = 0
-            for project in sorted(p.decode() for p in projects):
-                moved += await self._drain_ledger(keyspace.ledger_stream(project))
+            for stream, length in zip(streams, lengths, strict=True):
+                moved += await self._drain_ledger(stream) if int(length) else 0
             await self._ensure_group(audit.STREAM)
             moved += await self._drain_audit()
         except StoreError as exc:
@@ -273,8 +275,7 @@ class Drainer:
         entries = await self._read(stream)
         if not entries:
             return 0
-        # Dead letters name the stream too: entry ids repeat across the projects' streams.
-        label = stream.encode() + b"/"
+        label = stream.encode() + b"/"  # dead letters name it: ids repeat across the streams
         records: list[tuple[bytes, UsageRecord]] = []
         unreadable: list[tuple[bytes, bytes, str]] = []
         for eid, fields in entries:

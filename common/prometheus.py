@@ -124,12 +124,8 @@ async def snapshot(redis: RedisStore, budgets: dict[str, tuple[Decimal, Decimal]
                 for name, value in _pairs(values):
                     gauges[name.decode()] += int(value)
     projects = await redis.call("SMEMBERS", keyspace.PROJECTS)
-    pending = 0
-    if projects:
-        pipe = redis.pipeline(transaction=False)
-        for project in projects:
-            pipe.xlen(keyspace.ledger_stream(project.decode()))
-        pending = sum(int(n) for n in await redis.guard(pipe.execute()))
+    streams = [keyspace.ledger_stream(project.decode()) for project in projects]
+    pending = sum(int(n) for n in await redis.each("XLEN", streams))
     return Snapshot(counters, dict(gauges), instances, budgets, pending)
 
 

@@ -343,9 +343,12 @@ class Governor:
         instance died); returns how many this pass settled. Safe from any instance, at
         once: the settle script lets only the first settle of a request id count."""
         projects = sorted(p.decode() for p in await self._redis.call("SMEMBERS", PROJECTS))
+        dues = [keyspace.intents(p)[1] for p in projects]
+        counts = await self._redis.each("ZCOUNT", dues, "-inf", now_ms)  # one pipeline
         settled = 0
-        for owner in projects:
-            settled += await self._reconcile_project(owner, now_ms)
+        for owner, count in zip(projects, counts, strict=True):
+            if int(count):
+                settled += await self._reconcile_project(owner, now_ms)
         return settled
 
     async def _reconcile_project(self, owner: str, now_ms: int) -> int:

@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -232,6 +232,16 @@ class RedisStore:
             return await self.client.execute_command(*args)
         except Exception as exc:
             raise translate(exc) from exc
+
+    async def each(self, command: str, keys: Sequence[str], *args: Any) -> list[Any]:
+        """`command key *args` for every key in one pipeline, not a transaction (split per
+        node on a cluster); the replies in order; errors translated."""
+        if not keys:
+            return []
+        pipe = self.pipeline(transaction=False)
+        for key in keys:
+            pipe.execute_command(command, key, *args)
+        return list(await self.guard(pipe.execute()))
 
     def pipeline(self, transaction: bool = True) -> Pipeline | ClusterPipeline:
         """A pipeline on the shared client (the caller translates errors with `guard`); on a
