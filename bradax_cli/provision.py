@@ -228,7 +228,7 @@ async def revoke_key(admin: Admin, key_id: str) -> dict[str, Any]:
         )
     # Nothing but the deny-list stops a live access token: without Redis it runs to its expiry.
     immediate = await admin.deny(
-        keyspace.deny_key(key.key_id),
+        keyspace.deny_key(key.project_id, key.key_id),
         admin.token_deny_ttl,
         "no new tokens are issued, but live access tokens of this key stay valid until they "
         f"expire (up to {admin.settings.jwt_access_token_expire_minutes} min); "

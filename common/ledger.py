@@ -1,12 +1,12 @@
 """The usage ledger: exactly one PostgreSQL row per request id, written off the hot path.
 
-The settle script appends each usage record to a Redis stream in the same atomic step that
-moves the money, so a record exists as soon as the call is settled. `Drainer` (running in the
-llm_invoke and metrics functions, or `bradax drain`) copies stream entries into PostgreSQL
-in batches with INSERT ... ON CONFLICT DO NOTHING and acknowledges them only after the commit:
-a PostgreSQL outage leaves the entries pending in Redis until it returns, and a replay can
-never create a second row. Entries a dead consumer left pending are claimed after IDLE_MS.
-The audit stream (invoke decisions) is drained the same way into the hash chain.
+The settle script appends each usage record to its project's stream (the outbox, in the
+project's cluster slot) in the atomic step that moves the money. `Drainer` (in the llm_invoke
+and metrics functions, or `bradax drain`) reads every project's stream (keyspace.PROJECTS)
+and copies the entries into PostgreSQL in batches with INSERT ... ON CONFLICT DO NOTHING,
+acknowledging them only after the commit: a PostgreSQL outage leaves the entries pending in
+Redis until it returns, and a replay can never create a second row. Entries a dead consumer
+left pending are claimed after IDLE_MS. The audit stream is drained the same way.
 
 One bad record cannot stop the ledger: a batch PostgreSQL refuses is retried row by row,
 and a row it still refuses (or one that cannot be read) goes to `ledger_dead_letters` with
@@ -39,7 +39,7 @@ import asyncpg
 import orjson
 from redis.exceptions import RedisError
 
-from common import audit
+from common import audit, keyspace
 from common.audit import AuditEvent
 from common.background import stop_task
 from common.db import Database
@@ -47,13 +47,13 @@ from common.errors import ServiceUnavailable, StoreError
 from common.ledger_rows import ensure_partitions, months_ahead
 from common.ledger_rows import write as write
 from common.logs import get_logger
-from common.quota import LEDGER_STREAM, InvalidRecord, UsageRecord
+from common.quota import InvalidRecord, UsageRecord
 from common.redis import RedisStore
 from common.telemetry import COUNTERS
 
 GROUP = "drainer"
 BATCH = 500
-BLOCK_MS = 200
+CHUNK = 32
 # After a partial batch, wait this long: records reach PostgreSQL within ~PACE_S, in
 # batches, instead of one transaction per call when traffic is light.
 PACE_S = 0.2
@@ -96,7 +96,7 @@ class Drainer:
         self._prepared_at = -PREPARE_EVERY_S
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._task: asyncio.Task[None] | None = None
-        self._groups_ready = False
+        self._groups: set[str] = set()
         self._stopping = False
         self._lock = asyncio.Lock()
 
@@ -115,7 +115,7 @@ class Drainer:
             try:
                 await self._maybe_reconcile()
                 await self._maybe_prepare_months()
-                moved = await self.drain_once(block_ms=BLOCK_MS)
+                moved = await self.drain_once()
                 delay = 0.5
                 if moved < BATCH:
                     await asyncio.sleep(PACE_S)
@@ -153,36 +153,40 @@ class Drainer:
         except Exception as exc:  # the writer creates a missing one itself, before its rows
             get_logger().warning("ledger partitions not prepared", error=type(exc).__name__)
 
-    async def _ensure_groups(self) -> None:
-        if self._groups_ready:
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
             return
-        for stream in (LEDGER_STREAM, audit.STREAM):
-            try:
-                await self._redis.call("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM")
-            except StoreError as exc:
-                if not exc.reply.startswith("BUSYGROUP"):
-                    raise
-        self._groups_ready = True
+        try:
+            await self._redis.call("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM")
+        except StoreError as exc:
+            if not exc.reply.startswith("BUSYGROUP"):
+                raise
+        self._groups.add(stream)
 
-    async def drain_once(self, block_ms: int = 0) -> int:
+    async def drain_once(self) -> int:
         """Move one batch of each stream (own pending first, then stale, then new)."""
         async with self._lock:  # one pass at a time: a second would re-read unacked entries
-            return await self._drain_once(block_ms)
+            return await self._drain_once()
 
-    async def _drain_once(self, block_ms: int) -> int:
+    async def _drain_once(self) -> int:
         try:
-            await self._ensure_groups()
-            moved = await self._drain_ledger(block_ms)
+            projects = sorted(await self._redis.call("SMEMBERS", keyspace.PROJECTS))
+            streams = [keyspace.ledger_stream(p.decode()) for p in projects]
+            lengths = await self._redis.each("XLEN", streams)  # idle projects cost one XLEN
+            moved = 0
+            for stream, length in zip(streams, lengths, strict=True):
+                moved += await self._drain_ledger(stream) if int(length) else 0
+            await self._ensure_group(audit.STREAM)
             moved += await self._drain_audit()
         except StoreError as exc:
             if exc.reply.startswith("NOGROUP"):
-                self._groups_ready = False  # Redis lost its data: recreate on the next pass
+                self._groups.clear()  # Redis lost its data: recreate on the next pass
             raise
         return moved
 
-    async def _read(self, stream: str, block_ms: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    async def _read(self, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
         # Entries this consumer read but did not acknowledge (a failed commit) come first.
-        entries = await self._xread(stream, "0", 0)
+        entries = await self._xread(stream, "0")
         if entries:
             return entries
         claimed = await self._redis.call(
@@ -190,40 +194,38 @@ class Drainer:
         )
         if claimed and claimed[1]:
             return [(eid, _fields(raw)) for eid, raw in claimed[1] if raw is not None]
-        return await self._xread(stream, ">", block_ms)
+        return await self._xread(stream, ">")
 
-    async def _xread(
-        self, stream: str, start: str, block_ms: int
-    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", BATCH]
-        if block_ms:
-            args.extend(["BLOCK", block_ms])
-        args.extend(["STREAMS", stream, start])
-        reply = await self._redis.call(*args)
+    async def _xread(self, stream: str, start: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        reply = await self._redis.call(
+            "XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", BATCH, "STREAMS", stream, start
+        )
         if not reply:
             return []
         _, entries = reply[0]
         return [(eid, _fields(raw)) for eid, raw in entries if raw is not None]
 
-    async def _drain_ledger(self, block_ms: int) -> int:
-        entries = await self._read(LEDGER_STREAM, block_ms)
+    async def _drain_ledger(self, stream: str) -> int:
+        await self._ensure_group(stream)
+        entries = await self._read(stream)
         if not entries:
             return 0
+        label = stream.encode() + b"/"  # dead letters name it: ids repeat across the streams
         records: list[tuple[bytes, UsageRecord]] = []
         unreadable: list[tuple[bytes, bytes, str]] = []
         for eid, fields in entries:
             raw = fields.get(b"r", b"")
             try:
-                records.append((eid, UsageRecord.from_json(raw)))
+                records.append((label + eid, UsageRecord.from_json(raw)))
             except UNREADABLE as exc:
-                unreadable.append((eid, raw, f"unreadable record: {_reason(exc)}"))
+                unreadable.append((label + eid, raw, f"unreadable record: {_reason(exc)}"))
         try:
             async with self._db.connection() as conn, conn.transaction():
                 await write(conn, [r for _, r in records], with_audit=self._audit)
                 await self._dead_letter(conn, unreadable)
         except ROW_ERRORS:
             await self._row_by_row(records, unreadable)
-        await self._ack(LEDGER_STREAM, [eid for eid, _ in entries])
+        await self._ack(stream, [eid for eid, _ in entries])
         return len(entries)
 
     async def _row_by_row(
@@ -267,7 +269,7 @@ class Drainer:
             await self._redis.call("HINCRBY", COUNTERS, "ledger_dead_letters_total", len(dead))
 
     async def _drain_audit(self) -> int:
-        entries = await self._read(audit.STREAM, 0)
+        entries = await self._read(audit.STREAM)
         if not entries:
             return 0
         events: list[tuple[bytes, AuditEvent]] = []

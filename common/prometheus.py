@@ -7,6 +7,7 @@ scrape of any metrics instance shows the whole broker.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from common.quota import LEDGER_STREAM, budget_keys, from_nano
+from common import keyspace
+from common.quota import budget_keys, from_nano
 from common.redis import RedisStore
-from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, HISTOGRAMS, parse_field
+from common.telemetry import BUCKETS, COUNTERS, GAUGE_TTL, HISTOGRAMS, INSTANCES, parse_field
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -138,17 +140,14 @@ class Snapshot:
 
 
 async def snapshot(redis: RedisStore, budgets: dict[str, tuple[Decimal, Decimal]]) -> Snapshot:
-    """Read the counters and live instances' gauges from Redis (instances past their TTL
-    have expired and are not counted)."""
+    """Read the counters and live instances' gauges from Redis: the instances registered
+    in the registry zset that flushed within the gauges' TTL (older entries are pruned)."""
     raw = await redis.call("HGETALL", COUNTERS)
     counters = {k.decode(): int(v) for k, v in _pairs(raw)}
-    keys: list[bytes] = []
-    cursor = 0
-    while True:
-        cursor, found = await redis.call("SCAN", cursor, "MATCH", GAUGE_PREFIX + "*", "COUNT", 500)
-        keys.extend(found)
-        if int(cursor) == 0:
-            break
+    oldest = int(time.time() * 1000) - GAUGE_TTL * 1000
+    await redis.call("ZREMRANGEBYSCORE", INSTANCES, "-inf", f"({oldest}")
+    live = await redis.call("ZRANGE", INSTANCES, 0, -1)
+    keys = [keyspace.gauge(name.decode()) for name in live]
     gauges: dict[str, int] = defaultdict(int)
     instances = 0
     if keys:
@@ -156,7 +155,7 @@ async def snapshot(redis: RedisStore, budgets: dict[str, tuple[Decimal, Decimal]
         for key in keys:
             pipe.hgetall(key)
         for values in await redis.guard(pipe.execute()):
-            if values:  # expired between SCAN and HGETALL: not live
+            if values:  # its gauges expired: not live
                 instances += 1
                 for name, value in _pairs(values):
                     gauges[name.decode()] += int(value)
@@ -166,10 +165,12 @@ async def snapshot(redis: RedisStore, budgets: dict[str, tuple[Decimal, Decimal]
 async def pending_records(redis: RedisStore) -> int:
     """Usage records settled in Redis and not yet written to PostgreSQL.
 
-    The drainer deletes an entry from the ledger stream once its row is committed, so the
-    stream's length is the backlog.
+    The drainer deletes an entry from a project's ledger stream once its row is committed,
+    so the streams' lengths are the backlog.
     """
-    return int(await redis.call("XLEN", LEDGER_STREAM))
+    projects = await redis.call("SMEMBERS", keyspace.PROJECTS)
+    streams = [keyspace.ledger_stream(project.decode()) for project in projects]
+    return sum(int(n) for n in await redis.each("XLEN", streams))
 
 
 async def live_budgets(

@@ -3,8 +3,9 @@
 `Governor.admit` makes one round trip: deny-list (revoked tokens, keys, families, suspended
 projects), fixed-window limits (hourly, per second, per IP, per endpoint) and, for calls that
 spend money, a reservation of the worst-case cost against the month's budget. `settle` makes
-the second: it releases the reservation, adds the actual cost, appends the usage record to
-the ledger stream and counts broker-wide metrics, exactly once per request id.
+the second: it releases the reservation, adds the actual cost and appends the usage record to
+the ledger stream, exactly once per request id; the call's broker-wide metrics are then
+counted in-process (`count`, the telemetry's) and flushed with the others.
 
 The admission also writes the call's intent: the ledger record of the call charged at its
 bound, due when its reservation times out. Settling deletes it in the same step. If the
@@ -20,16 +21,25 @@ admitting anything. Every Redis failure is ServiceUnavailable: nothing is grante
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import orjson
+from redis.crc import key_slot
 
 from common import keyspace
 from common.db import Database
-from common.errors import BudgetExceeded, RateLimited, ServiceUnavailable, Unauthorized
+from common.errors import (
+    BudgetExceeded,
+    RateLimited,
+    ServiceUnavailable,
+    StoreError,
+    Unauthorized,
+)
+from common.limits import Admission, DenyKey, Limit, budget_month, deny_keys, month_end
 from common.logs import get_logger
 from common.redis import RedisStore
 from common.telemetry import field
@@ -61,65 +71,13 @@ __all__ = [
     "to_nano",
 ]
 
-LEDGER_STREAM = keyspace.LEDGER_STREAM
-METRICS_HASH = keyspace.METRICS_COUNTERS
-DONE_TTL = 86_400
 MONTH_TTL = 62 * 86_400
 MAX_CLEANUP = 100
-# Intents of admitted calls: request id -> [project, month, bound_nano, record] (hash),
-# and request id -> when it is due, in ms (zset).
-INTENTS = keyspace.INTENTS
-INTENTS_DUE = keyspace.INTENTS_DUE
+# Intents of admitted calls, per project (keyspace.intents): request id -> [project, month,
+# bound_nano, record] (hash), and request id -> when it is due, in ms (zset). PROJECTS names
+# the projects holding intents or ledger records.
+PROJECTS = keyspace.PROJECTS
 RECONCILE_BATCH = 100
-
-
-def budget_month(now: datetime) -> str:
-    """The budget period a moment belongs to: YYYYMM in UTC."""
-    now = now.astimezone(UTC)
-    return f"{now.year:04d}{now.month:02d}"
-
-
-def month_end(now: datetime) -> datetime:
-    """The first instant of the next month (UTC)."""
-    now = now.astimezone(UTC)
-    if now.month == 12:
-        return datetime(now.year + 1, 1, 1, tzinfo=UTC)
-    return datetime(now.year, now.month + 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Limit:
-    """A fixed-window counter: at most `limit` hits per `window` seconds."""
-
-    name: str
-    scope: str
-    limit: int
-    window: int
-
-    def key(self, now_s: int) -> str:
-        """The counter's Redis key for the window holding now_s."""
-        return keyspace.rate_limit(self.scope, self.window, now_s // self.window)
-
-
-@dataclass(frozen=True)
-class DenyKey:
-    """A deny-list entry to check; `reason` is what the client is told if it exists."""
-
-    key: str
-    reason: str
-
-
-def deny_keys(project_id: str, key_id: str, jti: str | None, family: str | None) -> list[DenyKey]:
-    """The deny-list entries that revoke a credential: project, key, token family, token."""
-    keys = [
-        DenyKey(keyspace.deny_project(project_id), "project is suspended"),
-        DenyKey(keyspace.deny_key(key_id), "credential has been revoked"),
-    ]
-    if family:
-        keys.append(DenyKey(keyspace.deny_family(family), "token has been revoked"))
-    if jti:
-        keys.append(DenyKey(keyspace.deny_token(jti), "token has been revoked"))
-    return keys
 
 
 @dataclass(frozen=True)
@@ -146,25 +104,6 @@ def budget_keys(project_id: str, month: str) -> tuple[str, str, str]:
 
 
 @dataclass(frozen=True)
-class Admission:
-    """A granted call and the figures of its tightest limit (for X-RateLimit-* headers)."""
-
-    limit: int | None = None
-    remaining: int | None = None
-    reset: int | None = None
-
-    def headers(self) -> dict[str, str]:
-        """X-RateLimit-* headers, when a limit applied."""
-        if self.limit is None:
-            return {}
-        return {
-            "X-RateLimit-Limit": str(self.limit),
-            "X-RateLimit-Remaining": str(max(0, self.remaining or 0)),
-            "X-RateLimit-Reset": str(self.reset),
-        }
-
-
-@dataclass(frozen=True)
 class Settlement:
     """The outcome of settling a call."""
 
@@ -176,8 +115,16 @@ class Settlement:
 class Governor:
     """Admission and settlement against Redis; budget rebuilds from the PostgreSQL ledger."""
 
-    def __init__(self, redis: RedisStore, db: Database, *, soft_threshold: Decimal) -> None:
+    def __init__(
+        self,
+        redis: RedisStore,
+        db: Database,
+        *,
+        soft_threshold: Decimal,
+        count: Callable[[Mapping[str, int]], None] | None = None,
+    ) -> None:
         self._redis = redis
+        self._count = count
         self._db = db
         self._soft = soft_threshold
         self._rebuilds: dict[tuple[str, str], asyncio.Future[int]] = {}
@@ -191,7 +138,53 @@ class Governor:
         budget: BudgetClaim | None = None,
         peek: bool = False,
     ) -> Admission:
-        """Grant the call or raise Unauthorized / RateLimited / BudgetExceeded / 503."""
+        """Grant the call or raise Unauthorized / RateLimited / BudgetExceeded / 503.
+
+        On a cluster, limits whose keys are outside the project's slot (per client IP) are
+        counted first, each in its own slot, and given back if the call is refused after."""
+        side = self._side_limits(deny, limits, budget, now_ms // 1000)
+        if not side:
+            return await self._admit(now_ms, deny, limits, budget, peek)
+        counted: list[Limit] = []
+        try:
+            tightest = Admission()
+            for lim in side:
+                tightest = await self._admit(now_ms, (), [lim], None, peek)
+                counted.append(lim)
+            main = await self._admit(
+                now_ms, deny, [x for x in limits if x not in side], budget, peek
+            )
+        except BaseException:
+            if counted and not peek:
+                with contextlib.suppress(ServiceUnavailable, StoreError):  # over-counts only
+                    for lim in counted:
+                        await self._redis.run("failures.lua", [lim.key(now_ms // 1000)], ["refund"])
+            raise
+        if main.remaining is None or (tightest.remaining or 0) < main.remaining:
+            return tightest
+        return main
+
+    def _side_limits(
+        self,
+        deny: Sequence[DenyKey],
+        limits: Sequence[Limit],
+        budget: BudgetClaim | None,
+        now_s: int,
+    ) -> list[Limit]:
+        anchor = deny[0].key if deny else budget.keys[0] if budget else None
+        if not self._redis.cluster or anchor is None:
+            return []
+        slot = key_slot(anchor.encode())
+        return [lim for lim in limits if key_slot(lim.key(now_s).encode()) != slot]
+
+    async def _admit(
+        self,
+        now_ms: int,
+        deny: Sequence[DenyKey],
+        limits: Sequence[Limit],
+        budget: BudgetClaim | None,
+        peek: bool,
+    ) -> Admission:
         now_s = now_ms // 1000
         keys = [d.key for d in deny] + [lim.key(now_s) for lim in limits]
         args: list[object] = [len(deny), len(limits), 1 if budget else 0, now_ms]
@@ -200,7 +193,7 @@ class Governor:
             args.extend((lim.limit, lim.window))
         if budget is not None:
             keys.extend(budget.keys)
-            keys.extend((INTENTS, INTENTS_DUE))
+            keys.extend(keyspace.intents(budget.project_id))
             intent = b""
             if budget.intent is not None and not peek:
                 record = budget.intent.fitted()
@@ -217,8 +210,9 @@ class Governor:
                     intent,
                 )
             )
+        project = budget.project_id if budget is not None and intent else None
         for _attempt in range(2):
-            result = await self._redis.run("admit.lua", keys, args)
+            result = await self._run_registered(project, "admit.lua", keys, args)
             code = int(result[0])
             if code == 0:
                 limit, remaining, reset = (int(x) for x in result[1:4])
@@ -251,6 +245,19 @@ class Governor:
             assert code == 4
             await self._rebuild_once(budget.project_id, budget.month)
         raise ServiceUnavailable("budget state could not be rebuilt; retry shortly")
+
+    async def _run_registered(
+        self, project_id: str | None, name: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        """Run a script that writes an intent or a ledger record of the project, naming the
+        project where the reconciler and drainers look in the same breath (SADD, pipelined
+        ahead of the script: on one node it is applied first; should Redis lose the set, the
+        next call names the project again)."""
+        if project_id is None:
+            return await self._redis.run(name, keys, args)
+        register = self._redis.fast_call(PROJECTS, "SADD", PROJECTS, project_id)
+        _, result = await asyncio.gather(register, self._redis.run(name, keys, args))
+        return result
 
     async def _rebuild_once(self, project_id: str, month: str) -> int:
         """rebuild(), shared by every concurrent caller of this process (one ledger query)."""
@@ -294,58 +301,72 @@ class Governor:
         actual: Decimal,
         record: UsageRecord | None,
         metrics: Mapping[str, int] | None = None,
+        reserved: bool | None = None,
     ) -> Settlement:
-        """Release the reservation, add the actual cost, append the record: once per request."""
+        """Release the reservation, add the actual cost, append the record: once per request.
+
+        A call admitted with a reservation (`reserved`, by default whether a claim is given)
+        settles only while its reservation or intent exists; nothing outlives the settle."""
         budget_key, resv_key, amounts_key = budget_keys(project_id, month)
         soft_nano = to_nano(from_nano(claim.budget_nano) * self._soft) if claim else 0
         keys = [
             budget_key,
             resv_key,
             amounts_key,
-            keyspace.settled(request_id),
-            LEDGER_STREAM,
+            keyspace.ledger_stream(project_id),
             keyspace.budget_orphans(project_id, month),
             keyspace.budget_soft(project_id, month),
-            METRICS_HASH,
-            INTENTS,
-            INTENTS_DUE,
+            *keyspace.intents(project_id),
         ]
         # Validated before the outbox: a row PostgreSQL would refuse never enters the stream.
         args: list[object] = [
             request_id,
             to_nano(actual),
-            DONE_TTL,
+            1 if (claim is not None if reserved is None else reserved) else 0,
             soft_nano,
             MONTH_TTL,
             record.fitted().to_json() if record is not None else b"",
         ]
-        for name, amount in (metrics or {}).items():
-            args.extend((name, amount))
-        result = await self._redis.run("settle.lua", keys, args)
+        project = project_id if record is not None else None
+        result = await self._run_registered(project, "settle.lua", keys, args)
         if int(result[0]) == -1:
             return Settlement(duplicate=True)
+        if metrics and self._count is not None:
+            self._count(metrics)
         spent = int(result[1])
         return Settlement(False, spent if spent >= 0 else None, int(result[2]) == 1)
 
     async def extend(self, claim: BudgetClaim, expires_ms: int) -> None:
         """Push back a live call's reservation deadline and its intent's (long streams)."""
         _, resv_key, _ = claim.keys
+        _, due_key = keyspace.intents(claim.project_id)
         await self._redis.call("ZADD", resv_key, "XX", expires_ms, claim.request_id)
-        await self._redis.call("ZADD", INTENTS_DUE, "XX", expires_ms, claim.request_id)
+        await self._redis.call("ZADD", due_key, "XX", expires_ms, claim.request_id)
 
     async def reconcile(self, now_ms: int) -> int:
         """Settle, at their bound, the intents of calls whose reservation timed out (their
         instance died); returns how many this pass settled. Safe from any instance, at
         once: the settle script lets only the first settle of a request id count."""
+        projects = sorted(p.decode() for p in await self._redis.call("SMEMBERS", PROJECTS))
+        dues = [keyspace.intents(p)[1] for p in projects]
+        counts = await self._redis.each("ZCOUNT", dues, "-inf", now_ms)  # one pipeline
+        settled = 0
+        for owner, count in zip(projects, counts, strict=True):
+            if int(count):
+                settled += await self._reconcile_project(owner, now_ms)
+        return settled
+
+    async def _reconcile_project(self, owner: str, now_ms: int) -> int:
+        intents_key, due_key = keyspace.intents(owner)
         due = await self._redis.call(
-            "ZRANGEBYSCORE", INTENTS_DUE, "-inf", now_ms, "LIMIT", 0, RECONCILE_BATCH
+            "ZRANGEBYSCORE", due_key, "-inf", now_ms, "LIMIT", 0, RECONCILE_BATCH
         )
         settled = 0
         for raw_id in due:
             request_id = raw_id.decode()
-            raw = await self._redis.call("HGET", INTENTS, request_id)
+            raw = await self._redis.call("HGET", intents_key, request_id)
             if raw is None:
-                await self._redis.call("ZREM", INTENTS_DUE, request_id)
+                await self._redis.call("ZREM", due_key, request_id)
                 continue
             try:
                 project_id, month, bound_nano, record_json = orjson.loads(raw)
@@ -355,7 +376,10 @@ class Governor:
                 get_logger().error(
                     "unreadable intent skipped", request=request_id, error=type(exc).__name__
                 )
-                await self._redis.call("ZREM", INTENTS_DUE, request_id)
+                await self._redis.call("ZREM", due_key, request_id)
+                continue
+            if project_id != owner:  # not written by this code: keep it aside
+                await self._redis.call("ZREM", due_key, request_id)
                 continue
             outcome = await self.settle(
                 None,
@@ -364,6 +388,7 @@ class Governor:
                 month=month,
                 actual=from_nano(int(bound_nano)),
                 record=record,
+                reserved=True,
                 metrics={
                     field("ledger_reconciled_total", model=record.model): 1,
                     field("openai_requests_total", model=record.model, status=RECONCILED): 1,
@@ -377,8 +402,8 @@ class Governor:
                     reconciled_request_id=request_id,
                 )
             else:
-                await self._redis.call("HDEL", INTENTS, request_id)
-                await self._redis.call("ZREM", INTENTS_DUE, request_id)
+                await self._redis.call("HDEL", intents_key, request_id)
+                await self._redis.call("ZREM", due_key, request_id)
         return settled
 
 

@@ -18,13 +18,14 @@ import contextlib
 import hashlib
 import inspect
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis import exceptions
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.errors import ServiceUnavailable, StoreError, StoreUnsupported
 from common.resp import RespClient, RespConnectionError
+from common.resp_cluster import ClusterRespClient
 from common.settings import Settings
 
 T = TypeVar("T")
@@ -117,8 +119,34 @@ class RedisStore:
 
     def __init__(self, settings: Settings, *, timeout: float | None = None) -> None:
         timeout = timeout if timeout is not None else settings.redis_timeout
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            settings.redis_url.get_secret_value(),
+        url = settings.redis_url.get_secret_value()
+        self.cluster = settings.redis_cluster
+        self.client: aioredis.Redis | RedisCluster
+        self.fast: RespClient | ClusterRespClient
+        if self.cluster:
+            # Commands and pipelines are routed by slot; a script by its first key (every
+            # script's keys share one slot: common.keyspace tags them by project).
+            self.client = RedisCluster.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=min(timeout, 5.0),
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                decode_responses=False,
+            )
+            self.fast = ClusterRespClient(url, timeout=timeout)
+        else:
+            self.client = self._single(url, timeout)
+            # Hot-path scripts go through one pipelined connection (see common.resp).
+            self.fast = RespClient(url, timeout=timeout)
+        self._scripts: dict[str, tuple[str, str]] = {}
+        # "Redis 7.0.15" / "Valkey 9.0.1" once the server passed the contract check.
+        self.server: str | None = None
+        self._checking: asyncio.Lock | None = None
+
+    @staticmethod
+    def _single(url: str, timeout: float) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
+            url,
             socket_timeout=timeout,
             socket_connect_timeout=min(timeout, 5.0),
             retry_on_timeout=False,
@@ -128,12 +156,6 @@ class RedisStore:
             decode_responses=False,
             health_check_interval=0,
         )
-        # Hot-path scripts go through one pipelined connection (see common.resp).
-        self.fast = RespClient(settings.redis_url.get_secret_value(), timeout=timeout)
-        self._scripts: dict[str, tuple[str, str]] = {}
-        # "Redis 7.0.15" / "Valkey 9.0.1" once the server passed the contract check.
-        self.server: str | None = None
-        self._checking: asyncio.Lock | None = None
 
     def script(self, name: str) -> tuple[str, str]:
         """(sha1, text) of a script shipped in common/lua/."""
@@ -168,14 +190,37 @@ class RedisStore:
         if self.server is None:
             await self.ensure_supported()
         sha, text = self.script(name)
+        fast = self.fast
         try:
+            if isinstance(fast, ClusterRespClient):
+                command = ("EVALSHA", sha, len(keys), *keys, *args)
+                try:
+                    return await fast.execute_keyed(keys[0], *command)
+                except ResponseError as exc:
+                    if not str(exc).startswith("NOSCRIPT"):
+                        raise
+                    await fast.broadcast("SCRIPT", "LOAD", text)
+                    return await fast.execute_keyed(keys[0], *command)
             try:
-                return await self.fast.execute("EVALSHA", sha, len(keys), *keys, *args)
+                return await fast.execute("EVALSHA", sha, len(keys), *keys, *args)
             except ResponseError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-                await self.fast.execute("SCRIPT", "LOAD", text)
-                return await self.fast.execute("EVALSHA", sha, len(keys), *keys, *args)
+                await fast.execute("SCRIPT", "LOAD", text)
+                return await fast.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    async def fast_call(self, key: str, *args: Any) -> Any:
+        """One non-blocking command about `key` on the hot-path client (pipelined with the
+        scripts; routed by the key's slot on a cluster); errors translated."""
+        if self.server is None:
+            await self.ensure_supported()
+        fast = self.fast
+        try:
+            if isinstance(fast, ClusterRespClient):
+                return await fast.execute_keyed(key, *args)
+            return await fast.execute(*args)
         except Exception as exc:
             raise translate(exc) from exc
 
@@ -184,12 +229,23 @@ class RedisStore:
         if self.server is None:
             await self.ensure_supported()
         try:
-            return await self.client.execute_command(*args)  # type: ignore[no-untyped-call]
+            return await self.client.execute_command(*args)
         except Exception as exc:
             raise translate(exc) from exc
 
-    def pipeline(self, transaction: bool = True) -> Pipeline:
-        """A pipeline on the shared client (the caller translates errors with `guard`)."""
+    async def each(self, command: str, keys: Sequence[str], *args: Any) -> list[Any]:
+        """`command key *args` for every key in one pipeline, not a transaction (split per
+        node on a cluster); the replies in order; errors translated."""
+        if not keys:
+            return []
+        pipe = self.pipeline(transaction=False)
+        for key in keys:
+            pipe.execute_command(command, key, *args)
+        return list(await self.guard(pipe.execute()))
+
+    def pipeline(self, transaction: bool = True) -> Pipeline | ClusterPipeline:
+        """A pipeline on the shared client (the caller translates errors with `guard`); on a
+        cluster a transaction's keys must share one slot."""
         return self.client.pipeline(transaction=transaction)
 
     async def guard(self, pending: Awaitable[T]) -> T:

@@ -166,6 +166,27 @@ class RespClient:
         """Send one command and return its reply (bytes, int, list or None)."""
         return await self._send(await self._get(), args)
 
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send commands back to back on the connection (nothing can come between them, as
+        ASKING needs); replies in order, an error reply as its ResponseError, not raised."""
+        protocol = await self._get()
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[Any]] = []
+        for args in commands:
+            waiter: asyncio.Future[Any] = loop.create_future()
+            protocol.waiters.append(waiter)
+            protocol.send(pack(args))
+            waiters.append(waiter)
+        timer = loop.call_later(self._timeout, _expire, protocol, waiters[-1])
+        try:
+            replies = list(await asyncio.gather(*waiters, return_exceptions=True))
+        finally:
+            timer.cancel()
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
     def close(self) -> None:
         """Close the connection; commands in flight fail."""
         if self._protocol is not None:

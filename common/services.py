@@ -26,7 +26,10 @@ authenticator: deps.Lazy[Authenticator] = deps.Lazy(
 )
 governor: deps.Lazy[Governor] = deps.Lazy(
     lambda: Governor(
-        deps.redis.get(), deps.db.get(), soft_threshold=deps.settings().budget_soft_threshold
+        deps.redis.get(),
+        deps.db.get(),
+        soft_threshold=deps.settings().budget_soft_threshold,
+        count=lambda fields: deps.telemetry.get().add(fields),
     )
 )
 audit: deps.Lazy[AuditTrail] = deps.Lazy(

@@ -85,13 +85,13 @@ class FailureGate:
         self._per_project = settings.auth_failures_per_project
 
     def _limits(self, ip: str, project_id: str | None) -> list[Limit]:
-        scope = keyspace.limit_scope("authfail:ip", ip)
+        scope = keyspace.failure_scope(ip)
         limits = [Limit("failed_auth_per_ip", scope, self._per_ip, self._window)]
         if project_id:
             limits.append(
                 Limit(
                     "failed_auth_per_project",
-                    keyspace.limit_scope("authfail:proj", project_id, "ip", ip),
+                    keyspace.failure_scope(ip, project_id),
                     self._per_project,
                     self._window,
                 )
@@ -194,7 +194,7 @@ class SessionService:
         return await self._issue(key, claims.family, now)
 
     async def _reused(self, conn: Any, claims: Claims, now: datetime) -> NoReturn:
-        await self._revoke_family(conn, claims.family, now)
+        await self._revoke_family(conn, claims, now)
         await self._audit.queue(
             self._redis,
             AuditEvent(
@@ -217,19 +217,20 @@ class SessionService:
         claims = self._tokens.verify(token, None, stamp)
         if claims.token_type == "access":
             ttl = max(1, claims.expires_at - stamp + self._tokens.leeway + 60)
-            await self._deny.add(keyspace.deny_token(claims.jti), ttl)
+            await self._deny.add(keyspace.deny_token(claims.project_id, claims.jti), ttl)
             return claims
         async with self._db.connection() as conn, conn.transaction():
-            await self._revoke_family(conn, claims.family, now)
+            await self._revoke_family(conn, claims, now)
         return claims
 
-    async def _revoke_family(self, conn: Any, family: str, now: datetime) -> None:
+    async def _revoke_family(self, conn: Any, claims: Claims, now: datetime) -> None:
+        family = claims.family
         await conn.execute(
             "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
             family,
             now,
         )
-        await self._deny.add(keyspace.deny_family(family), self._deny_ttl)
+        await self._deny.add(keyspace.deny_family(claims.project_id, family), self._deny_ttl)
 
     async def _issue(self, key: ApiKey, family: str, now: datetime) -> TokenPair:
         stamp = int(now.timestamp())

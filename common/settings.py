@@ -141,6 +141,8 @@ class Settings(BaseSettings):
     # Redis
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_timeout: float = Field(default=5.0, gt=0, le=300)
+    # REDIS_URL names any node of a Redis Cluster; the clients find the others.
+    redis_cluster: bool = False
     redis_cache_ttl: int = Field(default=300, ge=0)
 
     # Tokens

@@ -17,8 +17,9 @@ import contextvars
 import os
 import secrets
 import socket
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -31,6 +32,7 @@ from common.redis import RedisStore
 COUNTERS = keyspace.METRICS_COUNTERS
 GAUGE_PREFIX = keyspace.GAUGE_PREFIX
 GAUGE_TTL = 15
+INSTANCES = keyspace.INSTANCES
 FLUSH_SECONDS = 1.0
 # Histogram buckets of bradax_request_duration_seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -151,6 +153,12 @@ class Telemetry:
         pending[total] += int(max(0.0, value) * histogram.scale)
         self._ensure_task()
 
+    def add(self, fields: Mapping[str, int]) -> None:
+        """Add to several counters, named by `field` (a settled call's figures)."""
+        if self.enabled and fields:
+            self._pending.update(fields)
+            self._ensure_task()
+
     def request_started(self) -> None:
         """A request entered the process."""
         self.active += 1
@@ -207,13 +215,19 @@ class Telemetry:
             gauges["db_in_use"] = stats.get("in_use", 0)
             gauges["db_idle"] = stats.get("idle", 0)
             gauges["db_max"] = stats.get("max", 0)
-        pipe.hset(gauge_key, mapping=gauges)
-        pipe.expire(gauge_key, GAUGE_TTL)
+        # On a cluster the gauges are in other slots than the counters: a pipeline of their own.
+        live = redis.pipeline(transaction=False) if redis.cluster else pipe
+        live.hset(gauge_key, mapping=gauges)
+        live.expire(gauge_key, GAUGE_TTL)
+        # The registry of live instances: a scrape reads it instead of scanning the keyspace.
+        live.zadd(INSTANCES, {self.instance: int(time.time() * 1000)})
         try:
             await redis.guard(pipe.execute())
         except Exception:
             self._pending.update(pending)  # keep the counts for the next flush
             raise
+        if live is not pipe:
+            await redis.guard(live.execute())
 
     async def aclose(self) -> None:
         """Stop the flush loop, flush a last time and withdraw this instance's gauges."""
@@ -225,7 +239,9 @@ class Telemetry:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 2.0)
             # A stopped instance holds no connections: do not let its gauges linger for the TTL.
-            await asyncio.wait_for(self._redis_factory().call("DEL", self.gauge_key), 2.0)
+            redis = self._redis_factory()
+            await asyncio.wait_for(redis.call("DEL", self.gauge_key), 2.0)
+            await asyncio.wait_for(redis.call("ZREM", INSTANCES, self.instance), 2.0)
 
     @property
     def gauge_key(self) -> str:

@@ -31,7 +31,7 @@ import pytest
 import redis as sync_redis
 
 from bradax_cli.routes import REPO_ROOT
-from common import deps, migrate
+from common import deps, keyspace, migrate
 from common.settings import Settings
 
 JWT_SECRET = "test-secret-" + "x" * 40
@@ -525,8 +525,9 @@ async def ledger_rows(settings: Settings, project_id: str | None = None) -> list
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             await drainer.drain_once()
-            backlog = int(await redis.call("XLEN", "bx:ledger"))
-            backlog += int(await redis.call("XLEN", "bx:audit"))
+            backlog = int(await redis.call("XLEN", keyspace.AUDIT_STREAM))
+            for project in await redis.call("SMEMBERS", keyspace.PROJECTS):
+                backlog += int(await redis.call("XLEN", keyspace.ledger_stream(project.decode())))
             if backlog == 0:
                 break
             await asyncio.sleep(0.02)

@@ -20,6 +20,7 @@ from conftest import env_for, free_port, with_database
 
 from bradax_cli import cli
 from bradax_cli.routes import REPO_ROOT
+from common import keyspace
 from common.settings import Settings
 
 PROJECT = "proj_inovacao_ia_chatbot"
@@ -258,11 +259,11 @@ def test_suspend_and_resume(created: Any, bradax: Any, redis_db: sync_redis.Redi
     assert suspended.code == 0
     assert suspended.json()["project"]["status"] == "suspended"
     assert suspended.json()["effective_immediately"] is True
-    assert redis_db.get(f"bx:deny:proj:{PROJECT}") == b"1"
+    assert redis_db.get(f"bx:deny:proj:{{{PROJECT}}}") == b"1"
     resumed = bradax("project", "resume", "--id", PROJECT)
     assert resumed.json()["project"]["status"] == "active"
     assert resumed.json()["effective_immediately"] is True
-    assert redis_db.exists(f"bx:deny:proj:{PROJECT}") == 0
+    assert redis_db.exists(f"bx:deny:proj:{{{PROJECT}}}") == 0
 
 
 def test_suspend_without_redis_warns(created: Any, bradax: Any, settings: Settings) -> None:
@@ -315,8 +316,8 @@ def test_key_revoke(created: Any, bradax: Any, redis_db: sync_redis.Redis) -> No
     assert body["api_key"]["status"] == "revoked"
     assert body["api_key"]["revoked_at"] is not None
     assert body["effective_immediately"] is True
-    assert redis_db.get(f"bx:deny:key:{key_id}") == b"1"
-    assert 15 * 60 < redis_db.ttl(f"bx:deny:key:{key_id}") <= 15 * 60 + 30 + 60
+    assert redis_db.get(keyspace.deny_key(PROJECT, key_id)) == b"1"
+    assert 15 * 60 < redis_db.ttl(keyspace.deny_key(PROJECT, key_id)) <= 15 * 60 + 30 + 60
 
 
 def test_key_revoke_without_redis_warns(created: Any, bradax: Any, settings: Settings) -> None:

@@ -169,6 +169,6 @@ async def test_upstream_faults_settle_exactly(
     assert errors[504]["completion_tokens"] == 5  # its max_tokens
     redis = __import__("redis").Redis.from_url(current.redis_url.get_secret_value())
     month = time.strftime("%Y%m", time.gmtime())
-    assert redis.hget(f"bx:b:{tenant.project_id}:{month}", "reserved") == b"0"
-    assert redis.zcard(f"bx:bres:{tenant.project_id}:{month}") == 0
+    assert redis.hget(f"bx:b:{{{tenant.project_id}}}:{month}", "reserved") == b"0"
+    assert redis.zcard(f"bx:bres:{{{tenant.project_id}}}:{month}") == 0
     assert Decimal(0) <= sum(r["cost_usd"] for r in rows.values())

@@ -52,9 +52,10 @@ def _common(*names: str) -> frozenset[str]:
 
 
 SERVING = ("background", "db", "deps", "errors", "http", "keyspace", "logs", "openapi", "redis")
-SERVING += ("resp",)
+SERVING += ("resp", "resp_cluster")
 SERVING += ("runtime", "settings", "telemetry")
-CREDENTIALS = ("apikeys", "audit", "auth", "bounds", "cache", "denylist", "projects", "quota")
+CREDENTIALS = ("apikeys", "audit", "auth", "bounds", "cache", "denylist", "limits", "projects")
+CREDENTIALS += ("quota",)
 CREDENTIALS += ("scopes", "services", "sessions", "tokens", "usage")
 # Tracing: the traces SDK and exporter (redis-py loads OpenTelemetry's metrics SDK by itself
 # when it is installed; no image but llm_invoke's installs it).

@@ -302,7 +302,7 @@ async def test_hung_upstream_times_out_with_504(
     assert reply.json()["error"]["code"] == "upstream_timeout"
     assert elapsed < 2.5
     reserved = await deps.redis.get().call(
-        "HGET", f"bx:b:{tenant.project_id}:{_month()}", "reserved"
+        "HGET", f"bx:b:{{{tenant.project_id}}}:{_month()}", "reserved"
     )
     assert int(reserved) == 0
 

@@ -250,7 +250,7 @@ async def test_reserved_budget_counts_against_the_remainder(
     mock.configure(latency_ms=1000)
     slow = asyncio.create_task(invoke(http, tenant))
     redis = RedisStore(settings)
-    key = f"bx:b:{tenant.project_id}:{budget_month(datetime.now(UTC))}"
+    key = f"bx:b:{{{tenant.project_id}}}:{budget_month(datetime.now(UTC))}"
     try:
         for _ in range(100):  # until the call holds its reservation
             raw = await redis.call("HGET", key, "reserved")

@@ -21,10 +21,10 @@ import orjson
 import pytest
 import redis as sync_redis
 
-from common import bounds, deps
+from common import bounds, deps, keyspace
 from common.ledger import Drainer
 from common.pricing import LIST_PRICES
-from common.quota import LEDGER_STREAM, UsageRecord, budget_keys, to_nano
+from common.quota import UsageRecord, budget_keys, to_nano
 from common.redis import RedisStore
 from common.settings import Settings
 from tests.conftest import (
@@ -429,7 +429,7 @@ async def test_poison_record_does_not_stop_the_ledger_across_two_processes(
             )
             good = _record("req_poison_neighbour", tenant.project_id)
             for raw in [*_poisons(tenant.project_id), good.to_json()]:
-                await redis.call("XADD", LEDGER_STREAM, "*", "r", raw)
+                await _outbox(redis, tenant.project_id, raw)
             second = await asyncio.gather(
                 *(_call(http, urls[i % 2], tenant, access, False) for i in range(10))
             )
@@ -440,7 +440,7 @@ async def test_poison_record_does_not_stop_the_ledger_across_two_processes(
             # /metrics only reads: let the brokers' drainers finish before stopping them (a
             # batch cut by the stop would wait IDLE_MS for another drainer to claim it).
             for _ in range(500):
-                if int(await redis.call("XLEN", LEDGER_STREAM)) == 0:
+                if int(await redis.call("XLEN", keyspace.ledger_stream(tenant.project_id))) == 0:
                     break
                 await asyncio.sleep(0.02)
     finally:
@@ -480,6 +480,12 @@ def _record(request_id: str, project_id: str, **changes: Any) -> UsageRecord:
     return UsageRecord(**values)
 
 
+async def _outbox(redis: RedisStore, project_id: str, raw: bytes) -> None:
+    """Append an entry to a project's ledger outbox, as the settle script does."""
+    await redis.call("SADD", keyspace.PROJECTS, project_id)
+    await redis.call("XADD", keyspace.ledger_stream(project_id), "*", "r", raw)
+
+
 def _poisons(project_id: str) -> list[bytes]:
     """Outbox entries PostgreSQL refuses or nobody can read."""
     return [
@@ -506,10 +512,10 @@ async def test_drainer_dead_letters_refused_rows_and_keeps_the_rest(upstream: Se
     goods = [_record(f"req_good_{i}", "proj_x") for i in range(3)]
     entries = [goods[0].to_json(), *_poisons("proj_x"), goods[1].to_json(), goods[2].to_json()]
     for raw in entries:
-        await redis.call("XADD", LEDGER_STREAM, "*", "r", raw)
+        await _outbox(redis, "proj_x", raw)
     drainer = Drainer(redis, db, audit_enabled=True)
     assert await drainer.drain_once() == len(entries)
-    assert int(await redis.call("XLEN", LEDGER_STREAM)) == 0
+    assert int(await redis.call("XLEN", keyspace.ledger_stream("proj_x"))) == 0
     rows = await db.fetch("SELECT request_id FROM usage_ledger ORDER BY request_id")
     assert [r["request_id"] for r in rows] == ["req_good_0", "req_good_1", "req_good_2"]
     dead = {d["request_id"]: d["reason"] for d in await _dead_letters(upstream)}
@@ -637,8 +643,10 @@ async def test_a_killed_process_call_is_ledgered_once_at_its_bound(
 async def test_reconciler_and_settle_are_mutually_exclusive(upstream: Settings) -> None:
     """Whichever of the settle and the reconciler comes first wins; the other is a duplicate,
     so each admitted call has exactly one ledger row and is charged once."""
-    from common import services
-    from common.quota import INTENTS, INTENTS_DUE, BudgetClaim, intent_record
+    from common import keyspace, services
+    from common.quota import BudgetClaim, intent_record
+
+    intents, intents_due = keyspace.intents("proj_race")
 
     governor = services.governor.get()
     redis = deps.redis.get()
@@ -680,12 +688,12 @@ async def test_reconciler_and_settle_are_mutually_exclusive(upstream: Settings) 
     first = await admit("req_settled_first")
     assert await settle(first)
     late = await admit("req_reconciled_first")
-    assert int(await redis.call("HLEN", INTENTS)) == 1
+    assert int(await redis.call("HLEN", intents)) == 1
     assert await governor.reconcile(now_ms + 1) == 1
     assert not await settle(late)  # the instance came back too late: a duplicate
     assert await governor.reconcile(now_ms + 1) == 0
-    assert int(await redis.call("HLEN", INTENTS)) == 0
-    assert int(await redis.call("ZCARD", INTENTS_DUE)) == 0
+    assert int(await redis.call("HLEN", intents)) == 0
+    assert int(await redis.call("ZCARD", intents_due)) == 0
     rows = {r["request_id"]: r for r in await ledger_rows(upstream)}
     assert rows["req_settled_first"]["status"] == "success"
     assert (rows["req_reconciled_first"]["status"], rows["req_reconciled_first"]["cost_usd"]) == (

@@ -22,12 +22,20 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bradax_cli.routes import REPO_ROOT, RouteTable
-from common import deps, prometheus, services
+from common import deps, keyspace, prometheus, services
 from common.prometheus import Snapshot
 from common.quota import budget_month
 from common.redis import RedisStore
 from common.settings import Settings
-from common.telemetry import BUCKETS, COUNTERS, GAUGE_PREFIX, HISTOGRAMS, METHODS
+from common.telemetry import (
+    BUCKETS,
+    COUNTERS,
+    GAUGE_PREFIX,
+    GAUGE_TTL,
+    HISTOGRAMS,
+    INSTANCES,
+    METHODS,
+)
 from tests.conftest import (
     MockUpstream,
     Process,
@@ -175,25 +183,31 @@ async def redis(settings: Settings) -> AsyncIterator[RedisStore]:
 
 
 async def test_snapshot_sums_live_instances_only(redis: RedisStore) -> None:
-    """Gauges are summed over instances whose key is alive; an expired instance drops out."""
+    """Gauges are summed over the registered instances whose key is alive; an expired
+    instance or one that stopped flushing drops out (and out of the registry)."""
+    now_ms = int(time.time() * 1000)
     await redis.call("HSET", COUNTERS, "cache_hits_total", 7)
-    await redis.call("HSET", GAUGE_PREFIX + "a", "active_connections", 2, "db_idle", 3)
-    await redis.call("HSET", GAUGE_PREFIX + "b", "active_connections", 1, "db_idle", 1)
-    await redis.call("HSET", GAUGE_PREFIX + "gone", "active_connections", 50, "db_idle", 50)
+    for name, active, idle in (("a", 2, 3), ("b", 1, 1), ("gone", 50, 50), ("stale", 9, 9)):
+        await redis.call("HSET", GAUGE_PREFIX + name, "active_connections", active, "db_idle", idle)
+    await redis.call("HSET", GAUGE_PREFIX + "unlisted", "active_connections", 70)
     await redis.call("PEXPIRE", GAUGE_PREFIX + "gone", 50)
-    await redis.call("XADD", "bx:ledger", "*", "r", "x")
+    stale_ms = now_ms - (GAUGE_TTL + 5) * 1000
+    await redis.call("ZADD", INSTANCES, now_ms, "a", now_ms, "b", now_ms, "gone", stale_ms, "stale")
+    await redis.call("SADD", keyspace.PROJECTS, "proj_a")
+    await redis.call("XADD", keyspace.ledger_stream("proj_a"), "*", "r", "x")
     await asyncio.sleep(0.1)
     snap = await prometheus.snapshot(redis, {})
     assert snap == Snapshot(
         {"cache_hits_total": 7}, {"active_connections": 3, "db_idle": 4}, 2, {}, 1
     )
+    assert await redis.call("ZRANGE", INSTANCES, 0, -1) == [b"a", b"b", b"gone"]
 
 
 async def test_live_budgets_reads_redis_figures(redis: RedisStore) -> None:
     """Redis' spent and reserved nano-dollars come back in USD; unknown projects are absent."""
     month = "202507"
-    await redis.call("HSET", f"bx:b:proj_a:{month}", "spent", 1_500, "reserved", 250)
-    await redis.call("HSET", f"bx:b:proj_b:{month}", "spent", 0)
+    await redis.call("HSET", f"bx:b:{{proj_a}}:{month}", "spent", 1_500, "reserved", 250)
+    await redis.call("HSET", f"bx:b:{{proj_b}}:{month}", "spent", 0)
     assert await prometheus.live_budgets(redis, ["proj_a", "proj_b", "proj_c"], month) == {
         "proj_a": (Decimal("0.0000015"), Decimal("0.00000025")),
         "proj_b": (Decimal(0), Decimal(0)),
@@ -376,6 +390,7 @@ async def test_disabled_metrics_record_nothing(
     try:
         assert await redis.call("EXISTS", COUNTERS) == 0
         assert await redis.call("KEYS", GAUGE_PREFIX + "*") == []
+        assert await redis.call("ZCARD", INSTANCES) == 0
     finally:
         await redis.close()
     assert samples[s("bradax_instances")] == 0
@@ -617,10 +632,10 @@ async def test_budget_remaining_follows_redis_and_falls_back_to_the_ledger(broke
     month = budget_month(datetime.now(UTC))
     redis = RedisStore(settings)
     try:
-        await redis.call("DEL", f"bx:b:proj_lost:{month}")  # as after a Redis loss
+        await redis.call("DEL", f"bx:b:{{proj_lost}}:{month}")  # as after a Redis loss
         # Settled but not drained yet, plus a live reservation: Redis is ahead of the ledger.
-        await redis.call("HINCRBY", f"bx:b:proj_kept:{month}", "spent", 1_000)
-        await redis.call("HINCRBY", f"bx:b:proj_kept:{month}", "reserved", 500)
+        await redis.call("HINCRBY", f"bx:b:{{proj_kept}}:{month}", "spent", 1_000)
+        await redis.call("HINCRBY", f"bx:b:{{proj_kept}}:{month}", "reserved", 500)
     finally:
         await redis.close()
     samples, _ = parse((await http.get("/prometheus")).text)

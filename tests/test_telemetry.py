@@ -169,6 +169,8 @@ async def test_gauges_are_per_instance_with_a_ttl(
         b"db_max": b"30",
     }
     assert 0 < await redis.call("TTL", key) <= telemetry.GAUGE_TTL
+    seen_ms = float(await redis.call("ZSCORE", telemetry.INSTANCES, item.instance))
+    assert abs(seen_ms - time.time() * 1000) < 5_000
     other = make()
     assert other.instance != item.instance
 
@@ -184,6 +186,7 @@ async def test_closing_flushes_and_withdraws_the_gauges(
     await item.aclose()
     assert await counters(redis) == {"cache_hits_total": 3}
     assert await redis.call("EXISTS", GAUGE_PREFIX + item.instance) == 0
+    assert await redis.call("ZSCORE", telemetry.INSTANCES, item.instance) is None
 
 
 async def test_the_background_loop_flushes_every_second(

@@ -60,7 +60,7 @@ async def tenant_http(
 def _reserved(current: Settings, project_id: str) -> int:
     redis = __import__("redis").Redis.from_url(current.redis_url.get_secret_value())
     month = time.strftime("%Y%m", time.gmtime())
-    return int(redis.hget(f"bx:b:{project_id}:{month}", "reserved") or 0)
+    return int(redis.hget(f"bx:b:{{{project_id}}}:{month}", "reserved") or 0)
 
 
 async def test_redirects_are_never_followed(

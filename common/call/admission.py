@@ -109,7 +109,7 @@ class Admitter:
         limits = [
             Limit(
                 "max_requests_per_hour",
-                keyspace.limit_scope("p", project.id),
+                keyspace.project_scope("p", project.id),
                 project.max_requests_per_hour,
                 3600,
             )
@@ -118,7 +118,7 @@ class Admitter:
             limits.append(
                 Limit(
                     "max_requests_per_second",
-                    keyspace.limit_scope("ps", project.id),
+                    keyspace.project_scope("ps", project.id),
                     project.max_requests_per_second,
                     1,
                 )

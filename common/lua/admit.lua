@@ -1,7 +1,8 @@
 -- admit.lua: one atomic admission decision (deny-list, fixed-window limits, budget).
 --
 -- KEYS: nd deny keys, then nl limit counters, then (if budget) budget hash,
---       reservation zset, reservation amounts hash, intents hash, intents due zset.
+--       reservation zset, reservation amounts hash, the project's intents hash and
+--       intents due zset (all of one project: one cluster slot, but the limits' keys).
 -- ARGV: 1 nd, 2 nl, 3 has_budget (0/1), 4 now_ms, 5 mode ("hit" counts, "peek" only checks),
 --       then per limit: limit, window_s;
 --       then (if budget) request_id, worst_nano, budget_nano, reservation_expiry_ms, max_cleanup,
