@@ -598,3 +598,18 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.start()
     yield server
     server.kill()
+
+
+async def outbox(redis: Any, record: Any) -> None:
+    """Append a usage record to its project's ledger outbox, as the settle script does."""
+    from common import keyspace
+
+    await redis.call("SADD", keyspace.PROJECTS, record.project_id)
+    await redis.call("XADD", keyspace.ledger_stream(record.project_id), "*", "r", record.to_json())
+
+
+async def outbox_backlog(redis: Any) -> int:
+    """Records in every project's ledger outbox, not yet written to PostgreSQL."""
+    from common.prometheus import pending_records
+
+    return await pending_records(redis)

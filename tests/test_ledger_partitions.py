@@ -9,8 +9,9 @@ from decimal import Decimal
 from common import deps, ledger_rows
 from common.ledger import Drainer
 from common.ledger_rows import months_ahead
-from common.quota import LEDGER_STREAM, UsageRecord
+from common.quota import UsageRecord
 from common.settings import Settings
+from tests.conftest import outbox
 
 
 def record(request_id: str, month: str, at: datetime) -> UsageRecord:
@@ -27,9 +28,7 @@ async def test_a_month_without_a_partition_gets_one_before_its_rows(settings: Se
     redis, db = deps.redis.get(), deps.db.get()
     at = datetime(2025, 3, 14, 9, tzinfo=UTC)
     for _ in range(2):
-        await redis.call(
-            "XADD", LEDGER_STREAM, "*", "r", record("req_march", "202503", at).to_json()
-        )
+        await outbox(redis, record("req_march", "202503", at))
     await Drainer(redis, db, audit_enabled=False).drain_once()
     rows = await db.fetch("SELECT request_id, tableoid::regclass::text AS part FROM usage_ledger")
     assert [(r["request_id"], r["part"]) for r in rows] == [("req_march", "usage_ledger_202503")]

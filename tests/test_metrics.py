@@ -18,7 +18,15 @@ from common import reports
 from common.quota import budget_month
 from common.redis import RedisStore
 from common.settings import Settings
-from tests.conftest import MockUpstream, Tenant, create_tenant, ledger_rows, login
+from tests.conftest import (
+    MockUpstream,
+    Tenant,
+    create_tenant,
+    ledger_rows,
+    login,
+    outbox,
+    outbox_backlog,
+)
 
 INVOKE = "/api/v1/llm/invoke"
 MESSAGES = [{"role": "user", "content": "Explique seguros de vida"}]  # 11 prompt tokens
@@ -365,7 +373,7 @@ def test_the_function_documents_both_routes(settings: Settings, router: Any) -> 
 async def test_metrics_reports_pending_records_and_writes_nothing(broker: Any) -> None:
     """Records still in the ledger stream are counted as pending; reading /metrics leaves
     them there and writes no ledger row, and once drained they are in the figures."""
-    from common.quota import LEDGER_STREAM, UsageRecord
+    from common.quota import UsageRecord
 
     http, settings = broker
     tenant = await login(http, await create_tenant(settings))
@@ -378,9 +386,9 @@ async def test_metrics_reports_pending_records_and_writes_nothing(broker: Any) -
                 10, 5, Decimal("0.001"), 20, "success", 200, None, False, False,
                 budget_month(datetime.now(UTC)), now_ms,
             )  # fmt: skip
-            await redis.call("XADD", LEDGER_STREAM, "*", "r", record.to_json())
+            await outbox(redis, record)
         replies = await asyncio.gather(*(metrics(http, tenant) for _ in range(4)))
-        backlog = int(await redis.call("XLEN", LEDGER_STREAM))
+        backlog = await outbox_backlog(redis)
     finally:
         await redis.close()
     assert {r.status_code for r in replies} == {200}

@@ -13,8 +13,9 @@ import asyncpg
 
 from common import deps, keyspace, ledger, reports, services
 from common.ledger import Drainer
-from common.quota import LEDGER_STREAM, UsageRecord, budget_keys, budget_month, month_end, to_nano
+from common.quota import UsageRecord, budget_keys, budget_month, month_end, to_nano
 from common.settings import Settings
+from tests.conftest import outbox, outbox_backlog
 
 MODELS = ("gpt-4.1-nano", "gpt-4.1-mini", "gpt-4o")
 STATUSES = ("success", "success", "usage_unverified", "upstream_error", "reconciled")
@@ -105,7 +106,7 @@ async def drain_all(drainer: Drainer) -> None:
     redis = deps.redis.get()
     for _ in range(100):
         await drainer.drain_once()
-        if int(await redis.call("XLEN", LEDGER_STREAM)) == 0:
+        if await outbox_backlog(redis) == 0:
             return
     raise AssertionError("the ledger stream was never emptied")
 
@@ -132,13 +133,13 @@ async def test_rollup_equals_raw_rows_without_duplicates_or_dead_letters(
     first, second = good[:200], good[200:]
     drainer = Drainer(redis, db, audit_enabled=False)
     for item in [*first[:100], *first[:20]]:  # duplicates inside one batch
-        await redis.call("XADD", LEDGER_STREAM, "*", "r", item.to_json())
+        await outbox(redis, item)
     await drain_all(drainer)
     for item in [*first[100:], *first[150:170], poison[0]]:  # the same, beside a poison row
-        await redis.call("XADD", LEDGER_STREAM, "*", "r", item.to_json())
+        await outbox(redis, item)
     await drain_all(drainer)
     for item in [*second, *first[50:90], poison[1], *second[:10]]:  # and across batches
-        await redis.call("XADD", LEDGER_STREAM, "*", "r", item.to_json())
+        await outbox(redis, item)
     await drain_all(drainer)
     # A writer outside the drainer (a deferred settle) replays records already ledgered.
     async with db.connection() as conn, conn.transaction():
