@@ -33,7 +33,13 @@ from common.call.screen import screen_answer
 from common.call.settle import Settler
 from common.call.stream import MeteredStream, stream_outcome
 from common.call.upstream import UpstreamStep
-from common.errors import BrokerError, ProjectSuspended, ServiceUnavailable, Unauthorized
+from common.errors import (
+    BrokerError,
+    NotFound,
+    ProjectSuspended,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from common.http import JSONResponse, read_json_body
 from common.ledger import Drainer, PendingSettles
 from common.llm import UpstreamClient
@@ -110,14 +116,24 @@ class Invoker:
         await self.auth.check_revocation(principal)
         project = await self._project(principal)
         allowed = [m for m in project.allowed_models if self.client.catalog.get(m) is not None]
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "bradax"} for m in allowed]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [_model_card(m) for m in allowed]})
+
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{model}: one model this project may use, else 404 (not 403: a
+        model the project may not use does not exist for it)."""
+        principal = await self.credentials.verify(request, api_key_allowed=True)
+        await self.auth.check_revocation(principal)
+        project = await self._project(principal)
+        model: str = request.path_params["model"]
+        if model not in project.allowed_models or self.client.catalog.get(model) is None:
+            raise NotFound(f"the model '{model}' does not exist", code="model_not_found")
+        return JSONResponse(_model_card(model))
 
     # -- before admission: refusals are audited --------------------------------------------
 
     async def _plan(self, request: Request, principal: Principal, call: Call) -> Plan:
         project = await self._project(principal)
-        chain = req.upstream_chain(self.client.catalog, project, call.model)
+        chain = req.upstream_chain(self.client.catalog, project, call.model, call.operation)
         body = req.upstream_body(project, call)
         key = request.headers.get("idempotency-key")
         fingerprint = req.fingerprint(call, body) if key else ""  # as sent, before redaction
@@ -169,7 +185,7 @@ class Invoker:
         if cached is not None:
             response = await self._serve_cached(face, ctx, cached)
         elif plan.call.stream:
-            return await self._stream(ctx, plan)
+            return await self._stream(face, ctx, plan)
         else:
             response = await self._complete(face, ctx, plan)
         if plan.idempotency_key:
@@ -196,7 +212,7 @@ class Invoker:
             response.headers["X-Bradax-PII-Redacted"] = ",".join(sorted(kinds))
         return response
 
-    async def _stream(self, ctx: Context, plan: Plan) -> Response:
+    async def _stream(self, face: Face, ctx: Context, plan: Plan) -> Response:
         stream = await self.upstream.open_stream(ctx, plan.body)
         headers = {
             "Cache-Control": "no-cache",
@@ -215,7 +231,8 @@ class Invoker:
                 until = int(self.clock() * 1000 + self.settings.reservation_ttl * 1000)
                 await self.governor.extend(ctx.claim, until)
 
-        return MeteredStream(stream, finish, extend, headers, guard)
+        adapter = face.stream_adapter(ctx, stream)
+        return MeteredStream(stream, finish, extend, headers, guard, adapter)
 
     async def _serve_cached(self, face: Face, ctx: Context, data: dict[str, object]) -> Response:
         await self.settler.settle(ctx, Outcome(None, 0, 0, "success", 200, cached=True))
@@ -224,3 +241,7 @@ class Invoker:
         headers = {"X-Bradax-Cache": "HIT", "X-Bradax-Cost-USD": "0", **ctx.admission.headers()}
         response.headers.update(headers)
         return response
+
+
+def _model_card(model: str) -> dict[str, object]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "bradax"}

@@ -85,6 +85,8 @@ class Operation:
     # (name, description) or (name, description, JSON schema); a plain string by default
     query: Sequence[tuple[str, str] | tuple[str, str, dict[str, Any]]] = ()
     openai_errors: bool = False
+    # (name, description) of each `{name}` segment of the path
+    path_params: Sequence[tuple[str, str]] = ()
     tags: Sequence[str] = field(default_factory=tuple)
 
 
@@ -107,8 +109,18 @@ def operation_object(
     }
     if op.auth:
         out["security"] = [{"bearer": []}]
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1},
+            "description": description,
+        }
+        for name, description in op.path_params
+    ]
     if op.query:
-        out["parameters"] = [
+        parameters += [
             {
                 "name": item[0],
                 "in": "query",
@@ -118,6 +130,8 @@ def operation_object(
             }
             for item in op.query
         ]
+    if parameters:
+        out["parameters"] = parameters
     if op.request is not None:
         out["requestBody"] = {
             "required": True,

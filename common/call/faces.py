@@ -15,10 +15,13 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from common import bounds
+from common.call.embeddings import EmbeddingsFace
 from common.call.model import Api, Call, Context
+from common.call.responses import ResponsesFace
+from common.call.stream import StreamAdapter
 from common.errors import BadRequest
 from common.http import JSONResponse, validation_error
-from common.llm import Completion
+from common.llm import Completion, StreamCall
 from common.schemas import ChatCompletionRequest, InvokeRequest
 
 _FORWARD_EXCLUDE = {"model", "messages", "stream", "stream_options", "parameters"}
@@ -44,6 +47,10 @@ class Face(Protocol):
 
     def render_cached(self, call: Call, request_id: str, data: dict[str, Any]) -> Response:
         """The answer to a call served from the response cache."""
+        ...
+
+    def stream_adapter(self, ctx: Context, stream: StreamCall) -> StreamAdapter | None:
+        """What turns the upstream's chat events into this face's (None: relayed as is)."""
         ...
 
 
@@ -86,6 +93,10 @@ class SpecFace:
         """The spec's answer for a cache hit (free)."""
         return JSONResponse(spec_body(data, call.model, request_id, Decimal(0), cached=True))
 
+    def stream_adapter(self, ctx: Context, stream: StreamCall) -> StreamAdapter | None:
+        """The spec's stream is the upstream's chat stream."""
+        return None
+
 
 class OpenAIChatFace:
     """OpenAI chat completions, forwarded as they are (the model alias put back)."""
@@ -123,8 +134,17 @@ class OpenAIChatFace:
         """The cached chat.completion under the alias asked for."""
         return JSONResponse({**data, "model": call.model})
 
+    def stream_adapter(self, ctx: Context, stream: StreamCall) -> StreamAdapter | None:
+        """Chat chunks are relayed as they are."""
+        return None
 
-FACES: dict[Api, Face] = {"invoke": SpecFace(), "openai": OpenAIChatFace()}
+
+FACES: dict[Api, Face] = {
+    "invoke": SpecFace(),
+    "openai": OpenAIChatFace(),
+    "embeddings": EmbeddingsFace(),
+    "responses": ResponsesFace(),
+}
 
 
 def spec_body(

@@ -60,7 +60,11 @@ class UpstreamStep:
         """A non-streamed answer."""
         try:
             return await self.client.complete(
-                ctx.chain, payload(body), ctx.request_id, self.client.deadline()
+                ctx.chain,
+                payload(body),
+                ctx.request_id,
+                self.client.deadline(),
+                operation=ctx.call.operation,
             )
         except (Exception, asyncio.CancelledError) as exc:
             await self.settler.settle(ctx, failure_outcome(ctx, exc, streamed=False))
