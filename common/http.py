@@ -82,6 +82,29 @@ def is_openai_path(path: str) -> bool:
     return path.startswith("/v1/")
 
 
+# Anthropic's error types, by status (what the anthropic SDK maps to its error classes).
+ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_body(exc: BrokerError) -> dict[str, Any]:
+    """The JSON body for a BrokerError in Anthropic's shape (our code kept in `code`)."""
+    kind = _ANTHROPIC_TYPES.get(exc.status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": exc.message, "code": exc.code}}
+
+
 def error_body(exc: BrokerError, request_id: str, openai_shape: bool) -> dict[str, Any]:
     """The JSON body for a BrokerError, in the spec's shape or OpenAI's."""
     if openai_shape:
@@ -102,9 +125,12 @@ def error_response(exc: BrokerError, request_id: str, path: str) -> Response:
     """The HTTP answer for a BrokerError: its status, headers and JSON body."""
     headers = dict(exc.headers)
     headers["X-Request-ID"] = request_id
-    return JSONResponse(
-        error_body(exc, request_id, is_openai_path(path)), status_code=exc.status, headers=headers
-    )
+    if path in ANTHROPIC_PATHS:
+        headers["request-id"] = request_id
+        body = anthropic_error_body(exc)
+    else:
+        body = error_body(exc, request_id, is_openai_path(path))
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 def _describe_validation(exc: ValidationError) -> tuple[str, str | None]:

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from common.audit import AuditTrail
 from common.auth import Authenticator, Principal
 from common.background import keep
+from common.call import anthropic_count
 from common.call import request as req
 from common.call.admission import Admitter
 from common.call.credentials import Credentials
@@ -94,7 +95,9 @@ class Invoker:
         face = FACES[api]
         principal: Principal | None = None
         try:
-            principal = await self.credentials.verify(request, api_key_allowed=api != "invoke")
+            principal = await self.credentials.verify(
+                request, api_key_allowed=api != "invoke", x_api_key=api == "anthropic"
+            )
             call = face.parse(await read_json_body(request, self.settings.max_body_bytes))
             plan = await self._plan(request, principal, call)
             answered = await self._replay(plan)
@@ -128,6 +131,17 @@ class Invoker:
         if model not in project.allowed_models or self.client.catalog.get(model) is None:
             raise NotFound(f"the model '{model}' does not exist", code="model_not_found")
         return JSONResponse(_model_card(model))
+
+    async def count_tokens(self, request: Request) -> Response:
+        """POST /v1/messages/count_tokens: an estimate of a Messages request's input tokens
+        (no upstream call, not billed; see common.call.anthropic_count)."""
+        principal = await self.credentials.verify(request, api_key_allowed=True, x_api_key=True)
+        await self.auth.check_revocation(principal)
+        project = await self._project(principal)
+        body = await read_json_body(request, self.settings.max_body_bytes)
+        counted = anthropic_count.parse(body)
+        req.upstream_chain(self.client.catalog, project, counted.model)
+        return JSONResponse({"input_tokens": anthropic_count.estimate(counted)})
 
     # -- before admission: refusals are audited --------------------------------------------
 

@@ -353,8 +353,21 @@ FACE_CALLS = {
     "chat": ("/v1/chat/completions", {"model": "gpt-4.1-nano", "messages": CHAT}),
     "responses": ("/v1/responses", {"model": "gpt-4.1-nano", "input": "Explique seguros"}),
     "embeddings": ("/v1/embeddings", {"model": EMBED, "input": ["um dois", "tres"]}),
+    "messages": (
+        "/v1/messages",
+        {"model": "gpt-4.1-nano", "max_tokens": 20, "system": "curto", "messages": CHAT},
+    ),
 }
-STREAMED_FACES = ("invoke", "chat", "responses")
+STREAMED_FACES = ("invoke", "chat", "responses", "messages")
+
+
+def face_headers(face: str, tenant: Tenant) -> dict[str, str]:
+    """The credential header each face's clients send."""
+    if face == "invoke":
+        return tenant.auth
+    if face == "messages":
+        return {"x-api-key": tenant.api_key}
+    return tenant.key_auth
 
 
 @pytest.mark.parametrize(
@@ -368,7 +381,7 @@ async def test_every_face_is_ledgered_as_the_mock_billed(
     list price to the nano-dollar, never at $0."""
     http, tenant, settings = broker
     path, body = FACE_CALLS[face]
-    headers = tenant.auth if face == "invoke" else tenant.key_auth
+    headers = face_headers(face, tenant)
     if stream:
         async with http.stream(
             "POST", path, json={**body, "stream": True}, headers=headers
@@ -404,18 +417,20 @@ async def test_a_project_over_budget_gets_402_from_every_face(
         ),
     )
     path, body = FACE_CALLS[face]
-    headers = poor.auth if face == "invoke" else poor.key_auth
-    reply = await http.post(path, json=body, headers=headers)
+    reply = await http.post(path, json=body, headers=face_headers(face, poor))
     assert reply.status_code == 402, reply.text
     error = reply.json()["error"]
     if face == "invoke":
         assert error["code"] == "budget_exceeded"
         assert "request_id" in error
+    elif face == "messages":
+        assert reply.json()["type"] == "error"
+        assert (error["type"], error["code"]) == ("billing_error", "budget_exceeded")
     else:
         assert set(error) == {"message", "type", "param", "code"}
         assert error["code"] == "budget_exceeded"
     assert mock.stats()["requests"] == 0
-    if face != "invoke":
+    if face not in ("invoke", "messages"):  # the anthropic SDK: tests/test_anthropic_face.py
         with pytest.raises(openai.APIStatusError) as caught:
             await sdk_call(sdk(http, poor), face)
         assert caught.value.status_code == 402

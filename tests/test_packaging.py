@@ -44,6 +44,7 @@ SERVER = {"functions-framework", "uvicorn", "uvloop", "httptools"}
 OPTIONAL = {
     "botocore",  # aws_lambda_powertools.shared.user_agent (patches boto's user agent if present)
     "cryptography",  # redis.utils (only notes whether it is installed, for OCSP checks)
+    "opentelemetry-api",  # redis.observability (its metrics, if installed; the anthropic SDK is)
     "sniffio",  # anyio._core._eventloop (detects the running async library if present)
 }
 # Interpreter artefacts of compiled extensions, not importable packages of their own.

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from common import bounds
+from common.call.anthropic_face import AnthropicFace
 from common.call.embeddings import EmbeddingsFace
 from common.call.model import Api, Call, Context
 from common.call.responses import ResponsesFace
@@ -144,6 +145,7 @@ FACES: dict[Api, Face] = {
     "openai": OpenAIChatFace(),
     "embeddings": EmbeddingsFace(),
     "responses": ResponsesFace(),
+    "anthropic": AnthropicFace(),
 }
 
 

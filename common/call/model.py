@@ -13,7 +13,7 @@ from common.llm import Upstream
 from common.projects import Project
 from common.quota import Admission, BudgetClaim
 
-Api = Literal["invoke", "openai", "embeddings", "responses"]
+Api = Literal["invoke", "openai", "embeddings", "responses", "anthropic"]
 # What the upstream is asked to do (a dialect speaks each operation at its own endpoint).
 Operation = Literal["chat", "embeddings"]
 

@@ -300,9 +300,7 @@ class ResponsesStream:
                 out += self._open()
             item = _message_item(self.item_id, text, None)
             common = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
-            out.append(
-                self._event("response.output_text.done", text=text, logprobs=[], **common)
-            )
+            out.append(self._event("response.output_text.done", text=text, logprobs=[], **common))
             out.append(self._event("response.content_part.done", part=item["content"][0], **common))
             out.append(self._event("response.output_item.done", output_index=0, item=item))
             output.append(item)

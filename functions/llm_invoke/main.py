@@ -1,7 +1,7 @@
 """llm_invoke: the spec's POST /api/v1/llm/invoke and the OpenAI-compatible /v1 API.
 
 POST /api/v1/llm/invoke, POST /v1/chat/completions, POST /v1/responses, POST /v1/embeddings,
-GET /v1/models,
+POST /v1/messages, POST /v1/messages/count_tokens (Anthropic's format), GET /v1/models,
 GET /v1/models/{model}.
 Serve alone: functions-framework --asgi --source functions/llm_invoke/main.py --target llm_invoke
 """
@@ -12,6 +12,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common import deps, ledger_workers, services
+from common.anthropic_schemas import (
+    CountTokensRequest,
+    MessageObject,
+    MessagesRequest,
+    TokenCount,
+)
 from common.catalog import ModelCatalog
 from common.face_schemas import (
     EmbeddingsRequest,
@@ -75,6 +81,14 @@ async def chat_completions(request: Request) -> Response:
     return await _invoker.get().handle(request, "openai")
 
 
+async def messages(request: Request) -> Response:
+    return await _invoker.get().handle(request, "anthropic")
+
+
+async def count_tokens(request: Request) -> Response:
+    return await _invoker.get().count_tokens(request)
+
+
 async def responses(request: Request) -> Response:
     return await _invoker.get().handle(request, "responses")
 
@@ -119,6 +133,33 @@ _app = function_app(
                 auth=True,
                 stream=True,
                 openai_errors=True,
+            ),
+        ),
+        Route(
+            "/v1/messages",
+            messages,
+            ("POST",),
+            Operation(
+                "Create a message (Anthropic Messages API)",
+                MessagesRequest,
+                MessageObject,
+                INVOKE_ERRORS,
+                auth=True,
+                stream=True,
+                anthropic_errors=True,
+            ),
+        ),
+        Route(
+            "/v1/messages/count_tokens",
+            count_tokens,
+            ("POST",),
+            Operation(
+                "Estimate a message's input tokens (Anthropic Messages API)",
+                CountTokensRequest,
+                TokenCount,
+                (400, 401, 403, 404, 413, 415, 429, 503),
+                auth=True,
+                anthropic_errors=True,
             ),
         ),
         Route(
