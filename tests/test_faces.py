@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx2
 import openai
+import orjson
 import pytest
 
 from common.pricing import LIST_PRICES
@@ -445,3 +446,59 @@ async def sdk_call(client: openai.AsyncOpenAI, face: str) -> object:
     if face == "responses":
         return await client.responses.create(model="gpt-4.1-nano", input="oi")
     return await client.embeddings.create(model=EMBED, input="oi")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("face", ["responses", "messages"])
+async def test_translated_faces_report_the_bound_when_usage_lies(
+    broker: Any, mock: MockUpstream, face: str, stream: bool
+) -> None:
+    """When the upstream's usage is absent, the translated faces report and ledger the call's
+    bound (what it is charged), never the missing claim or zero."""
+    http, tenant, settings = broker
+    httpx2.post(mock.root + "/_mock/enqueue", json={"usage": "absent"}).raise_for_status()
+    path, body = FACE_CALLS[face]
+    body = {**body, "stream": stream}
+    if face == "responses":
+        body["max_output_tokens"] = 20
+    async with http.stream("POST", path, json=body, headers=face_headers(face, tenant)) as reply:
+        assert reply.status_code == 200
+        raw = b"".join([part async for part in reply.aiter_bytes()])
+    rows = await ledger_rows(settings)
+    assert [(r["status"], r["completion_tokens"]) for r in rows] == [("usage_unverified", 20)]
+    prompt = rows[0]["prompt_tokens"]
+    if stream:
+        last = [line for line in raw.split(b"\n") if line.startswith(b"data: ")][
+            -2 if face == "messages" else -1
+        ]
+        usage = orjson.loads(last[6:])
+        usage = usage["response"]["usage"] if face == "responses" else usage["usage"]
+    else:
+        usage = orjson.loads(raw)["usage"]
+    fields = ("input_tokens", "output_tokens")
+    assert tuple(usage[f] for f in fields) == (prompt, 20)
+
+
+@pytest.mark.parametrize("face", ["responses", "messages"])
+async def test_personal_data_in_translated_answers_is_redacted(
+    broker: Any, mock: MockUpstream, face: str
+) -> None:
+    """A CPF in the upstream's answer is redacted in the translated faces, plain and streamed."""
+    http, _, settings = broker
+    tenant = await login(
+        http,
+        await create_tenant(
+            settings, f"proj_out_{face}", allowed_models=CHAT_MODELS, output_pii_action="redact"
+        ),
+    )
+    path, body = FACE_CALLS[face]
+    for stream in (False, True):
+        script = {"text": f"o cpf e {CPF} ok"}
+        httpx2.post(mock.root + "/_mock/reply", json=script).raise_for_status()
+        async with http.stream(
+            "POST", path, json={**body, "stream": stream}, headers=face_headers(face, tenant)
+        ) as reply:
+            assert reply.status_code == 200
+            raw = b"".join([part async for part in reply.aiter_bytes()])
+        assert CPF.encode() not in raw
+        assert b"o cpf e" in raw
