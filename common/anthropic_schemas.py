@@ -79,16 +79,25 @@ class ToolResultBlock(Strict):
     cache_control: CacheControl | None = None
 
 
-Block = Annotated[
-    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")
-]
+UserBlock = Annotated[TextBlock | ImageBlock | ToolResultBlock, Field(discriminator="type")]
+AssistantBlock = Annotated[TextBlock | ToolUseBlock, Field(discriminator="type")]
 
 
-class AnthropicMessage(Strict):
-    """One turn of the conversation."""
+class UserMessage(Strict):
+    """A user turn: text, images, tool results."""
 
-    role: Literal["user", "assistant"]
-    content: StrictStr | Annotated[list[Block], Field(min_length=1, max_length=1024)]
+    role: Literal["user"]
+    content: StrictStr | Annotated[list[UserBlock], Field(min_length=1, max_length=1024)]
+
+
+class AssistantMessage(Strict):
+    """An assistant turn: text and tool calls."""
+
+    role: Literal["assistant"]
+    content: StrictStr | Annotated[list[AssistantBlock], Field(min_length=1, max_length=1024)]
+
+
+AnthropicMessage = UserMessage | AssistantMessage
 
 
 class AnthropicTool(Strict):

@@ -196,6 +196,19 @@ async def test_errors_use_anthropic_shape_and_sdk_classes(broker: Any, mock: Moc
             "max_tokens": 2,
             "messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "x"}]}],
         },
+        {
+            "model": MODEL,
+            "max_tokens": 2,
+            "messages": [
+                {"role": "user", "content": "oi"},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "image", "source": {"type": "url", "url": "http://x/y.png"}}
+                    ],
+                },
+            ],
+        },
     ):
         reply = await http.post("/v1/messages", json=body, headers={"x-api-key": tenant.api_key})
         assert reply.status_code == 400, reply.text
