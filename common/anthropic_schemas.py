@@ -79,8 +79,10 @@ class ToolResultBlock(Strict):
     cache_control: CacheControl | None = None
 
 
-UserBlock = Annotated[TextBlock | ImageBlock | ToolResultBlock, Field(discriminator="type")]
-AssistantBlock = Annotated[TextBlock | ToolUseBlock, Field(discriminator="type")]
+# Plain unions (each block's `type` is a const): schemathesis cannot always generate arrays of
+# discriminated oneOf items.
+UserBlock = TextBlock | ImageBlock | ToolResultBlock
+AssistantBlock = TextBlock | ToolUseBlock
 
 
 class UserMessage(Strict):

@@ -105,7 +105,7 @@ class InputMessage(Strict):
     content: (
         StrictStr
         | Annotated[
-            list[Annotated[InputText | InputImage, Field(discriminator="type")]],
+            list[InputText | InputImage],  # a plain union: see common.anthropic_schemas
             Field(min_length=1, max_length=512),
         ]
     )

@@ -1,9 +1,13 @@
 """API faces: how each client-facing API's body becomes a `Call` and an answer goes back.
 
 A face parses and validates its request format and renders answers in its own shape; the
-governance between the two is the same for every face. Two today: the spec's invoke API
-(`/api/v1/llm/invoke`) and OpenAI chat completions (`/v1/chat/completions`). A new face is
-a class with the same three methods, registered in FACES.
+governance between the two is the same for every face: the spec's invoke API
+(`/api/v1/llm/invoke`) and OpenAI chat completions (`/v1/chat/completions`) here; embeddings
+(common.call.embeddings), the Responses API (common.call.responses) and Anthropic Messages
+(common.call.anthropic_face) in their modules. A face that is not chat completions translates
+to a chat call, and back; its stream adapter (common.call.stream.StreamAdapter) turns the
+upstream's chat events into its own. A new face is a class with the same four methods,
+registered in FACES.
 """
 
 from __future__ import annotations
