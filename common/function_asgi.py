@@ -62,8 +62,10 @@ class BrokerLifespan:
     """Answers the ASGI lifespan protocol for an app that has none; passes the rest through.
 
     functions-framework's routes accept only the common methods and answer any other with
-    a plain-text 405; those requests go straight to the function instead, which answers
-    them in the broker's JSON error shape (and counts them).
+    a plain-text 405, and their catch-all path pattern does not match a path holding a
+    newline (a plain-text 404, say for GET /v1/models/a%0Ab); those requests go straight to
+    the function instead, which answers them in the broker's JSON error shape (and counts
+    them).
     """
 
     def __init__(self, app: ASGIApp, function: Callable[[Request], Awaitable[Response]]) -> None:
@@ -73,7 +75,9 @@ class BrokerLifespan:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
-        elif scope["type"] == "http" and scope["method"] not in FRAMEWORK_METHODS:
+        elif scope["type"] == "http" and (
+            scope["method"] not in FRAMEWORK_METHODS or "\n" in scope["path"]
+        ):
             response = await self.function(Request(scope, receive))
             await response(scope, receive, send)
         else:

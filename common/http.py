@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -81,6 +82,29 @@ def is_openai_path(path: str) -> bool:
     return path.startswith("/v1/")
 
 
+# Anthropic's error types, by status (what the anthropic SDK maps to its error classes).
+ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_body(exc: BrokerError) -> dict[str, Any]:
+    """The JSON body for a BrokerError in Anthropic's shape (our code kept in `code`)."""
+    kind = _ANTHROPIC_TYPES.get(exc.status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": exc.message, "code": exc.code}}
+
+
 def error_body(exc: BrokerError, request_id: str, openai_shape: bool) -> dict[str, Any]:
     """The JSON body for a BrokerError, in the spec's shape or OpenAI's."""
     if openai_shape:
@@ -101,9 +125,12 @@ def error_response(exc: BrokerError, request_id: str, path: str) -> Response:
     """The HTTP answer for a BrokerError: its status, headers and JSON body."""
     headers = dict(exc.headers)
     headers["X-Request-ID"] = request_id
-    return JSONResponse(
-        error_body(exc, request_id, is_openai_path(path)), status_code=exc.status, headers=headers
-    )
+    if path in ANTHROPIC_PATHS:
+        headers["request-id"] = request_id
+        body = anthropic_error_body(exc)
+    else:
+        body = error_body(exc, request_id, is_openai_path(path))
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 def _describe_validation(exc: ValidationError) -> tuple[str, str | None]:
@@ -218,12 +245,17 @@ class FunctionApp:
 
     def __post_init__(self) -> None:
         self._table: dict[str, dict[str, Handler]] = {}
+        # Paths with a trailing `{name}` segment (GET /v1/models/{model}): its value is the
+        # rest of the path, slashes included, in `request.path_params[name]`.
+        self._templates: list[tuple[str, re.Pattern[str]]] = []
         for route in self.routes:
             methods = self._table.setdefault(route.path, {})
             for method in route.methods:
                 methods[method.upper()] = route.handler
             if "GET" in methods:
                 methods.setdefault("HEAD", methods["GET"])
+            if "{" in route.path and all(t != route.path for t, _ in self._templates):
+                self._templates.append((route.path, _template(route.path)))
         self._started = False
 
     @property
@@ -261,7 +293,7 @@ class FunctionApp:
         log_token = request_log_var.set(outcome)
         request.state.request_id = request_id
         path: str = request.scope["path"]
-        route_label = path if path in self._table else "other"
+        route_label = path if path in self._table else self._template_of(path) or "other"
         status = 499  # if the task is cancelled before an answer exists
         try:
             try:
@@ -297,8 +329,22 @@ class FunctionApp:
                 elapsed = time.perf_counter() - started
                 telemetry.request_finished(request.method, route_label, status, elapsed)
 
+    def _template_of(self, path: str) -> str | None:
+        """The template path `path` matches, if any."""
+        for template, pattern in self._templates:
+            if pattern.fullmatch(path):
+                return template
+        return None
+
     async def _dispatch(self, request: Request, path: str) -> Response:
         methods = self._table.get(path)
+        if methods is None:
+            for template, pattern in self._templates:
+                found = pattern.fullmatch(path)
+                if found is not None:
+                    request.scope["path_params"] = found.groupdict()
+                    methods = self._table[template]
+                    break
         if methods is None:
             raise NotFound(f"no route for {path}")
         handler = methods.get(request.method)
@@ -308,6 +354,14 @@ class FunctionApp:
                 f"{request.method} is not allowed on {path}", headers={"Allow": allowed}
             )
         return await handler(request)
+
+
+def _template(path: str) -> re.Pattern[str]:
+    """The pattern of a path whose last segment is `{name}` (a non-empty rest of the path)."""
+    head, _, tail = path.rpartition("/")
+    if "{" in head or not (tail.startswith("{") and tail.endswith("}")):
+        raise ValueError(f"only a trailing {{name}} segment is supported: {path}")
+    return re.compile(re.escape(head + "/") + f"(?P<{tail[1:-1]}>.+)", re.DOTALL)
 
 
 def make_function(name: str, routes: Iterable[Route], **kwargs: Any) -> FunctionApp:

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from common.audit import AuditTrail
 from common.auth import Authenticator, Principal
 from common.background import keep
+from common.call import anthropic_count
 from common.call import request as req
 from common.call.admission import Admitter
 from common.call.credentials import Credentials
@@ -33,7 +34,13 @@ from common.call.screen import screen_answer
 from common.call.settle import Settler
 from common.call.stream import MeteredStream, stream_outcome
 from common.call.upstream import UpstreamStep
-from common.errors import BrokerError, ProjectSuspended, ServiceUnavailable, Unauthorized
+from common.errors import (
+    BrokerError,
+    NotFound,
+    ProjectSuspended,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from common.http import JSONResponse, read_json_body
 from common.ledger import Drainer, PendingSettles
 from common.llm import UpstreamClient
@@ -122,7 +129,9 @@ class Invoker:
         principal: Principal | None = None
         try:
             with step("authenticate"):
-                principal = await self.credentials.verify(request, api_key_allowed=api != "invoke")
+                principal = await self.credentials.verify(
+                    request, api_key_allowed=api != "invoke", x_api_key=api == "anthropic"
+                )
             call = face.parse(await read_json_body(request, self.settings.max_body_bytes))
             plan = await self._plan(request, principal, call)
             trace.planned(plan.project.id, call.model, call.max_tokens, call.stream)
@@ -145,14 +154,35 @@ class Invoker:
         await self.auth.check_revocation(principal)
         project = await self._project(principal)
         allowed = [m for m in project.allowed_models if self.client.catalog.get(m) is not None]
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "bradax"} for m in allowed]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [_model_card(m) for m in allowed]})
+
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{model}: one model this project may use, else 404 (not 403: a
+        model the project may not use does not exist for it)."""
+        principal = await self.credentials.verify(request, api_key_allowed=True)
+        await self.auth.check_revocation(principal)
+        project = await self._project(principal)
+        model: str = request.path_params["model"]
+        if model not in project.allowed_models or self.client.catalog.get(model) is None:
+            raise NotFound(f"the model '{model}' does not exist", code="model_not_found")
+        return JSONResponse(_model_card(model))
+
+    async def count_tokens(self, request: Request) -> Response:
+        """POST /v1/messages/count_tokens: an estimate of a Messages request's input tokens
+        (no upstream call, not billed; see common.call.anthropic_count)."""
+        principal = await self.credentials.verify(request, api_key_allowed=True, x_api_key=True)
+        await self.auth.check_revocation(principal)
+        project = await self._project(principal)
+        body = await read_json_body(request, self.settings.max_body_bytes)
+        counted = anthropic_count.parse(body)
+        req.upstream_chain(self.client.catalog, project, counted.model)
+        return JSONResponse({"input_tokens": anthropic_count.estimate(counted)})
 
     # -- before admission: refusals are audited --------------------------------------------
 
     async def _plan(self, request: Request, principal: Principal, call: Call) -> Plan:
         project = await self._project(principal)
-        chain = req.upstream_chain(self.client.catalog, project, call.model)
+        chain = req.upstream_chain(self.client.catalog, project, call.model, call.operation)
         body = req.upstream_body(project, call)
         key = request.headers.get("idempotency-key")
         fingerprint = req.fingerprint(call, body) if key else ""  # as sent, before redaction
@@ -208,7 +238,7 @@ class Invoker:
         if cached is not None:
             response = await self._serve_cached(face, ctx, cached)
         elif plan.call.stream:
-            return await self._stream(ctx, plan, trace)
+            return await self._stream(face, ctx, plan, trace)
         else:
             response = await self._complete(face, ctx, plan, trace)
         if plan.idempotency_key:
@@ -237,7 +267,7 @@ class Invoker:
             response.headers["X-Bradax-PII-Redacted"] = ",".join(sorted(kinds))
         return response
 
-    async def _stream(self, ctx: Context, plan: Plan, trace: CallTrace) -> Response:
+    async def _stream(self, face: Face, ctx: Context, plan: Plan, trace: CallTrace) -> Response:
         stream = await self.upstream.open_stream(ctx, plan.body)
         headers = {
             "Cache-Control": "no-cache",
@@ -259,7 +289,8 @@ class Invoker:
                 until = int(self.clock() * 1000 + self.settings.reservation_ttl * 1000)
                 await self.governor.extend(ctx.claim, until)
 
-        return MeteredStream(stream, finish, extend, headers, guard, trace.first_event)
+        adapter = face.stream_adapter(ctx, stream)
+        return MeteredStream(stream, finish, extend, headers, guard, trace.first_event, adapter)
 
     async def _serve_cached(self, face: Face, ctx: Context, data: dict[str, object]) -> Response:
         await self.settler.settle(ctx, Outcome(None, 0, 0, "success", 200, cached=True))
@@ -268,3 +299,7 @@ class Invoker:
         headers = {"X-Bradax-Cache": "HIT", "X-Bradax-Cost-USD": "0", **ctx.admission.headers()}
         response.headers.update(headers)
         return response
+
+
+def _model_card(model: str) -> dict[str, object]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "bradax"}

@@ -38,7 +38,7 @@ from common.breaker import Breaker, Clock
 from common.catalog import ModelCatalog, Upstream
 from common.dialect import Dialect
 from common.errors import UpstreamBadResponse
-from common.openai_dialect import OPENAI
+from common.openai_dialect import OPENAI, OPENAI_EMBEDDINGS
 from common.settings import Settings
 from common.sse import read_at_most
 from common.tracing import outgoing_headers
@@ -80,7 +80,8 @@ __all__ = [
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
 # The wire protocols upstreams may speak, by the name an Upstream gives (`Upstream.dialect`).
-DIALECTS: Mapping[str, Dialect] = {"openai": OPENAI}
+# An operation other than chat is spoken by `<dialect>:<operation>`.
+DIALECTS: Mapping[str, Dialect] = {"openai": OPENAI, "openai:embeddings": OPENAI_EMBEDDINGS}
 
 
 def _headers(dialect: Dialect, upstream: Upstream, request_id: str) -> dict[str, str]:
@@ -166,11 +167,15 @@ class UpstreamClient:
         payload: Callable[[Upstream], bytes],
         request_id: str,
         deadline: float,
+        *,
+        operation: str = "chat",
     ) -> Completion:
-        """A non-streamed answer from the first upstream of `chain` that gives one."""
+        """A non-streamed answer from the first upstream of `chain` that gives one
+        (`operation`: chat, or embeddings: the dialect `<dialect>:<operation>` speaks it)."""
 
         async def attempt(upstream: Upstream, remaining: float) -> Completion | Failure:
-            dialect = self._dialects[upstream.dialect]
+            name = upstream.dialect if operation == "chat" else f"{upstream.dialect}:{operation}"
+            dialect = self._dialects[name]
             session = self._get_session()
             timeout = aiohttp.ClientTimeout(total=remaining)
             async with session.post(

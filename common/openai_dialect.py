@@ -100,4 +100,29 @@ class OpenAIDialect:
         return True
 
 
+class OpenAIEmbeddingsDialect(OpenAIDialect):
+    """OpenAI embeddings (`<base_url>/embeddings`): billed per input token, nothing generated."""
+
+    def url(self, upstream: Upstream) -> str:
+        """`<base_url>/embeddings`, with the route's query."""
+        if upstream.query:
+            return f"{upstream.base_url}/embeddings?{urlencode(upstream.query)}"
+        return f"{upstream.base_url}/embeddings"
+
+    def answer(self, upstream: Upstream, body: bytes) -> Answer:
+        """An embeddings list; its usage names input tokens only (completion 0)."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise malformed(upstream, "upstream answered malformed JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise malformed(upstream, "upstream answer is not an embeddings list", "shape")
+        usage = data.get("usage")
+        prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt >= 0:
+            return Answer(data, prompt, 0, False)
+        return Answer(data, None, None, usage is not None)
+
+
 OPENAI = OpenAIDialect()
+OPENAI_EMBEDDINGS = OpenAIEmbeddingsDialect()

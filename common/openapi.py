@@ -50,6 +50,18 @@ OPENAI_ERROR_BODY: dict[str, Any] = {
         }
     },
 }
+ANTHROPIC_ERROR_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
 STATUS_TEXT = {
     400: "Invalid request",
     401: "Missing, invalid, expired or revoked credentials",
@@ -85,6 +97,9 @@ class Operation:
     # (name, description) or (name, description, JSON schema); a plain string by default
     query: Sequence[tuple[str, str] | tuple[str, str, dict[str, Any]]] = ()
     openai_errors: bool = False
+    anthropic_errors: bool = False
+    # (name, description) of each `{name}` segment of the path
+    path_params: Sequence[tuple[str, str]] = ()
     tags: Sequence[str] = field(default_factory=tuple)
 
 
@@ -107,8 +122,18 @@ def operation_object(
     }
     if op.auth:
         out["security"] = [{"bearer": []}]
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1},
+            "description": description,
+        }
+        for name, description in op.path_params
+    ]
     if op.query:
-        out["parameters"] = [
+        parameters += [
             {
                 "name": item[0],
                 "in": "query",
@@ -118,6 +143,8 @@ def operation_object(
             }
             for item in op.query
         ]
+    if parameters:
+        out["parameters"] = parameters
     if op.request is not None:
         out["requestBody"] = {
             "required": True,
@@ -153,6 +180,8 @@ def operation_object(
     ok["content"] = content
     responses: dict[str, Any] = {"200": ok}
     error_schema = "OpenAIError" if op.openai_errors else "Error"
+    if op.anthropic_errors:
+        error_schema = "AnthropicError"
     for status in sorted(set(op.errors) | set(ALWAYS)):
         responses[str(status)] = {
             "description": STATUS_TEXT.get(status, "Error"),
@@ -166,7 +195,11 @@ def document(
     title: str, operations: Iterable[tuple[str, Sequence[str], Operation]], tag: str
 ) -> dict[str, Any]:
     """An OpenAPI 3.1 document for (path, methods, operation) triples."""
-    components: dict[str, Any] = {"Error": ERROR_BODY, "OpenAIError": OPENAI_ERROR_BODY}
+    components: dict[str, Any] = {
+        "Error": ERROR_BODY,
+        "OpenAIError": OPENAI_ERROR_BODY,
+        "AnthropicError": ANTHROPIC_ERROR_BODY,
+    }
     paths: dict[str, Any] = {}
     for path, methods, op in operations:
         for method in methods:

@@ -23,6 +23,9 @@ LIST_PRICES: dict[str, tuple[Decimal, Decimal]] = {
     "o3": (Decimal("2.00"), Decimal("8.00")),
     "o4-mini": (Decimal("1.10"), Decimal("4.40")),
     "o3-mini": (Decimal("1.10"), Decimal("4.40")),
+    # embeddings bill input tokens only
+    "text-embedding-3-small": (Decimal("0.02"), Decimal("0")),
+    "text-embedding-3-large": (Decimal("0.13"), Decimal("0")),
 }
 
 

@@ -563,8 +563,9 @@ def test_create_options_are_documented(bradax: Any) -> None:
             [*CREATE[:-4], "--models", "gpt-4.1-nano,gpt-9000"],
             1,
             "bradax: error: --models: not served by this broker: gpt-9000 (served: gpt-4.1, "
-            "gpt-4.1-mini, gpt-4.1-nano, gpt-4o, gpt-4o-mini, o3, o3-mini, o4-mini; add others "
-            "with MODEL_ROUTES/MODEL_PRICES)",
+            "gpt-4.1-mini, gpt-4.1-nano, gpt-4o, gpt-4o-mini, o3, o3-mini, o4-mini, "
+            "text-embedding-3-large, text-embedding-3-small; add others with "
+            "MODEL_ROUTES/MODEL_PRICES)",
         ),
         (
             ["project"],

@@ -10,6 +10,7 @@ from openapi_spec_validator import validate
 
 from bradax_cli import openapi_doc
 from bradax_cli.routes import RouteTable
+from common.http import ANTHROPIC_PATHS
 
 OWN_DOCS = {
     "auth_token": "/api/v1/auth/openapi.json",
@@ -49,6 +50,8 @@ def test_every_operation_documents_its_errors() -> None:
                 if status.startswith(("4", "5")):
                     ref = response["content"]["application/json"]["schema"]["$ref"]
                     expected = "OpenAIError" if path.startswith("/v1/") else "Error"
+                    if path in ANTHROPIC_PATHS:
+                        expected = "AnthropicError"
                     assert ref == f"#/components/schemas/{expected}", (path, status)
 
 

@@ -156,7 +156,7 @@ def call_bounds(body: dict[str, Any], chain: list[Upstream]) -> tuple[dict[str, 
     """Each upstream's prompt bound (by alias) and the completion bound of the body."""
     size = len(dumps(body))
     own = len(orjson.dumps(body["model"]))
-    found = bounds.media(body["messages"])
+    found = bounds.media(body.get("messages") or ())
     prompts = {
         u.alias: bounds.prompt_bound(size - own + len(orjson.dumps(u.model)), found, u.model)
         for u in chain

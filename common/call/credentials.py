@@ -37,9 +37,15 @@ class Credentials:
         self.failures = failures
         self.clock = clock
 
-    async def verify(self, request: Request, *, api_key_allowed: bool) -> Principal:
-        """The caller's principal; Unauthorized / InsufficientScope / 429 after guesses."""
+    async def verify(
+        self, request: Request, *, api_key_allowed: bool, x_api_key: bool = False
+    ) -> Principal:
+        """The caller's principal; Unauthorized / InsufficientScope / 429 after guesses.
+        `x_api_key`: without an Authorization header, the `x-api-key` header (Anthropic's)
+        carries the key or token."""
         header = request.headers.get("authorization")
+        if header is None and x_api_key and request.headers.get("x-api-key"):
+            header = f"Bearer {request.headers['x-api-key'].strip()}"
         if api_key_allowed:
             principal = await self._api_credential(request, header)
         else:

@@ -1,9 +1,13 @@
 """API faces: how each client-facing API's body becomes a `Call` and an answer goes back.
 
 A face parses and validates its request format and renders answers in its own shape; the
-governance between the two is the same for every face. Two today: the spec's invoke API
-(`/api/v1/llm/invoke`) and OpenAI chat completions (`/v1/chat/completions`). A new face is
-a class with the same three methods, registered in FACES.
+governance between the two is the same for every face: the spec's invoke API
+(`/api/v1/llm/invoke`) and OpenAI chat completions (`/v1/chat/completions`) here; embeddings
+(common.call.embeddings), the Responses API (common.call.responses) and Anthropic Messages
+(common.call.anthropic_face) in their modules. A face that is not chat completions translates
+to a chat call, and back; its stream adapter (common.call.stream.StreamAdapter) turns the
+upstream's chat events into its own. A new face is a class with the same four methods,
+registered in FACES.
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from common import bounds
+from common.call.anthropic_face import AnthropicFace
+from common.call.embeddings import EmbeddingsFace
 from common.call.model import Api, Call, Context
+from common.call.responses import ResponsesFace
+from common.call.stream import StreamAdapter
 from common.errors import BadRequest
 from common.http import JSONResponse, validation_error
-from common.llm import Completion
+from common.llm import Completion, StreamCall
 from common.schemas import ChatCompletionRequest, InvokeRequest
 
 _FORWARD_EXCLUDE = {"model", "messages", "stream", "stream_options", "parameters"}
@@ -44,6 +52,10 @@ class Face(Protocol):
 
     def render_cached(self, call: Call, request_id: str, data: dict[str, Any]) -> Response:
         """The answer to a call served from the response cache."""
+        ...
+
+    def stream_adapter(self, ctx: Context, stream: StreamCall) -> StreamAdapter | None:
+        """What turns the upstream's chat events into this face's (None: relayed as is)."""
         ...
 
 
@@ -86,6 +98,10 @@ class SpecFace:
         """The spec's answer for a cache hit (free)."""
         return JSONResponse(spec_body(data, call.model, request_id, Decimal(0), cached=True))
 
+    def stream_adapter(self, ctx: Context, stream: StreamCall) -> StreamAdapter | None:
+        """The spec's stream is the upstream's chat stream."""
+        return None
+
 
 class OpenAIChatFace:
     """OpenAI chat completions, forwarded as they are (the model alias put back)."""
@@ -123,8 +139,18 @@ class OpenAIChatFace:
         """The cached chat.completion under the alias asked for."""
         return JSONResponse({**data, "model": call.model})
 
+    def stream_adapter(self, ctx: Context, stream: StreamCall) -> StreamAdapter | None:
+        """Chat chunks are relayed as they are."""
+        return None
 
-FACES: dict[Api, Face] = {"invoke": SpecFace(), "openai": OpenAIChatFace()}
+
+FACES: dict[Api, Face] = {
+    "invoke": SpecFace(),
+    "openai": OpenAIChatFace(),
+    "embeddings": EmbeddingsFace(),
+    "responses": ResponsesFace(),
+    "anthropic": AnthropicFace(),
+}
 
 
 def spec_body(

@@ -13,7 +13,9 @@ from common.llm import Upstream
 from common.projects import Project
 from common.quota import Admission, BudgetClaim
 
-Api = Literal["invoke", "openai"]
+Api = Literal["invoke", "openai", "embeddings", "responses", "anthropic"]
+# What the upstream is asked to do (a dialect speaks each operation at its own endpoint).
+Operation = Literal["chat", "embeddings"]
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Call:
     stream: bool
     client_usage: bool
     size: int = 0  # bytes of the body as received
+    operation: Operation = "chat"
 
     @property
     def max_tokens(self) -> int | None:

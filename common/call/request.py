@@ -14,14 +14,17 @@ from typing import Any
 import orjson
 
 from common import bounds
-from common.call.model import Call
+from common.call.model import Call, Operation
 from common.errors import BadRequest, ModelNotAllowed, NotFound
 from common.llm import ModelCatalog, Upstream
 from common.projects import Project
 
 
-def upstream_chain(catalog: ModelCatalog, project: Project, model: str) -> list[Upstream]:
-    """The model's upstream and fallbacks; 403 if the project may not use it, 404 if unserved."""
+def upstream_chain(
+    catalog: ModelCatalog, project: Project, model: str, operation: Operation = "chat"
+) -> list[Upstream]:
+    """The model's upstream and fallbacks; 403 if the project may not use it, 404 if unserved,
+    400 for a chat on a model priced for embeddings (no output price: generation unbounded)."""
     if model not in project.allowed_models:
         allowed = ", ".join(project.allowed_models) or "none"
         raise ModelNotAllowed(
@@ -32,12 +35,25 @@ def upstream_chain(catalog: ModelCatalog, project: Project, model: str) -> list[
         raise NotFound(
             f"model '{model}' is not served by this broker", code="model_not_found", param="model"
         )
-    return catalog.chain(model)
+    chain = catalog.chain(model)
+    if operation == "chat" and any(
+        u.price.output_per_1m == 0 < u.price.input_per_1m for u in chain
+    ):
+        raise BadRequest(
+            f"model '{model}' is priced for embeddings only (no output price)",
+            code="model_not_supported",
+            param="model",
+        )
+    return chain
 
 
 def upstream_body(project: Project, call: Call) -> dict[str, Any]:
     """The upstream body: params, the token cap enforced, usage asked for in streams."""
     body: dict[str, Any] = dict(call.params)
+    if call.operation == "embeddings":
+        # Billed per input token only: the body's size bounds it, nothing is generated.
+        body["model"] = call.model
+        return body
     bounds.refuse_unbounded(body)
     limit = project.max_tokens_per_request
     # Every output-token field must fit the cap: the upstream obeys any one of them.

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.responses import Response
@@ -26,6 +26,18 @@ from common.llm import StreamCall
 from common.logs import request_id_var
 from common.pii_guard import INLINE_BYTES
 from common.pii_stream import StreamFilter
+
+
+class StreamAdapter(Protocol):
+    """Turns the upstream's chat events into a face's own stream format."""
+
+    def feed(self, part: bytes) -> list[bytes]:
+        """What to send the client for a piece of the (filtered) upstream stream."""
+        ...
+
+    def tail(self, outcome: str) -> list[bytes]:
+        """The closing events of a stream that ended `outcome` (not completed)."""
+        ...
 
 
 def stream_outcome(
@@ -63,12 +75,14 @@ class MeteredStream(Response):
         headers: dict[str, str],
         guard: StreamFilter | None = None,
         first_event: Callable[[], None] | None = None,
+        adapter: StreamAdapter | None = None,
     ) -> None:
         # No body and no Content-Length: Response.__init__ would add one for b"".
         super().__init__(content=None, status_code=200, headers=headers)
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.stream = stream
         self.guard = guard
+        self.adapter = adapter
         self.finish = finish
         self.extend = extend
         self.first_event = first_event  # called once, when the first event has been sent
@@ -92,6 +106,10 @@ class MeteredStream(Response):
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(settle)
 
+    async def _relay(self, send: Any, part: bytes) -> None:
+        for out in (part,) if self.adapter is None else self.adapter.feed(part):
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+
     async def _pump(self, send: Any) -> str:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         last_extend = time.monotonic()
@@ -102,7 +120,7 @@ class MeteredStream(Response):
                 first_event()
                 first_event = None
             if guard is None:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+                await self._relay(send, event)
             else:
                 # Personal data in the answer: relay what no finding can still reach.
                 if len(event) <= INLINE_BYTES:
@@ -110,7 +128,7 @@ class MeteredStream(Response):
                 else:
                     relayed = await asyncio.to_thread(guard.feed, event)
                 for part in relayed:
-                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                    await self._relay(send, part)
                 if guard.blocked:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return "pii_blocked"
@@ -120,12 +138,15 @@ class MeteredStream(Response):
                     await self.extend()
         if guard is not None and not self.stream.done:
             for part in guard.finish():  # a stream cut short: flush what was held
-                await send({"type": "http.response.body", "body": part, "more_body": True})
+                await self._relay(send, part)
             if guard.blocked:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return "pii_blocked"
         outcome = self.stream.finish or "cut"
-        if outcome != "completed":
+        if outcome != "completed" and self.adapter is not None:
+            for part in self.adapter.tail(outcome):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+        elif outcome != "completed":
             error = {
                 "error": {
                     "message": f"upstream stream ended early ({outcome})",

@@ -62,7 +62,11 @@ class UpstreamStep:
         try:
             with upstream_call(ctx.call.model) as call:
                 result = await self.client.complete(
-                    ctx.chain, payload(body), ctx.request_id, self.client.deadline()
+                    ctx.chain,
+                    payload(body),
+                    ctx.request_id,
+                    self.client.deadline(),
+                    operation=ctx.call.operation,
                 )
                 call.answered(result.upstream)
             return result

@@ -1,6 +1,8 @@
 """llm_invoke: the spec's POST /api/v1/llm/invoke and the OpenAI-compatible /v1 API.
 
-POST /api/v1/llm/invoke, POST /v1/chat/completions, GET /v1/models.
+POST /api/v1/llm/invoke, POST /v1/chat/completions, POST /v1/responses, POST /v1/embeddings,
+POST /v1/messages, POST /v1/messages/count_tokens (Anthropic's format), GET /v1/models,
+GET /v1/models/{model}.
 Serve alone: functions-framework --asgi --source functions/llm_invoke/main.py --target llm_invoke
 """
 
@@ -10,7 +12,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common import deps, ledger_workers, services
+from common.anthropic_schemas import (
+    CountTokensRequest,
+    MessageObject,
+    MessagesRequest,
+    TokenCount,
+)
 from common.catalog import ModelCatalog
+from common.face_schemas import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ResponseObject,
+    ResponsesRequest,
+)
 from common.http import Route
 from common.invoke import Invoker
 from common.llm import UpstreamClient
@@ -22,6 +36,7 @@ from common.schemas import (
     ChatCompletionRequest,
     InvokeRequest,
     InvokeResponse,
+    ModelCard,
     ModelList,
 )
 from common.tracing import Tracing
@@ -69,8 +84,28 @@ async def chat_completions(request: Request) -> Response:
     return await _invoker.get().handle(request, "openai")
 
 
+async def messages(request: Request) -> Response:
+    return await _invoker.get().handle(request, "anthropic")
+
+
+async def count_tokens(request: Request) -> Response:
+    return await _invoker.get().count_tokens(request)
+
+
+async def responses(request: Request) -> Response:
+    return await _invoker.get().handle(request, "responses")
+
+
+async def embeddings(request: Request) -> Response:
+    return await _invoker.get().handle(request, "embeddings")
+
+
 async def list_models(request: Request) -> Response:
     return await _invoker.get().models(request)
+
+
+async def retrieve_model(request: Request) -> Response:
+    return await _invoker.get().model(request)
 
 
 _app = function_app(
@@ -104,6 +139,60 @@ _app = function_app(
             ),
         ),
         Route(
+            "/v1/messages",
+            messages,
+            ("POST",),
+            Operation(
+                "Create a message (Anthropic Messages API)",
+                MessagesRequest,
+                MessageObject,
+                INVOKE_ERRORS,
+                auth=True,
+                stream=True,
+                anthropic_errors=True,
+            ),
+        ),
+        Route(
+            "/v1/messages/count_tokens",
+            count_tokens,
+            ("POST",),
+            Operation(
+                "Estimate a message's input tokens (Anthropic Messages API)",
+                CountTokensRequest,
+                TokenCount,
+                (400, 401, 403, 404, 413, 415, 429, 503),
+                auth=True,
+                anthropic_errors=True,
+            ),
+        ),
+        Route(
+            "/v1/responses",
+            responses,
+            ("POST",),
+            Operation(
+                "Create a response (OpenAI Responses API, stateless)",
+                ResponsesRequest,
+                ResponseObject,
+                INVOKE_ERRORS,
+                auth=True,
+                stream=True,
+                openai_errors=True,
+            ),
+        ),
+        Route(
+            "/v1/embeddings",
+            embeddings,
+            ("POST",),
+            Operation(
+                "Create embeddings (OpenAI-compatible)",
+                EmbeddingsRequest,
+                EmbeddingsResponse,
+                INVOKE_ERRORS,
+                auth=True,
+                openai_errors=True,
+            ),
+        ),
+        Route(
             "/v1/models",
             list_models,
             doc=Operation(
@@ -112,6 +201,18 @@ _app = function_app(
                 errors=(401, 403, 429, 503),
                 auth=True,
                 openai_errors=True,
+            ),
+        ),
+        Route(
+            "/v1/models/{model}",
+            retrieve_model,
+            doc=Operation(
+                "Retrieve one of the project's models (OpenAI-compatible)",
+                response=ModelCard,
+                errors=(401, 403, 429, 503),
+                auth=True,
+                openai_errors=True,
+                path_params=(("model", "a model alias this project may use"),),
             ),
         ),
     ],
