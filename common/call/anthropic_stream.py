@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from common import bounds
+from common.call.chat_events import ChatEventTranslator
 from common.call.model import Context
 from common.llm import StreamCall
 
@@ -99,7 +100,7 @@ def message_object(
     return body
 
 
-class AnthropicStream:
+class AnthropicStream(ChatEventTranslator):
     """The stream adapter of the Messages face (see the module docstring)."""
 
     def __init__(self, ctx: Context, stream: StreamCall) -> None:
@@ -136,40 +137,8 @@ class AnthropicStream:
         }
         return [self._event("message_start", {"message": message})]
 
-    def feed(self, part: bytes) -> list[bytes]:
-        """The Messages events for a piece of the chat stream (whole events are parsed)."""
-        out = self._start()
-        self.buffer += part
-        while not self.ended:
-            end = self.buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
-            out += self._chat_event(event)
-        return out
-
-    def _chat_event(self, event: bytes) -> list[bytes]:
-        out: list[bytes] = []
-        for line in event.splitlines():
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                return out + self._complete()
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(chunk, dict):
-                continue
-            if isinstance(chunk.get("error"), dict):
-                return out + self._error(str(chunk["error"].get("message") or "upstream error"))
-            if isinstance(chunk.get("usage"), dict):
-                self.usage_chunk = chunk
-            for choice in chunk.get("choices") or ():
-                if isinstance(choice, dict):
-                    out += self._choice(choice)
-        return out
+    def _upstream_error(self, error: dict[str, Any]) -> list[bytes]:
+        return self._error(str(error.get("message") or "upstream error"))
 
     def _open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
         out = self._close()

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from common import bounds
+from common.call.chat_events import ChatEventTranslator
 from common.call.model import Call, Context
 from common.llm import StreamCall
 
@@ -149,7 +150,7 @@ def response_object(
     return body
 
 
-class ResponsesStream:
+class ResponsesStream(ChatEventTranslator):
     """The stream adapter of the Responses face (see the module docstring)."""
 
     def __init__(self, ctx: Context, stream: StreamCall) -> None:
@@ -185,40 +186,8 @@ class ResponsesStream:
             self._event("response.in_progress", response=self._response("in_progress")),
         ]
 
-    def feed(self, part: bytes) -> list[bytes]:
-        """The Responses events for a piece of the chat stream (whole events are parsed)."""
-        out = self._start()
-        self.buffer += part
-        while not self.ended:
-            end = self.buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
-            out += self._chat_event(event)
-        return out
-
-    def _chat_event(self, event: bytes) -> list[bytes]:
-        out: list[bytes] = []
-        for line in event.splitlines():
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                return out + self._complete()
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(chunk, dict):
-                continue
-            if isinstance(chunk.get("error"), dict):
-                return out + self._failed(chunk["error"])
-            if isinstance(chunk.get("usage"), dict):
-                self.usage_chunk = chunk
-            for choice in chunk.get("choices") or ():
-                if isinstance(choice, dict):
-                    out += self._choice(choice)
-        return out
+    def _upstream_error(self, error: dict[str, Any]) -> list[bytes]:
+        return self._failed(error)
 
     def _choice(self, choice: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
