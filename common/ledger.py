@@ -58,6 +58,7 @@ CHUNK = 32
 # batches, instead of one transaction per call when traffic is light.
 PACE_S = 0.2
 IDLE_MS = 30_000
+SHUTDOWN_S = 3.0  # how long a stopping drainer may finish its pass, then make a last one
 RECONCILE_EVERY_S = 1.0
 PREPARE_EVERY_S = 3600.0
 # What PostgreSQL (or asyncpg, encoding an argument) says about a row it will not take:
@@ -87,8 +88,10 @@ class Drainer:
         *,
         audit_enabled: bool,
         reconcile: Callable[[int], Awaitable[int]] | None = None,
+        claim_idle_ms: int = IDLE_MS,
     ) -> None:
         self._redis = redis
+        self._claim_idle_ms = claim_idle_ms
         self._db = db
         self._audit = audit_enabled
         self._reconcile = reconcile
@@ -190,7 +193,7 @@ class Drainer:
         if entries:
             return entries
         claimed = await self._redis.call(
-            "XAUTOCLAIM", stream, GROUP, self._consumer, IDLE_MS, "0-0", "COUNT", BATCH
+            "XAUTOCLAIM", stream, GROUP, self._consumer, self._claim_idle_ms, "0-0", "COUNT", BATCH
         )
         if claimed and claimed[1]:
             return [(eid, _fields(raw)) for eid, raw in claimed[1] if raw is not None]
@@ -306,11 +309,20 @@ class Drainer:
         await self._redis.guard(pipe.execute())
 
     async def aclose(self) -> None:
-        """Stop the loop (pending entries stay in Redis for the next drainer)."""
+        """Stop the loop: the pass in progress finishes (its entries are acknowledged, not
+        left pending on this consumer for IDLE_MS), then one last pass copies what was
+        settled just before; whatever is left stays in Redis for the next drainer."""
         self._stopping = True
-        if self._task is not None:
-            await stop_task(self._task)
-            self._task = None
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_S), self._lock:
+                pass  # the pass in progress has ended
+        await stop_task(self._task)
+        self._task = None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(SHUTDOWN_S):
+                await self.drain_once()
 
 
 def _reason(exc: BaseException) -> str:

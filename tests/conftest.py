@@ -520,7 +520,11 @@ async def ledger_rows(settings: Settings, project_id: str | None = None) -> list
     db = Database(settings)
     redis = RedisStore(settings)
     try:
-        drainer = Drainer(redis, db, audit_enabled=settings.audit_logging_enabled)
+        # Entries a stopped broker's drainer read but never acknowledged are claimed after a
+        # second here (a live drainer writing them too is harmless: inserts are idempotent).
+        drainer = Drainer(
+            redis, db, audit_enabled=settings.audit_logging_enabled, claim_idle_ms=1000
+        )
         # Another drainer (the broker's own) may hold entries it is writing: wait for it.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
