@@ -13,8 +13,9 @@ the call's outcome is its ledger row. The steps live in common.call.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -52,6 +53,25 @@ from common.sessions import FailureGate
 from common.settings import Settings
 from common.telemetry import Telemetry
 from common.tracing import OVERHEAD_HEADER, CallTrace, Tracing, current, error_type, step
+
+
+def _all_overhead(
+    handler: Callable[[Invoker, Request], Awaitable[Response]],
+) -> Callable[[Invoker, Request], Awaitable[Response]]:
+    """X-Bradax-Overhead-Ms on an endpoint that calls no upstream: all its time is ours."""
+
+    @functools.wraps(handler)
+    async def timed(self: Invoker, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            response = await handler(self, request)
+        except BrokerError as exc:
+            exc.headers[OVERHEAD_HEADER] = f"{(time.perf_counter() - started) * 1000:.3f}"
+            raise
+        response.headers[OVERHEAD_HEADER] = f"{(time.perf_counter() - started) * 1000:.3f}"
+        return response
+
+    return timed
 
 
 class Invoker:
@@ -148,6 +168,7 @@ class Invoker:
                 await self.idempotency.abort(plan.project, plan.idempotency_key)
             raise
 
+    @_all_overhead
     async def models(self, request: Request) -> Response:
         """GET /v1/models: the models this project may use."""
         principal = await self.credentials.verify(request, api_key_allowed=True)
@@ -156,6 +177,7 @@ class Invoker:
         allowed = [m for m in project.allowed_models if self.client.catalog.get(m) is not None]
         return JSONResponse({"object": "list", "data": [_model_card(m) for m in allowed]})
 
+    @_all_overhead
     async def model(self, request: Request) -> Response:
         """GET /v1/models/{model}: one model this project may use, else 404 (not 403: a
         model the project may not use does not exist for it)."""
@@ -167,6 +189,7 @@ class Invoker:
             raise NotFound(f"the model '{model}' does not exist", code="model_not_found")
         return JSONResponse(_model_card(model))
 
+    @_all_overhead
     async def count_tokens(self, request: Request) -> Response:
         """POST /v1/messages/count_tokens: an estimate of a Messages request's input tokens
         (no upstream call, not billed; see common.call.anthropic_count)."""

@@ -502,3 +502,20 @@ async def test_personal_data_in_translated_answers_is_redacted(
             raw = b"".join([part async for part in reply.aiter_bytes()])
         assert CPF.encode() not in raw
         assert b"o cpf e" in raw
+
+
+async def test_every_answer_without_an_upstream_call_states_the_overhead(broker: Any) -> None:
+    """GET /v1/models, GET /v1/models/{id} and count_tokens (answered without an upstream)
+    carry X-Bradax-Overhead-Ms, on success and on refusal alike."""
+    http, tenant, _ = broker
+    auth = {"Authorization": f"Bearer {tenant.api_key}"}
+    count = {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "oi"}]}
+    answers = [
+        await http.get("/v1/models", headers=auth),
+        await http.get("/v1/models/gpt-4.1-mini", headers=auth),
+        await http.get("/v1/models/no-such-model", headers=auth),
+        await http.post("/v1/messages/count_tokens", json=count, headers=auth),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 404, 200]
+    for answer in answers:
+        assert 0 < float(answer.headers["x-bradax-overhead-ms"]) < 10_000
