@@ -98,6 +98,9 @@ async def read_json_object(request: web.Request, timeout: float) -> dict[str, An
         await response.write_eof()
         abort(request)  # without waiting for the rest of a body that is not coming
         raise Refused(response, "408") from None
+    except ConnectionError:  # the client went away mid-body (a load tool stopping): no answer
+        abort(request)
+        raise Refused(web.Response(status=400), "client_gone") from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
