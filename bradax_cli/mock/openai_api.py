@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import hmac
-from typing import Final
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
 from bradax_cli.mock.config import MockConfig
-from bradax_cli.mock.http import JSON_CT, Route, error
+from bradax_cli.mock.http import JSON_CT, Refused, Route, error, read_json_object
 from bradax_cli.mock.state import MockState
 
 _MODEL_CREATED: Final = 1_700_000_000
+
+
+async def intake(state: MockState, request: web.Request) -> dict[str, Any] | web.StreamResponse:
+    """A counted request's JSON body, or the answer that refused it (key, slow or bad body),
+    recorded in the stats."""
+    state.requests += 1
+    denied = auth_error(state.config, request)
+    if denied is not None:
+        state.record(request, None, False, "401")
+        return denied
+    try:
+        return await read_json_object(request, state.body_timeout)
+    except Refused as refused:
+        state.record(request, None, False, refused.outcome)
+        return refused.response
 
 
 def auth_error(config: MockConfig, request: web.Request) -> web.Response | None:

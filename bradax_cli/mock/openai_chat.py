@@ -28,13 +28,11 @@ from bradax_cli.mock.http import (
     JSON_CT,
     SSE_DONE,
     SSE_HEADERS,
-    Refused,
     Route,
     abort,
     error,
-    read_json_object,
 )
-from bradax_cli.mock.openai_api import auth_error
+from bradax_cli.mock.openai_api import intake
 from bradax_cli.mock.script import Script
 from bradax_cli.mock.state import MockState
 
@@ -77,16 +75,9 @@ class ChatCompletions:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/chat/completions."""
         state = self.state
-        state.requests += 1
-        denied = auth_error(state.config, request)
-        if denied is not None:
-            state.record(request, None, False, "401")
-            return denied
-        try:
-            body = await read_json_object(request, state.body_timeout)
-        except Refused as refused:
-            state.record(request, None, False, refused.outcome)
-            return refused.response
+        body = await intake(state, request)
+        if not isinstance(body, dict):
+            return body
         model = body.get("model")
         stream = body.get("stream") is True
         bad = self._validate(body, model)

@@ -22,8 +22,8 @@ from aiohttp import web
 from bradax_cli.mock import faults
 from bradax_cli.mock.behaviours import ABSENT, HONEST
 from bradax_cli.mock.config import is_int
-from bradax_cli.mock.http import JSON_CT, Refused, Route, abort, error, read_json_object
-from bradax_cli.mock.openai_api import auth_error
+from bradax_cli.mock.http import JSON_CT, Route, abort, error
+from bradax_cli.mock.openai_api import intake
 from bradax_cli.mock.state import MockState
 
 PATH: Final = "/v1/embeddings"
@@ -63,16 +63,9 @@ class Embeddings:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/embeddings."""
         state = self.state
-        state.requests += 1
-        denied = auth_error(state.config, request)
-        if denied is not None:
-            state.record(request, None, False, "401")
-            return denied
-        try:
-            body = await read_json_object(request, state.body_timeout)
-        except Refused as refused:
-            state.record(request, None, False, refused.outcome)
-            return refused.response
+        body = await intake(state, request)
+        if not isinstance(body, dict):
+            return body
         model = body.get("model")
         if not isinstance(model, str) or not model:
             state.record(request, model, False, "400")

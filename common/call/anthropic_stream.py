@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 
-from common import bounds
 from common.call.chat_events import ChatEventTranslator
 from common.call.model import Context
 from common.llm import StreamCall
@@ -194,17 +193,6 @@ class AnthropicStream(ChatEventTranslator):
                     self._event("content_block_delta", {"index": self.block, "delta": delta_event})
                 )
         return out
-
-    def _charged(self) -> tuple[int, int]:
-        """The tokens the call is charged (what the settle will find)."""
-        stream = self.stream
-        counts = None
-        if stream.prompt_tokens is not None and stream.completion_tokens is not None:
-            counts = (stream.prompt_tokens, stream.completion_tokens)
-        charge = bounds.verify(
-            counts, *self.ctx.bound(stream.upstream), invalid=stream.usage_invalid
-        )
-        return charge.prompt, charge.completion
 
     def _complete(self) -> list[bytes]:
         self.ended = True

@@ -12,13 +12,25 @@ from typing import Any
 
 import orjson
 
+from common.call.model import Context
+from common.llm import StreamCall
+
 
 class ChatEventTranslator:
     """Base of a face's stream adapter; subclasses write their face's events."""
 
+    ctx: Context
+    stream: StreamCall
     buffer: bytes
     ended: bool
     usage_chunk: dict[str, Any]
+
+    def _charged(self) -> tuple[int, int]:
+        """The tokens the call is charged (what the settle will find)."""
+        stream = self.stream
+        claim = (stream.prompt_tokens, stream.completion_tokens)
+        charge = self.ctx.charge(stream.upstream, claim, stream.usage_invalid)
+        return charge.prompt, charge.completion
 
     def _start(self) -> list[bytes]:
         """The face's opening events (once)."""

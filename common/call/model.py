@@ -77,6 +77,15 @@ class Context:
         alias = (upstream or self.chain[0]).alias
         return self.prompt_bounds.get(alias, 0), self.completion_bound
 
+    def charge(
+        self, upstream: Upstream, claim: tuple[int | None, int | None], invalid: bool
+    ) -> bounds.Charge:
+        """What the call is charged for an upstream's usage claim: the claim if it is
+        plausible within the call's bound on `upstream`, else the bound (common.bounds)."""
+        prompt, completion = claim
+        counts = (prompt, completion) if prompt is not None and completion is not None else None
+        return bounds.verify(counts, *self.bound(upstream), invalid=invalid)
+
     def chain_upstream(self, alias: str) -> Upstream | None:
         """The upstream of this call's chain serving `alias`, if any."""
         return next((u for u in self.chain if u.alias == alias), None)

@@ -47,9 +47,7 @@ class Settler:
         invalid: bool,
     ) -> bounds.Charge:
         """What the call is charged for the upstream's usage claim (counted if replaced)."""
-        prompt, completion = claim
-        counts = (prompt, completion) if prompt is not None and completion is not None else None
-        charge = bounds.verify(counts, *ctx.bound(upstream), invalid=invalid)
+        charge = ctx.charge(upstream, claim, invalid)
         if charge.unverified is not None:
             self.telemetry.incr(
                 "usage_unverified_total", model=ctx.call.model, reason=charge.unverified
