@@ -195,6 +195,8 @@ class Charge:
     prompt: int
     completion: int
     unverified: str | None = None  # missing, invalid, implausible, over_bound
+    cache_read: int = 0  # of `prompt`, read from the provider's prompt cache
+    cache_write: int = 0  # of `prompt`, written to it
 
 
 def verify(

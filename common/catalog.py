@@ -7,10 +7,11 @@ its cost could not be bounded.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from common.pricing import Price, PriceTable
-from common.settings import Settings
+from common.settings import ModelRoute, Settings
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,32 @@ class Upstream:
     query: tuple[tuple[str, str], ...] = ()
     # the wire protocol the upstream speaks (a key of common.llm.DIALECTS)
     dialect: str = "openai"
+    region: str | None = None  # bedrock: the AWS region signed for
+
+
+# Where each native provider is reached when a route names no base URL.
+DEFAULT_BASE_URLS = {
+    "anthropic": "https://api.anthropic.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
+}
+
+
+def _region(route: ModelRoute | None) -> str:
+    if route is not None and route.region:
+        return route.region
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 class ModelCatalog:
     """Every model alias the broker can serve, with its upstream and fallbacks."""
 
     def __init__(self, settings: Settings, prices: PriceTable) -> None:
-        key_setting = settings.openai_api_key
-        default_key = key_setting.get_secret_value() if key_setting else None
+        default_keys = {
+            "openai": settings.openai_api_key,
+            "anthropic": settings.anthropic_api_key,
+            "gemini": settings.gemini_api_key,
+        }
         self._upstreams: dict[str, Upstream] = {}
         aliases = set(prices.models) | set(settings.model_routes)
         for alias in aliases:
@@ -42,20 +61,24 @@ class ModelCatalog:
             price = prices.get(alias)
             if price is None:
                 continue  # a model without a price cannot be bounded: not served
-            key = default_key
-            if route is not None and route.api_key is not None:
-                key = route.api_key.get_secret_value()
+            provider = route.provider if route else "openai"
+            secret = route.api_key if route and route.api_key else default_keys.get(provider)
+            region = _region(route) if provider == "bedrock" else None
+            base_url = route.base_url if route and route.base_url else None
+            if base_url is None:
+                found = DEFAULT_BASE_URLS.get(provider)
+                base_url = found.format(region=region) if found else settings.openai_base_url
             self._upstreams[alias] = Upstream(
                 alias=alias,
-                base_url=(
-                    route.base_url if route and route.base_url else settings.openai_base_url
-                ).rstrip("/"),
-                api_key=key,
+                base_url=base_url.rstrip("/"),
+                api_key=secret.get_secret_value() if secret else None,
                 model=route.upstream_model if route and route.upstream_model else alias,
                 price=price,
                 fallbacks=route.fallbacks if route else (),
                 key_header=route.key_header if route else "authorization",
                 query=tuple(sorted(route.query.items())) if route else (),
+                dialect=provider,
+                region=region,
             )
 
     def get(self, alias: str) -> Upstream | None:

@@ -1,31 +1,50 @@
 """What an upstream dialect is: how one wire protocol is spoken to and read back.
 
 The retry loop (`common.llm`), the breaker, the size limits (`common.sse`) and the error
-mapping (`common.upstream_errors`) are the same for every upstream. What differs between
-wire protocols (OpenAI chat completions, and later others) is only what a `Dialect` does:
-where to post, which headers carry the key, how to read an answer, an error body and a
-stream event. A new dialect is a new module implementing this Protocol, registered in
-`common.llm.DIALECTS`; an `Upstream` names the one it speaks.
+mapping (`common.upstream_errors`) are the same for every upstream. Every API face hands the
+upstream step one lingua franca, an OpenAI chat-completions body, and reads back a chat
+completion or chat chunks. What differs between wire protocols is only what a `Dialect`
+does: check that a body's features map to it, build the wire request (endpoint, headers with
+the key or a signature, body), read an answer, an error body and a stream's events, each
+translated to the chat shapes. A new dialect is a new module implementing this Protocol,
+registered in `common.llm.DIALECTS`; an `Upstream` names the one it speaks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import aiohttp
 
 from common.catalog import Upstream
 
 
 @dataclass(frozen=True)
+class WireRequest:
+    """One HTTP request to an upstream (always a POST)."""
+
+    url: str
+    headers: dict[str, str]
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Answer:
-    """A 200's body as read by a dialect; token counts are the upstream's claim (None: no
-    usable usage; `usage_invalid` when it carried one that is not)."""
+    """A 200's body as read by a dialect: `data` is a chat completion; token counts are the
+    upstream's claim (None: no usable usage; `usage_invalid` when it carried one that is
+    not). `cache_read` / `cache_write` are the prompt tokens read from / written to the
+    provider's prompt cache (part of `prompt_tokens`). `body` is the chat completion as
+    bytes when it is not the upstream's own body (a translated dialect)."""
 
     data: dict[str, Any]
     prompt_tokens: int | None
     completion_tokens: int | None
     usage_invalid: bool
+    cache_read: int = 0
+    cache_write: int = 0
+    body: bytes | None = None
 
 
 class StreamTally(Protocol):
@@ -34,20 +53,53 @@ class StreamTally(Protocol):
     strip_usage: bool
     prompt_tokens: int | None
     completion_tokens: int | None
+    cache_read: int
+    cache_write: int
     usage_invalid: bool
     produced: int
     done: bool
 
 
+class EventReader(Protocol):
+    """A stream's framed events, bounded; `end` says why they stopped (common.sse's ends)."""
+
+    end: str | None
+
+    def events(self) -> AsyncIterator[bytes]:
+        """The raw events as they arrive."""
+        ...
+
+
+class Translator(Protocol):
+    """One stream's events turned into chat-completion chunk events (`data: {...}\\n\\n`)."""
+
+    def feed(self, event: bytes, tally: StreamTally) -> Iterable[bytes]:
+        """The chat events for one upstream event (none: swallowed); tracks usage, the end
+        (`tally.done`) and the produced chunks in `tally`."""
+        ...
+
+
 class Dialect(Protocol):
     """One upstream wire protocol."""
 
-    def url(self, upstream: Upstream) -> str:
-        """The endpoint a call is posted to."""
+    def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
+        """BadRequest naming the first feature of a chat body this protocol cannot carry
+        (asked before admission, for every upstream of the chain)."""
         ...
 
-    def headers(self, upstream: Upstream, request_id: str) -> dict[str, str]:
-        """The request headers, the upstream's key included."""
+    def prompt_overhead(self, body: dict[str, Any]) -> int:
+        """Prompt tokens the provider bills beyond the body's own (a hidden system prompt)."""
+        ...
+
+    def request(
+        self,
+        upstream: Upstream,
+        body: dict[str, Any],
+        request_id: str,
+        forward: Mapping[str, str],
+    ) -> WireRequest:
+        """The wire request for a chat body (`body["model"]` is the upstream's model name;
+        `forward`: client headers meant for this provider, e.g. anthropic-version)."""
         ...
 
     def answer(self, upstream: Upstream, body: bytes) -> Answer:
@@ -58,6 +110,12 @@ class Dialect(Protocol):
         """The error code and type an error body names, preferred first (filtered later)."""
         ...
 
-    def tally(self, event: bytes, tally: StreamTally) -> bool:
-        """Track usage, end and produced chunks from one event; False: swallow the event."""
+    def reader(
+        self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
+    ) -> EventReader:
+        """What frames a streamed answer into events (server-sent events for most)."""
+        ...
+
+    def translator(self, upstream: Upstream) -> Translator:
+        """A new stream's event translator."""
         ...

@@ -153,6 +153,7 @@ class Invoker:
                     request, api_key_allowed=api != "invoke", x_api_key=api == "anthropic"
                 )
             call = face.parse(await read_json_body(request, self.settings.max_body_bytes))
+            call.forward = req.forwarded(request)
             plan = await self._plan(request, principal, call)
             trace.planned(plan.project.id, call.model, call.max_tokens, call.stream)
             answered = await self._replay(plan)
@@ -207,12 +208,17 @@ class Invoker:
         project = await self._project(principal)
         chain = req.upstream_chain(self.client.catalog, project, call.model, call.operation)
         body = req.upstream_body(project, call)
+        self.client.check(chain, body, call.operation)  # every feature maps to every upstream
         key = request.headers.get("idempotency-key")
         fingerprint = req.fingerprint(call, body) if key else ""  # as sent, before redaction
         with step("screen"):
             body = await self.pii.request(project, body, call.size)
         request_id: str = request.state.request_id
-        return Plan(request_id, principal, project, call, chain, body, fingerprint, key)
+        plan = Plan(request_id, principal, project, call, chain, body, fingerprint, key)
+        plan.overheads = {
+            u.alias: self.client.prompt_overhead(u, body, call.operation) for u in chain
+        }
+        return plan
 
     async def _replay(self, plan: Plan) -> Response | None:
         """A stored answer for a retried Idempotency-Key (no upstream call, no charge)."""
@@ -273,14 +279,13 @@ class Invoker:
     async def _complete(self, face: Face, ctx: Context, plan: Plan, trace: CallTrace) -> Response:
         result = await self.upstream.complete(ctx, plan.body)
         trace.finish_reasons(result.data)
-        claim = (result.prompt_tokens, result.completion_tokens)
-        charge = self.settler.charge(ctx, result.upstream, claim, result.usage_invalid)
+        charge = self.settler.charge(ctx, result)
         with step("screen answer"):
             result, kinds = await screen_answer(self.pii, self.settler, ctx, result, charge)
         status, error = "success", "output_pii_redacted" if kinds else None
         if charge.unverified is not None:
             status, error = "usage_unverified", f"usage_{charge.unverified}"
-        outcome = Outcome(result.upstream, charge.prompt, charge.completion, status, 200, error)
+        outcome = Outcome.charged(result.upstream, charge, status, 200, error)
         cost = await self.settler.settle(ctx, outcome)
         if plan.cache_key is not None and charge.unverified is None:
             keep(self.cache.put(plan.cache_key, result))

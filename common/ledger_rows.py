@@ -38,6 +38,8 @@ COLUMNS = (
     ("cached", "bool"),
     ("budget_month", "text"),
     ("created_at", "timestamptz"),
+    ("cache_read_tokens", "int"),
+    ("cache_write_tokens", "int"),
 )
 # Statuses the spec counts as successful requests (the rest are failed ones).
 SUCCESSFUL = ("success", "usage_unverified")
@@ -96,6 +98,8 @@ def _row(record: UsageRecord) -> tuple[Any, ...]:
         record.cached,
         record.budget_month,
         datetime.fromtimestamp(record.created_at_ms / 1000, UTC),
+        record.cache_read_tokens,
+        record.cache_write_tokens,
     )
 
 

@@ -36,8 +36,8 @@ import orjson
 
 from common.breaker import Breaker, Clock
 from common.catalog import ModelCatalog, Upstream
-from common.dialect import Dialect
-from common.errors import UpstreamBadResponse
+from common.dialect import Dialect, WireRequest
+from common.errors import BadRequest, UpstreamBadResponse
 from common.openai_dialect import OPENAI, OPENAI_EMBEDDINGS
 from common.settings import Settings
 from common.sse import read_at_most
@@ -84,13 +84,19 @@ BACKOFF_CAP = 8.0
 DIALECTS: Mapping[str, Dialect] = {"openai": OPENAI, "openai:embeddings": OPENAI_EMBEDDINGS}
 
 
-def _headers(dialect: Dialect, upstream: Upstream, request_id: str) -> dict[str, str]:
-    """The dialect's headers, plus the trace's `traceparent` when the call is traced."""
-    headers = dialect.headers(upstream, request_id)
+def _wire(
+    dialect: Dialect,
+    upstream: Upstream,
+    body: dict[str, Any],
+    request_id: str,
+    forward: Mapping[str, str],
+) -> WireRequest:
+    """The dialect's request, plus the trace's `traceparent` when the call is traced."""
+    wire = dialect.request(upstream, body, request_id, forward)
     trace = outgoing_headers()
     if trace:
-        headers.update(trace)
-    return headers
+        wire.headers.update(trace)
+    return wire
 
 
 def backoff(attempt: int, rng: random.Random) -> float:
@@ -157,6 +163,29 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
+    def dialect(self, upstream: Upstream, operation: str = "chat") -> Dialect:
+        """The dialect speaking `operation` to `upstream` (BadRequest when it has none)."""
+        name = upstream.dialect if operation == "chat" else f"{upstream.dialect}:{operation}"
+        found = self._dialects.get(name)
+        if found is None:
+            raise BadRequest(
+                f"model '{upstream.alias}' is served by a {upstream.dialect} upstream, "
+                f"which does not serve {operation}",
+                code="model_not_supported",
+                param="model",
+            )
+        return found
+
+    def check(self, chain: list[Upstream], body: dict[str, Any], operation: str) -> None:
+        """BadRequest, before admission, for a feature of `body` an upstream of the chain
+        cannot carry (its dialect names it)."""
+        for upstream in chain:
+            self.dialect(upstream, operation).check(upstream, body)
+
+    def prompt_overhead(self, upstream: Upstream, body: dict[str, Any], operation: str) -> int:
+        """Prompt tokens `upstream` bills for `body` beyond the body's own."""
+        return self.dialect(upstream, operation).prompt_overhead(body)
+
     def deadline(self) -> float:
         """A new call's deadline on the client clock."""
         return self._clock() + self._timeout
@@ -164,24 +193,25 @@ class UpstreamClient:
     async def complete(
         self,
         chain: list[Upstream],
-        payload: Callable[[Upstream], bytes],
+        payload: Callable[[Upstream], dict[str, Any]],
         request_id: str,
         deadline: float,
         *,
         operation: str = "chat",
+        forward: Mapping[str, str] | None = None,
     ) -> Completion:
         """A non-streamed answer from the first upstream of `chain` that gives one
         (`operation`: chat, or embeddings: the dialect `<dialect>:<operation>` speaks it)."""
 
         async def attempt(upstream: Upstream, remaining: float) -> Completion | Failure:
-            name = upstream.dialect if operation == "chat" else f"{upstream.dialect}:{operation}"
-            dialect = self._dialects[name]
+            dialect = self.dialect(upstream, operation)
+            wire = _wire(dialect, upstream, payload(upstream), request_id, forward or {})
             session = self._get_session()
             timeout = aiohttp.ClientTimeout(total=remaining)
             async with session.post(
-                dialect.url(upstream),
-                data=payload(upstream),
-                headers=_headers(dialect, upstream, request_id),
+                wire.url,
+                data=wire.data,
+                headers=wire.headers,
                 timeout=timeout,
                 allow_redirects=False,
             ) as reply:
@@ -198,12 +228,14 @@ class UpstreamClient:
             answer = dialect.answer(upstream, body)
             return Completion(
                 upstream,
-                body,
+                body if answer.body is None else answer.body,
                 answer.data,
                 answer.prompt_tokens,
                 answer.completion_tokens,
                 0,
                 answer.usage_invalid,
+                answer.cache_read,
+                answer.cache_write,
             )
 
         result, attempts = await self._run(chain, attempt, deadline)
@@ -214,23 +246,25 @@ class UpstreamClient:
     async def open_stream(
         self,
         chain: list[Upstream],
-        payload: Callable[[Upstream], bytes],
+        payload: Callable[[Upstream], dict[str, Any]],
         request_id: str,
         deadline: float,
         *,
         strip_usage: bool,
+        forward: Mapping[str, str] | None = None,
     ) -> StreamCall:
         """An upstream stream whose first byte has arrived (retries happen only before it)."""
 
         async def attempt(upstream: Upstream, remaining: float) -> StreamCall | Failure:
-            dialect = self._dialects[upstream.dialect]
+            dialect = self.dialect(upstream)
+            wire = _wire(dialect, upstream, payload(upstream), request_id, forward or {})
             session = self._get_session()
             timeout = aiohttp.ClientTimeout(total=None, connect=remaining, sock_read=None)
             reply = await asyncio.wait_for(
                 session.post(
-                    dialect.url(upstream),
-                    data=payload(upstream),
-                    headers=_headers(dialect, upstream, request_id),
+                    wire.url,
+                    data=wire.data,
+                    headers=wire.headers,
                     timeout=timeout,
                     allow_redirects=False,
                 ),

@@ -3,30 +3,63 @@
 Only what the broker needs is read: a 200 must be a JSON object with a `choices` list,
 and its `usage` is a claim (`common.bounds.read_usage`); an error body may name
 `error.code` / `error.type`; stream events are `data:` lines of chunks, ending in
-`data: [DONE]`. The request body is forwarded as the bytes the broker built.
+`data: [DONE]`. The chat body is the wire body: nothing is translated. Cached prompt
+tokens (`usage.prompt_tokens_details.cached_tokens`) are read as cache reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 import orjson
 
+from common import sse
 from common.bounds import read_usage
 from common.catalog import Upstream
-from common.dialect import Answer, StreamTally
+from common.dialect import Answer, EventReader, StreamTally, Translator, WireRequest
 from common.upstream_errors import malformed
+from common.wire import dumps
+
+
+def cached_tokens(usage: object, prompt: int) -> int:
+    """The cached prompt tokens an OpenAI usage object names (0 if none or not plausible)."""
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if isinstance(cached, int) and not isinstance(cached, bool) and 0 <= cached <= prompt:
+        return cached
+    return 0
 
 
 class OpenAIDialect:
     """The `Dialect` of OpenAI-compatible chat completions."""
 
+    path = "/chat/completions"
+
+    def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
+        """Every chat feature is the upstream's own to accept or refuse."""
+
+    def prompt_overhead(self, body: dict[str, Any]) -> int:
+        """None: what OpenAI bills is in the body."""
+        return 0
+
+    def request(
+        self,
+        upstream: Upstream,
+        body: dict[str, Any],
+        request_id: str,
+        forward: Mapping[str, str],
+    ) -> WireRequest:
+        """The body as built, posted to `<base_url><path>` with the route's query."""
+        return WireRequest(self.url(upstream), self.headers(upstream, request_id), dumps(body))
+
     def url(self, upstream: Upstream) -> str:
-        """`<base_url>/chat/completions`, with the route's query (Azure's api-version)."""
+        """`<base_url><path>`, with the route's query (Azure's api-version)."""
         if upstream.query:
-            return f"{upstream.base_url}/chat/completions?{urlencode(upstream.query)}"
-        return f"{upstream.base_url}/chat/completions"
+            return f"{upstream.base_url}{self.path}?{urlencode(upstream.query)}"
+        return f"{upstream.base_url}{self.path}"
 
     def headers(self, upstream: Upstream, request_id: str) -> dict[str, str]:
         """JSON, our request id, and the key as a bearer token or an Azure `api-key`."""
@@ -54,8 +87,10 @@ class OpenAIDialect:
         # call charged at its bound (common.bounds.verify), never free.
         usage = data.get("usage")
         counts = read_usage(usage)
-        prompt, completion = counts if counts is not None else (None, None)
-        return Answer(data, prompt, completion, counts is None and usage is not None)
+        if counts is None:
+            return Answer(data, None, None, usage is not None)
+        prompt, completion = counts
+        return Answer(data, prompt, completion, False, cached_tokens(usage, prompt))
 
     def error_tokens(self, body: bytes) -> Iterable[object]:
         """`error.code`, then `error.type`, of an OpenAI error body."""
@@ -67,6 +102,16 @@ class OpenAIDialect:
         if not isinstance(error, dict):
             return ()
         return (error.get("code"), error.get("type"))
+
+    def reader(
+        self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
+    ) -> EventReader:
+        """Server-sent events."""
+        return sse.SSEReader(content, idle, max_event, max_total)
+
+    def translator(self, upstream: Upstream) -> Translator:
+        """Chat chunks are relayed as they are, read on the way."""
+        return _CHUNKS
 
     def tally(self, event: bytes, tally: StreamTally) -> bool:
         """Track usage/done/produced; False for a usage-only chunk the client did not ask for."""
@@ -91,6 +136,7 @@ class OpenAIDialect:
                 elif any(counts) or tally.prompt_tokens is None:
                     # The last non-zero usage wins: a trailing zero chunk cannot erase it.
                     tally.prompt_tokens, tally.completion_tokens = counts
+                    tally.cache_read = cached_tokens(usage, counts[0])
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
@@ -100,14 +146,24 @@ class OpenAIDialect:
         return True
 
 
+class _Relay:
+    """The OpenAI translator: each event as it came (but a usage chunk nobody asked for)."""
+
+    def __init__(self, dialect: OpenAIDialect) -> None:
+        self.dialect = dialect
+
+    def feed(self, event: bytes, tally: StreamTally) -> Iterable[bytes]:
+        try:
+            keep = self.dialect.tally(event, tally)
+        except (AttributeError, TypeError, ValueError):
+            keep = True  # an odd chunk is relayed as it came; it is not ours to read
+        return (event,) if keep else ()
+
+
 class OpenAIEmbeddingsDialect(OpenAIDialect):
     """OpenAI embeddings (`<base_url>/embeddings`): billed per input token, nothing generated."""
 
-    def url(self, upstream: Upstream) -> str:
-        """`<base_url>/embeddings`, with the route's query."""
-        if upstream.query:
-            return f"{upstream.base_url}/embeddings?{urlencode(upstream.query)}"
-        return f"{upstream.base_url}/embeddings"
+    path = "/embeddings"
 
     def answer(self, upstream: Upstream, body: bytes) -> Answer:
         """An embeddings list; its usage names input tokens only (completion 0)."""
@@ -125,4 +181,5 @@ class OpenAIEmbeddingsDialect(OpenAIDialect):
 
 
 OPENAI = OpenAIDialect()
+_CHUNKS = _Relay(OPENAI)
 OPENAI_EMBEDDINGS = OpenAIEmbeddingsDialect()

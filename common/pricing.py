@@ -31,35 +31,67 @@ LIST_PRICES: dict[str, tuple[Decimal, Decimal]] = {
 
 @dataclass(frozen=True)
 class Price:
-    """USD per 1M input and output tokens."""
+    """USD per 1M input and output tokens; prompt tokens read from or written to a
+    provider's prompt cache have their own prices (None: the input price)."""
 
     input_per_1m: Decimal
     output_per_1m: Decimal
+    cache_read_per_1m: Decimal | None = None
+    cache_write_per_1m: Decimal | None = None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        """The exact cost of a call, in USD."""
+    def cost(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cache_read: int = 0,
+        cache_write: int = 0,
+    ) -> Decimal:
+        """The exact cost of a call, in USD (`cache_read`/`cache_write`: of the prompt tokens)."""
+        plain = prompt_tokens - cache_read - cache_write
+        read = self.input_per_1m if self.cache_read_per_1m is None else self.cache_read_per_1m
+        write = self.input_per_1m if self.cache_write_per_1m is None else self.cache_write_per_1m
         return (
-            Decimal(prompt_tokens) * self.input_per_1m
+            Decimal(plain) * self.input_per_1m
+            + Decimal(cache_read) * read
+            + Decimal(cache_write) * write
             + Decimal(completion_tokens) * self.output_per_1m
         ) / MILLION
+
+    def worst_split(self, prompt_tokens: int) -> tuple[int, int]:
+        """The (cache_read, cache_write) split of `prompt_tokens` that costs the most: what a
+        call charged at its bound is charged (every token at the dearest prompt price)."""
+        read = self.input_per_1m if self.cache_read_per_1m is None else self.cache_read_per_1m
+        write = self.input_per_1m if self.cache_write_per_1m is None else self.cache_write_per_1m
+        if write > self.input_per_1m and write >= read:
+            return 0, prompt_tokens
+        if read > self.input_per_1m:
+            return prompt_tokens, 0
+        return 0, 0
+
+    def bound(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        """The most a call of these token bounds can cost (what admission reserves)."""
+        return self.cost(prompt_tokens, completion_tokens, *self.worst_split(prompt_tokens))
 
 
 class PriceTable:
     """Model -> Price, from the list prices and the configuration."""
 
     def __init__(self, settings: Settings) -> None:
-        prices = dict(LIST_PRICES)
-        prices.update(settings.model_prices)
+        prices = {name: Price(*pair) for name, pair in LIST_PRICES.items()}
+        prices.update({name: Price(*pair) for name, pair in settings.model_prices.items()})
         for alias, route in settings.model_routes.items():
             base = prices.get(route.upstream_model or alias) or prices.get(alias)
-            if route.input_per_1m is not None and route.output_per_1m is not None:
-                prices[alias] = (route.input_per_1m, route.output_per_1m)
-            elif base is not None:
-                prices[alias] = (
-                    route.input_per_1m if route.input_per_1m is not None else base[0],
-                    route.output_per_1m if route.output_per_1m is not None else base[1],
-                )
-        self._prices = {name: Price(*pair) for name, pair in prices.items()}
+            inputs = route.input_per_1m if route.input_per_1m is not None else None
+            outputs = route.output_per_1m if route.output_per_1m is not None else None
+            if base is not None:
+                inputs = base.input_per_1m if inputs is None else inputs
+                outputs = base.output_per_1m if outputs is None else outputs
+            if inputs is None or outputs is None:
+                continue  # no price: not served
+            prices[alias] = Price(
+                inputs, outputs, route.cache_read_per_1m, route.cache_write_per_1m
+            )
+        self._prices = prices
 
     def get(self, model: str) -> Price | None:
         """The model's price, or None if it has none."""

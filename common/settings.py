@@ -37,23 +37,43 @@ from pydantic_settings import (
 VERSION = "1.0.0"
 
 # Names of the settings that may come from a secrets store.
-SECRET_NAMES = ("OPENAI_API_KEY", "DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY", "JWT_PRIVATE_KEY")
+SECRET_NAMES = (
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GEMINI_API_KEY",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET_KEY",
+    "JWT_PRIVATE_KEY",
+)
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message is one line naming the variable."""
 
 
+Provider = Literal["openai", "anthropic", "bedrock", "gemini"]
+
+
 class ModelRoute(BaseModel):
-    """Where one model alias is served: upstream URL, key, upstream name, prices, fallbacks."""
+    """Where one model alias is served: the provider's wire protocol, upstream URL, key,
+    upstream name, prices (prompt-cache reads and writes included), fallbacks."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # openai: any OpenAI-compatible server; anthropic: the Messages API; bedrock: the
+    # Converse API (SigV4 from the AWS credential chain, or a Bedrock API key); gemini:
+    # generateContent.
+    provider: Provider = "openai"
     base_url: str | None = None
     api_key: SecretStr | None = None
     upstream_model: str | None = None
     input_per_1m: Decimal | None = Field(default=None, ge=0)
     output_per_1m: Decimal | None = Field(default=None, ge=0)
+    cache_read_per_1m: Decimal | None = Field(default=None, ge=0)
+    cache_write_per_1m: Decimal | None = Field(default=None, ge=0)
+    # bedrock: the AWS region (default AWS_REGION, AWS_DEFAULT_REGION, else us-east-1)
+    region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{2,32}$")
     fallbacks: tuple[str, ...] = ()
     # Azure OpenAI takes the key in an `api-key` header and an api-version query parameter.
     key_header: Literal["authorization", "api-key"] = "authorization"
@@ -120,6 +140,9 @@ class Settings(BaseSettings):
     openai_base_url: str = "https://api.openai.com/v1"
     openai_timeout: float = Field(default=120.0, gt=0, le=3600)
     openai_max_retries: int = Field(default=3, ge=0, le=10)
+    # Keys of native upstreams when a route names none (routes with provider anthropic/gemini)
+    anthropic_api_key: SecretStr | None = None
+    gemini_api_key: SecretStr | None = None
     # alias -> ModelRoute (JSON); prices override the built-in table
     model_routes: dict[str, ModelRoute] = Field(default_factory=dict)
     model_prices: dict[str, tuple[Decimal, Decimal]] = Field(default_factory=dict)

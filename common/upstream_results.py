@@ -26,6 +26,8 @@ class Completion:
     completion_tokens: int | None
     attempts: int
     usage_invalid: bool = False
+    cache_read: int = 0  # of the prompt tokens, read from the provider's prompt cache
+    cache_write: int = 0  # of the prompt tokens, written to it
 
 
 @dataclass
@@ -44,6 +46,8 @@ class StreamCall:
     dialect: Dialect
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cache_read: int = 0
+    cache_write: int = 0
     usage_invalid: bool = False
     produced: int = 0
     done: bool = False
@@ -52,21 +56,23 @@ class StreamCall:
     max_total: int = 64 * 1024 * 1024
 
     async def events(self) -> AsyncIterator[bytes]:
-        """SSE events as raw bytes (each ending in a blank line), as they arrive."""
-        reader = sse.SSEReader(
+        """Chat-chunk SSE events as raw bytes (each ending in a blank line), as they arrive
+        (translated by the dialect from its own events)."""
+        reader = self.dialect.reader(
             self.response.content, self.idle_timeout, self.max_event, self.max_total
         )
+        translator = self.dialect.translator(self.upstream)
         secret = echo_probe(self.upstream)
         async for event in reader.events():
             if secret is not None and secret in event:
                 self.finish = "unusable"
                 return
             try:
-                keep = self.dialect.tally(event, self)
-            except (AttributeError, TypeError, ValueError):
-                keep = True  # an odd chunk is relayed as it came; it is not ours to read
-            if keep:
-                yield event
+                translated = list(translator.feed(event, self))
+            except (AttributeError, KeyError, TypeError, ValueError):
+                translated = []  # an event the dialect cannot read carries nothing we relay
+            for out in translated:
+                yield out
         if reader.end == sse.EOF_END:
             self.finish = "completed" if self.done else "cut"
         elif reader.end == sse.LOST:

@@ -49,6 +49,9 @@ class UsageRecord:
     cached: bool
     budget_month: str
     created_at_ms: int
+    # of prompt_tokens: read from / written to the provider's prompt cache (priced apart)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def to_json(self) -> bytes:
         """The record as it travels in the ledger stream."""
@@ -70,6 +73,8 @@ class UsageRecord:
                 self.cached,
                 self.budget_month,
                 self.created_at_ms,
+                self.cache_read_tokens,
+                self.cache_write_tokens,
             ]
         )
 
@@ -107,12 +112,16 @@ class UsageRecord:
             "completion_tokens": self.completion_tokens,
             "latency_ms": self.latency_ms,
             "http_status": self.http_status,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
         }
         for name, count in counts.items():
             if not _count(count):
                 found.append(f"{name} is not an integer in [0, 2^31)")
         if not found and self.prompt_tokens + self.completion_tokens > INT32:
             found.append("total_tokens is beyond 2^31")
+        if not found and self.cache_read_tokens + self.cache_write_tokens > self.prompt_tokens:
+            found.append("cache tokens exceed prompt_tokens")
         if not _amount(self.cost_usd):
             found.append("cost_usd is not an amount in [0, 10^12)")
         if not isinstance(self.budget_month, str) or len(self.budget_month) != 6:
@@ -127,7 +136,14 @@ class UsageRecord:
         """The record forced into the ledger's domain (counts into [0, 2^31), texts without
         NUL, the cost into [0, 10^12)); InvalidRecord if it still does not fit."""
         changes: dict[str, Any] = {}
-        for name in ("prompt_tokens", "completion_tokens", "latency_ms", "http_status"):
+        for name in (
+            "prompt_tokens",
+            "completion_tokens",
+            "latency_ms",
+            "http_status",
+            "cache_read_tokens",
+            "cache_write_tokens",
+        ):
             value = getattr(self, name)
             if _integer(value) and not _count(value):
                 changes[name] = min(max(value, 0), INT32)
@@ -143,6 +159,9 @@ class UsageRecord:
         prompt, completion = fixed.prompt_tokens, fixed.completion_tokens
         if _integer(prompt) and _integer(completion) and prompt + completion > INT32:
             fixed = replace(fixed, completion_tokens=INT32 - prompt)
+        read, write = fixed.cache_read_tokens, fixed.cache_write_tokens
+        if _integer(read) and _integer(write) and _integer(prompt) and read + write > prompt:
+            fixed = replace(fixed, cache_read_tokens=0, cache_write_tokens=0)
         cost = fixed.cost_usd
         if isinstance(cost, Decimal) and cost.is_finite() and not _amount(cost):
             fixed = replace(fixed, cost_usd=min(max(cost, Decimal(0)), MAX_COST))
@@ -200,5 +219,3 @@ def intent_record(
 
 class InvalidRecord(ValueError):
     """A usage record that does not fit the ledger (it never enters the outbox)."""
-
-

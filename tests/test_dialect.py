@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -12,9 +12,10 @@ import pytest
 from aiohttp import web
 
 from common.catalog import ModelCatalog, Upstream
-from common.dialect import Answer, StreamTally
+from common.dialect import Answer, WireRequest
 from common.errors import BadRequest, UpstreamBadResponse
 from common.llm import DIALECTS, UpstreamClient
+from common.openai_dialect import OpenAIDialect
 from common.pricing import Price, PriceTable
 from common.settings import Settings
 from common.upstream_errors import malformed
@@ -22,14 +23,14 @@ from common.upstream_errors import malformed
 KEY = "k" * 20
 
 
-class TextDialect:
+class TextDialect(OpenAIDialect):
     """A made-up protocol: POST /generate, key in x-key, answer {"text", "tokens": [in, out]}."""
 
-    def url(self, upstream: Upstream) -> str:
-        return f"{upstream.base_url}/generate"
-
-    def headers(self, upstream: Upstream, request_id: str) -> dict[str, str]:
-        return {"x-key": upstream.api_key or "", "x-request": request_id}
+    def request(
+        self, upstream: Upstream, body: dict[str, Any], request_id: str, forward: Mapping[str, str]
+    ) -> WireRequest:
+        headers = {"x-key": upstream.api_key or "", "x-request": request_id}
+        return WireRequest(f"{upstream.base_url}/generate", headers, orjson.dumps(body))
 
     def answer(self, upstream: Upstream, body: bytes) -> Answer:
         data = orjson.loads(body)
@@ -40,10 +41,6 @@ class TextDialect:
 
     def error_tokens(self, body: bytes) -> Iterable[object]:
         return (orjson.loads(body).get("kind"),)
-
-    def tally(self, event: bytes, tally: StreamTally) -> bool:
-        tally.done = b"end" in event
-        return True
 
 
 @pytest.fixture
@@ -90,7 +87,7 @@ def _upstream(base: str) -> Upstream:
 
 
 async def _complete(client: UpstreamClient, base: str, script: list[str]) -> Any:
-    body = orjson.dumps({"script": script})
+    body = {"script": script}
     try:
         return await client.complete([_upstream(base)], lambda u: body, "req_9", client.deadline())
     finally:

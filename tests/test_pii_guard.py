@@ -372,6 +372,7 @@ async def test_idempotency_fingerprint_is_over_the_request_as_sent(
 
 # -- answers --------------------------------------------------------------------------------
 
+
 def without_ids(raw: bytes) -> bytes:
     """The answer without its ids and timestamps, whose random digits may spell "529"."""
     return re.sub(rb'"(id|created|request_id)":("[^"]*"|[0-9]+)', b"", raw)

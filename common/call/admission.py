@@ -15,7 +15,6 @@ from starlette.requests import Request
 
 from common import bounds, keyspace
 from common.call.model import Context, Plan
-from common.call.request import dumps
 from common.errors import BadRequest, BudgetExceeded, RateLimited
 from common.http import client_ip
 from common.llm import Upstream
@@ -30,6 +29,7 @@ from common.quota import (
 )
 from common.settings import Settings
 from common.telemetry import Telemetry
+from common.wire import dumps
 
 
 class Admitter:
@@ -44,9 +44,9 @@ class Admitter:
         """Reserve the call's worst case; RateLimited / BudgetExceeded / Unauthorized / 503."""
         created_ms = int(now * 1000)
         month = budget_month(datetime.fromtimestamp(now, UTC))
-        prompt_bounds, completion_bound = call_bounds(plan.body, plan.chain)
+        prompt_bounds, completion_bound = call_bounds(plan.body, plan.chain, plan.overheads)
         costs = {
-            u.alias: u.price.cost(prompt_bounds[u.alias], completion_bound) for u in plan.chain
+            u.alias: u.price.bound(prompt_bounds[u.alias], completion_bound) for u in plan.chain
         }
         worst_alias = max(costs, key=lambda alias: costs[alias])
         worst = costs[worst_alias]
@@ -152,13 +152,18 @@ def _context(
     )
 
 
-def call_bounds(body: dict[str, Any], chain: list[Upstream]) -> tuple[dict[str, int], int]:
-    """Each upstream's prompt bound (by alias) and the completion bound of the body."""
+def call_bounds(
+    body: dict[str, Any], chain: list[Upstream], overheads: dict[str, int] | None = None
+) -> tuple[dict[str, int], int]:
+    """Each upstream's prompt bound (by alias) and the completion bound of the body
+    (`overheads`: the prompt tokens each upstream bills beyond the body, by alias)."""
+    overheads = overheads or {}
     size = len(dumps(body))
     own = len(orjson.dumps(body["model"]))
     found = bounds.media(body.get("messages") or ())
     prompts = {
         u.alias: bounds.prompt_bound(size - own + len(orjson.dumps(u.model)), found, u.model)
+        + overheads.get(u.alias, 0)
         for u in chain
     }
     completion = bounds.completion_bound(body)

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from common import bounds
 from common.anthropic_schemas import CountTokensRequest
 from common.call.anthropic_face import chat_messages
-from common.call.request import dumps
 from common.http import validation_error
+from common.wire import dumps
 
 
 def parse(raw: bytes) -> CountTokensRequest:

@@ -28,9 +28,9 @@ from common.anthropic_schemas import (
 )
 from common.call.anthropic_stream import AnthropicStream, message_object
 from common.call.model import Api, Call, Context
-from common.call.request import dumps
 from common.http import JSONResponse, validation_error
 from common.llm import Completion, StreamCall
+from common.wire import dumps
 
 
 class AnthropicFace:

@@ -19,6 +19,7 @@ import orjson
 from common.call.chat_events import ChatEventTranslator
 from common.call.model import Context
 from common.llm import StreamCall
+from common.wire import count
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -34,16 +35,18 @@ def _message_id(request_id: str) -> str:
 
 
 def anthropic_usage(data: dict[str, Any], tokens: tuple[int, int]) -> dict[str, Any]:
-    """Usage in Anthropic's fields: cached prompt tokens are cache reads, not input."""
+    """Usage in Anthropic's fields: cached prompt tokens are cache reads and writes, not input."""
     prompt, completion = tokens
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
     details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    if not isinstance(cached, int) or isinstance(cached, bool) or not 0 <= cached <= prompt:
-        cached = 0
+    details = details if isinstance(details, dict) else {}
+    cached, written = count(details.get("cached_tokens")), count(details.get("cache_write_tokens"))
+    cached, written = cached or 0, written or 0
+    if cached + written > prompt:
+        cached = written = 0
     return {
-        "input_tokens": prompt - cached,
-        "cache_creation_input_tokens": 0,
+        "input_tokens": prompt - cached - written,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
         "output_tokens": completion,
     }

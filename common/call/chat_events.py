@@ -27,9 +27,7 @@ class ChatEventTranslator:
 
     def _charged(self) -> tuple[int, int]:
         """The tokens the call is charged (what the settle will find)."""
-        stream = self.stream
-        claim = (stream.prompt_tokens, stream.completion_tokens)
-        charge = self.ctx.charge(stream.upstream, claim, stream.usage_invalid)
+        charge = self.ctx.charge(self.stream)
         return charge.prompt, charge.completion
 
     def _start(self) -> list[bytes]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from common import bounds
 from common.auth import Principal
@@ -16,6 +16,17 @@ from common.quota import Admission, BudgetClaim
 Api = Literal["invoke", "openai", "embeddings", "responses", "anthropic"]
 # What the upstream is asked to do (a dialect speaks each operation at its own endpoint).
 Operation = Literal["chat", "embeddings"]
+
+
+class Claim(Protocol):
+    """What an upstream answered and says it billed (a Completion, a StreamCall)."""
+
+    upstream: Upstream
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cache_read: int
+    cache_write: int
+    usage_invalid: bool
 
 
 @dataclass
@@ -30,6 +41,8 @@ class Call:
     client_usage: bool
     size: int = 0  # bytes of the body as received
     operation: Operation = "chat"
+    # Client headers for the provider's own protocol (anthropic-version, anthropic-beta)
+    forward: dict[str, str] = dataclass_field(default_factory=dict)
 
     @property
     def max_tokens(self) -> int | None:
@@ -50,6 +63,8 @@ class Plan:
     fingerprint: str  # of the request as the client sent it ("" without Idempotency-Key)
     idempotency_key: str | None
     cache_key: str | None = None
+    # Prompt tokens each upstream bills beyond the body (a provider's hidden prompt), by alias
+    overheads: dict[str, int] = dataclass_field(default_factory=dict)
 
 
 @dataclass
@@ -77,14 +92,26 @@ class Context:
         alias = (upstream or self.chain[0]).alias
         return self.prompt_bounds.get(alias, 0), self.completion_bound
 
-    def charge(
-        self, upstream: Upstream, claim: tuple[int | None, int | None], invalid: bool
-    ) -> bounds.Charge:
+    def at_bound(self, upstream: Upstream | None) -> bounds.Charge:
+        """The call charged at its bound on `upstream` (None: the first of the chain), every
+        prompt token at the dearest prompt price the route has (a cache write may cost more)."""
+        used = upstream or self.chain[0]
+        prompt, completion = self.bound(used)
+        return bounds.Charge(prompt, completion, None, *used.price.worst_split(prompt))
+
+    def charge(self, claim: Claim) -> bounds.Charge:
         """What the call is charged for an upstream's usage claim: the claim if it is
-        plausible within the call's bound on `upstream`, else the bound (common.bounds)."""
-        prompt, completion = claim
+        plausible within the call's bound on its upstream, else the bound (common.bounds)."""
+        prompt, completion = claim.prompt_tokens, claim.completion_tokens
         counts = (prompt, completion) if prompt is not None and completion is not None else None
-        return bounds.verify(counts, *self.bound(upstream), invalid=invalid)
+        charge = bounds.verify(counts, *self.bound(claim.upstream), invalid=claim.usage_invalid)
+        if charge.unverified is None:
+            read, write = claim.cache_read, claim.cache_write
+            if read + write <= charge.prompt:
+                return replace(charge, cache_read=read, cache_write=write)
+            charge = bounds.Charge(*self.bound(claim.upstream), "implausible")
+        split = claim.upstream.price.worst_split(charge.prompt)
+        return replace(charge, cache_read=split[0], cache_write=split[1])
 
     def chain_upstream(self, alias: str) -> Upstream | None:
         """The upstream of this call's chain serving `alias`, if any."""
@@ -103,3 +130,29 @@ class Outcome:
     error: str | None = None
     streamed: bool = False
     cached: bool = False
+    cache_read: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    cache_write: int = 0  # of prompt_tokens, written to it
+
+    @classmethod
+    def charged(
+        cls,
+        upstream: Upstream | None,
+        charge: bounds.Charge,
+        status: str,
+        http_status: int,
+        error: str | None = None,
+        *,
+        streamed: bool = False,
+    ) -> Outcome:
+        """An outcome charged `charge`."""
+        return cls(
+            upstream,
+            charge.prompt,
+            charge.completion,
+            status,
+            http_status,
+            error,
+            streamed,
+            cache_read=charge.cache_read,
+            cache_write=charge.cache_write,
+        )

@@ -17,11 +17,11 @@ from starlette.responses import Response
 
 from common import keyspace
 from common.call.model import Call
-from common.call.request import dumps
 from common.errors import BadRequest, Conflict, ServiceUnavailable
 from common.llm import Completion
 from common.projects import Project
 from common.redis import RedisStore
+from common.wire import dumps
 
 IDEMPOTENCY_TTL = 86_400
 LGPD_IDEMPOTENCY_TTL = 600
@@ -122,7 +122,9 @@ class ResponseCache:
             or (body.get("n") or 1) != 1
         ):
             return None
-        digest = hashlib.sha256(dumps(body, sort_keys=True)).hexdigest()
+        # The provider headers a client sent (a beta feature) can change the answer too.
+        identity = [body, call.forward] if call.forward else body
+        digest = hashlib.sha256(dumps(identity, sort_keys=True)).hexdigest()
         return keyspace.response_cache(project.id, call.api, digest)
 
     async def get(self, key: str) -> dict[str, Any] | None:

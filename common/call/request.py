@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
-
-import orjson
+from typing import TYPE_CHECKING, Any
 
 from common import bounds
 from common.call.model import Call, Operation
 from common.errors import BadRequest, ModelNotAllowed, NotFound
 from common.llm import ModelCatalog, Upstream
 from common.projects import Project
+from common.wire import dumps
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 
 def upstream_chain(
@@ -77,31 +79,30 @@ def upstream_body(project: Project, call: Call) -> dict[str, Any]:
     return body
 
 
+# Client headers that belong to a provider's protocol and reach upstreams of that provider.
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def forwarded(request: Request) -> dict[str, str]:
+    """The provider headers of a client request (to be sent on unchanged)."""
+    headers = request.headers
+    return {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
+
+
 def fingerprint(call: Call, body: dict[str, Any]) -> str:
     """The identity of a request for idempotency (taken before any redaction)."""
     return hashlib.sha256(dumps([call.api, body], sort_keys=True)).hexdigest()
 
 
-def payload(body: dict[str, Any]) -> Callable[[Upstream], bytes]:
-    """The bytes sent to each upstream of the chain (its own model name)."""
+def payload(body: dict[str, Any]) -> Callable[[Upstream], dict[str, Any]]:
+    """The chat body for each upstream of the chain (its own model name)."""
 
-    def build(upstream: Upstream) -> bytes:
+    def build(upstream: Upstream) -> dict[str, Any]:
         if upstream.model == body["model"]:
-            return dumps(body)
-        return dumps({**body, "model": upstream.model})
+            return body
+        return {**body, "model": upstream.model}
 
     return build
-
-
-def dumps(value: Any, sort_keys: bool = False) -> bytes:
-    """orjson, or the standard library for integers beyond 64 bits (valid JSON all the same)."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
-    except TypeError:
-        import json
-
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
-        return text.encode()
 
 
 def _reasoning(model: str) -> bool:

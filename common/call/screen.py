@@ -11,11 +11,11 @@ import dataclasses
 
 from common import bounds
 from common.call.model import Context, Outcome
-from common.call.request import dumps
 from common.call.settle import Settler
 from common.errors import PIIDetected
 from common.llm import Completion
 from common.pii_guard import PIIGuard
+from common.wire import dumps
 
 
 async def screen_answer(
@@ -33,14 +33,7 @@ async def screen_answer(
     except BaseException:
         await settler.settle(
             ctx,
-            Outcome(
-                result.upstream,
-                charge.prompt,
-                charge.completion,
-                "cancelled",
-                499,
-                "client_disconnected",
-            ),
+            Outcome.charged(result.upstream, charge, "cancelled", 499, "client_disconnected"),
         )
         raise
     if kinds and action == "block":
@@ -60,4 +53,4 @@ async def screen_answer(
 
 
 def _blocked(result: Completion, charge: bounds.Charge, code: str) -> Outcome:
-    return Outcome(result.upstream, charge.prompt, charge.completion, "pii_blocked", 422, code)
+    return Outcome.charged(result.upstream, charge, "pii_blocked", 422, code)

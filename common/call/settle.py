@@ -13,10 +13,9 @@ import time
 from decimal import Decimal
 
 from common import bounds
-from common.call.model import Context, Outcome
+from common.call.model import Claim, Context, Outcome
 from common.errors import ServiceUnavailable
 from common.ledger import PendingSettles
-from common.llm import Upstream
 from common.logs import get_logger, log_outcome, mask_project
 from common.quota import Governor, UsageRecord, to_nano
 from common.settings import Settings
@@ -39,15 +38,9 @@ class Settler:
         self.telemetry = telemetry
         self.pending = pending
 
-    def charge(
-        self,
-        ctx: Context,
-        upstream: Upstream,
-        claim: tuple[int | None, int | None],
-        invalid: bool,
-    ) -> bounds.Charge:
+    def charge(self, ctx: Context, claim: Claim) -> bounds.Charge:
         """What the call is charged for the upstream's usage claim (counted if replaced)."""
-        charge = ctx.charge(upstream, claim, invalid)
+        charge = ctx.charge(claim)
         if charge.unverified is not None:
             self.telemetry.incr(
                 "usage_unverified_total", model=ctx.call.model, reason=charge.unverified
@@ -67,7 +60,9 @@ class Settler:
         ctx.settled = True
         used = outcome.upstream or ctx.chain[0]
         prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
-        cost = Decimal(0) if outcome.cached else used.price.cost(prompt, completion)
+        cost = Decimal(0)
+        if not outcome.cached:
+            cost = used.price.cost(prompt, completion, outcome.cache_read, outcome.cache_write)
         latency = int((time.perf_counter() - ctx.started) * 1000)
         record = UsageRecord(
             request_id=ctx.request_id,
@@ -78,6 +73,8 @@ class Settler:
             prompt_tokens=prompt,
             completion_tokens=completion,
             cost_usd=cost,
+            cache_read_tokens=outcome.cache_read,
+            cache_write_tokens=outcome.cache_write,
             latency_ms=latency,
             status=outcome.status,
             http_status=outcome.http_status,

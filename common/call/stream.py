@@ -44,9 +44,8 @@ def stream_outcome(
     settler: Settler, ctx: Context, stream: StreamCall, how: str, guard: StreamFilter | None
 ) -> Outcome:
     """How a stream that ended `how` is ledgered and charged (its usage checked first)."""
-    claim = (stream.prompt_tokens, stream.completion_tokens)
     # Without a usable usage chunk (an upstream cut, a lie) the call is charged at its bound.
-    charge = settler.charge(ctx, stream.upstream, claim, stream.usage_invalid)
+    charge = settler.charge(ctx, stream)
     status = {"completed": "success"}.get(how, how)
     http = 200 if how == "completed" else 499 if how == "client_disconnected" else 502
     error = None if how == "completed" else f"stream_{how}"
@@ -56,9 +55,7 @@ def stream_outcome(
         error = "output_pii_redacted"
     if charge.unverified is not None and how == "completed":
         status, error = "usage_unverified", f"usage_{charge.unverified}"
-    return Outcome(
-        stream.upstream, charge.prompt, charge.completion, status, http, error, streamed=True
-    )
+    return Outcome.charged(stream.upstream, charge, status, http, error, streamed=True)
 
 
 class MeteredStream(Response):

@@ -23,23 +23,27 @@ def failure_outcome(ctx: Context, exc: BaseException, *, streamed: bool) -> Outc
     """How an admitted call that ended in `exc` before any answer is ledgered."""
     if isinstance(exc, UpstreamBadResponse):
         answered = ctx.chain_upstream(exc.upstream_alias)
-        prompt, completion = ctx.bound(answered)
-        return Outcome(
+        return Outcome.charged(
             answered,
-            prompt,
-            completion,
+            ctx.at_bound(answered),
             "upstream_bad_response",
             exc.status,
             f"upstream_{exc.reason}",
-            streamed,
+            streamed=streamed,
         )
     if isinstance(exc, BrokerError):
-        prompt, completion = ctx.bound(None) if billed(exc) else (0, 0)
-        return Outcome(None, prompt, completion, "upstream_error", exc.status, exc.code, streamed)
+        if not billed(exc):
+            return Outcome(None, 0, 0, "upstream_error", exc.status, exc.code, streamed)
+        charge = ctx.at_bound(None)
+        return Outcome.charged(
+            None, charge, "upstream_error", exc.status, exc.code, streamed=streamed
+        )
     if isinstance(exc, asyncio.CancelledError):
         # The request may be with the upstream, which finishes (and bills) it anyway.
-        prompt, completion = ctx.bound(None)
-        return Outcome(None, prompt, completion, "cancelled", 499, "client_disconnected", streamed)
+        charge = ctx.at_bound(None)
+        return Outcome.charged(
+            None, charge, "cancelled", 499, "client_disconnected", streamed=streamed
+        )
     # A bug of ours after admission: release the reservation, record what happened.
     return Outcome(None, 0, 0, "internal_error", 500, "internal_error", streamed)
 
@@ -67,6 +71,7 @@ class UpstreamStep:
                     ctx.request_id,
                     self.client.deadline(),
                     operation=ctx.call.operation,
+                    forward=ctx.call.forward,
                 )
                 call.answered(result.upstream)
             return result
@@ -84,6 +89,7 @@ class UpstreamStep:
                     ctx.request_id,
                     self.client.deadline(),
                     strip_usage=not ctx.call.client_usage,
+                    forward=ctx.call.forward,
                 )
                 call.answered(stream.upstream)
             return stream
