@@ -78,7 +78,7 @@ async def test_azure_style_route_sends_api_key_header_and_query(
     try:
         chain = client.catalog.chain("gpt-4o")
         result = await client.complete(
-            chain, lambda u: orjson.dumps({**BODY, "model": u.model}), "req_1", client.deadline()
+            chain, lambda u: {**BODY, "model": u.model}, "req_1", client.deadline()
         )
     finally:
         await client.aclose()
@@ -206,7 +206,7 @@ async def test_unusable_200_is_a_bad_response_after_one_attempt(
     try:
         with pytest.raises(UpstreamBadResponse) as caught:
             await client.complete(
-                client.catalog.chain("gpt-4o"), lambda u: orjson.dumps(BODY), "r", client.deadline()
+                client.catalog.chain("gpt-4o"), lambda u: BODY, "r", client.deadline()
             )
     finally:
         await client.aclose()
@@ -226,7 +226,7 @@ async def test_unreadable_usage_leaves_the_answer_usable_and_flagged(
     client = UpstreamClient(settings, ModelCatalog(settings, PriceTable(settings)))
     try:
         result = await client.complete(
-            client.catalog.chain("gpt-4o"), lambda u: orjson.dumps(BODY), "r", client.deadline()
+            client.catalog.chain("gpt-4o"), lambda u: BODY, "r", client.deadline()
         )
     finally:
         await client.aclose()
@@ -259,7 +259,7 @@ async def test_stream_limits_per_event_and_per_stream(
     client = UpstreamClient(settings, ModelCatalog(settings, PriceTable(settings)))
     try:
         stream = await client.open_stream(
-            client.catalog.chain("gpt-4o"), lambda u: orjson.dumps(BODY), "r", client.deadline(),
+            client.catalog.chain("gpt-4o"), lambda u: BODY, "r", client.deadline(),
             strip_usage=False,
         )  # fmt: skip
         events = [event async for event in stream.events()]
@@ -301,7 +301,7 @@ async def test_stream_event_echoing_our_key_stops_the_stream(
     client = UpstreamClient(settings, ModelCatalog(settings, PriceTable(settings)))
     try:
         stream = await client.open_stream(
-            client.catalog.chain("gpt-4o"), lambda u: orjson.dumps(BODY), "r", client.deadline(),
+            client.catalog.chain("gpt-4o"), lambda u: BODY, "r", client.deadline(),
             strip_usage=False,
         )  # fmt: skip
         events = [event async for event in stream.events()]
