@@ -74,8 +74,12 @@ class MockState:
         outcome: str,
         prompt: int = 0,
         completion: int = 0,
+        *,
+        cache: tuple[int, int] = (0, 0),
+        protocol: str = "openai",
     ) -> None:
-        """Count one call under `outcome`, with the tokens the mock would bill for it."""
+        """Count one call under `outcome`, with the tokens the mock would bill for it
+        (`prompt` includes the `cache` (read, write) tokens)."""
         self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
         self.prompt_total += prompt
         self.completion_total += completion
@@ -87,6 +91,9 @@ class MockState:
                 "outcome": outcome,
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
+                "cache_read_tokens": cache[0],
+                "cache_write_tokens": cache[1],
+                "protocol": protocol,
             }
         )
 
