@@ -3,7 +3,9 @@ random rates of the config.
 
 One-shot keys: `status`, `retry_after`, `hang`, `cut_after_chunks`, `latency_ms`, and the
 hostile ones `redirect`, `echo_headers`, `oversize_bytes`, `malformed`, `usage` (reported
-verbatim instead of the real usage, "absent" leaves it out) and `trailing_zero_usage`.
+verbatim instead of the real usage, "absent" leaves it out) and `trailing_zero_usage`; and
+`cache` ({"read": n, "write": m}): that many of the prompt tokens are reported (and billed)
+as prompt-cache reads and writes, in each protocol's own usage fields.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ QUEUE_KEYS: Final = frozenset(
         "malformed",
         "usage",
         "trailing_zero_usage",
+        "cache",
     }
 )
 ABSENT: Final = "absent"
@@ -39,6 +42,7 @@ class Behaviour:
     """What to do with one request (decided before the latency sleep)."""
 
     __slots__ = (
+        "cache",
         "cut_after",
         "echo_headers",
         "hang",
@@ -71,6 +75,12 @@ class Behaviour:
         self.malformed = False
         self.usage: object = HONEST
         self.zero_tail = False
+        self.cache: tuple[int, int] = (0, 0)  # (read, write) prompt tokens, capped by the prompt
+
+    def cache_split(self, prompt: int) -> tuple[int, int]:
+        """The (read, write) cache tokens of a prompt of `prompt` tokens (never beyond it)."""
+        read = min(self.cache[0], prompt)
+        return read, min(self.cache[1], prompt - read)
 
 
 def decide(cfg: MockConfig, rng: random.Random, queue: deque[Behaviour]) -> Behaviour:
@@ -149,6 +159,14 @@ def parse_behaviour(item: object) -> Behaviour:
         act.oversize = size
     if "usage" in item:
         act.usage = item["usage"]
+    if "cache" in item:
+        cache = item["cache"]
+        if not isinstance(cache, dict) or set(cache) - {"read", "write"}:
+            raise BadConfig('cache must be an object with "read" and "write" counts')
+        read, write = cache.get("read", 0), cache.get("write", 0)
+        if not (is_int(read) and is_int(write) and read >= 0 and write >= 0):
+            raise BadConfig("cache read and write must be integers >= 0")
+        act.cache = (read, write)
     if "trailing_zero_usage" in item:
         if not isinstance(item["trailing_zero_usage"], bool):
             raise BadConfig("trailing_zero_usage must be a boolean")
