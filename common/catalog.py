@@ -71,7 +71,7 @@ class ModelCatalog:
             self._upstreams[alias] = Upstream(
                 alias=alias,
                 base_url=base_url.rstrip("/"),
-                api_key=secret.get_secret_value() if secret else None,
+                api_key=(secret.get_secret_value() if secret else None) or None,
                 model=route.upstream_model if route and route.upstream_model else alias,
                 price=price,
                 fallbacks=route.fallbacks if route else (),

@@ -39,12 +39,26 @@ COMPOSE = INFRA / "compose"
 K8S_VERSION = "1.30.0"
 NAMESPACE = "bradax"
 LOCAL_GATEWAY = "knative-local-gateway.istio-system.svc.cluster.local"
-SECRET_SETTINGS = ("DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY", "OPENAI_API_KEY")
+SECRET_SETTINGS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET_KEY",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GEMINI_API_KEY",
+)
 # What each function needs from the secrets: auth_token signs tokens, llm_invoke and metrics
 # verify them; only llm_invoke calls the upstream and only health probes it.
 NEEDS = {
     "auth_token": {"DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY"},
-    "llm_invoke": {"DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY", "OPENAI_API_KEY"},
+    "llm_invoke": {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "JWT_SECRET_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GEMINI_API_KEY",
+    },
     "health": {"DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY"},
     "metrics": {"DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY"},
 }
@@ -651,6 +665,7 @@ def test_core_kubernetes_manifests_validate() -> None:
         "ConfigMap",
         "Job",
         "Namespace",
+        "Secret",
         "Secret",
         "Secret",
         "Secret",
