@@ -158,7 +158,9 @@ class ChatCompletions:
         if act.malformed:
             state.record(request, model, False, "malformed", prompt, words)
             return web.Response(body=_MALFORMED, content_type=JSON_CT)
-        state.record(request, model, False, "oversize" if act.oversize else "ok", prompt, words)
+        cached = act.cache_split(prompt)[0]  # OpenAI caches by itself: reads, never writes
+        outcome = "oversize" if act.oversize else "ok"
+        state.record(request, model, False, outcome, prompt, words, cache=(cached, 0))
         payload = {
             "id": f"chatcmpl-{state.rng.getrandbits(96):024x}",
             "object": "chat.completion",
@@ -183,6 +185,8 @@ class ChatCompletions:
             },
             "system_fingerprint": "fp_mock",
         }
+        if cached:
+            payload["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}  # type: ignore[index]
         if act.oversize:
             payload["padding"] = "x" * act.oversize
         if act.usage == ABSENT:
@@ -221,6 +225,7 @@ class ChatCompletions:
             b',"usage":null}\n\n' if include_usage else b"}\n\n"
         )
         sent = 0
+        cached = act.cache_split(prompt)[0]
         try:
             await resp.prepare(request)
             await resp.write(head + b'{"role":"assistant","content":"","refusal":null}' + tail)
@@ -239,13 +244,15 @@ class ChatCompletions:
                 head + b"{}" + end + (b',"usage":null}\n\n' if include_usage else b"}\n\n")
             )
             if include_usage and act.usage != ABSENT:
-                claimed: object = {
+                claimed: dict[str, Any] = {
                     "prompt_tokens": prompt,
                     "completion_tokens": words,
                     "total_tokens": prompt + words,
                 }
+                if cached:
+                    claimed["prompt_tokens_details"] = {"cached_tokens": cached}
                 if act.usage is not HONEST:
-                    claimed = act.usage
+                    claimed = act.usage  # type: ignore[assignment]
                 # Reuse the id/created/model prefix but with an empty choices list.
                 prefix = head[: head.index(b',"choices":')]
                 usage = orjson.dumps(claimed)
@@ -256,7 +263,8 @@ class ChatCompletions:
         except ConnectionError:
             state.record(request, model, True, "disconnected", prompt, sent)
             return resp
-        state.record(request, model, True, "oversize" if oversize else "ok", prompt, words)
+        outcome = "oversize" if oversize else "ok"
+        state.record(request, model, True, outcome, prompt, words, cache=(cached, 0))
         return resp
 
     async def _scripted(
