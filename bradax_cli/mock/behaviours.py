@@ -5,7 +5,8 @@ One-shot keys: `status`, `retry_after`, `hang`, `cut_after_chunks`, `latency_ms`
 hostile ones `redirect`, `echo_headers`, `oversize_bytes`, `malformed`, `usage` (reported
 verbatim instead of the real usage, "absent" leaves it out) and `trailing_zero_usage`; and
 `cache` ({"read": n, "write": m}): that many of the prompt tokens are reported (and billed)
-as prompt-cache reads and writes, in each protocol's own usage fields.
+as prompt-cache reads and writes, in each protocol's own usage fields; `chunk_delay_ms`: a
+pause before each streamed chunk (a model still generating).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ QUEUE_KEYS: Final = frozenset(
         "usage",
         "trailing_zero_usage",
         "cache",
+        "chunk_delay_ms",
     }
 )
 ABSENT: Final = "absent"
@@ -43,6 +45,7 @@ class Behaviour:
 
     __slots__ = (
         "cache",
+        "chunk_delay",
         "cut_after",
         "echo_headers",
         "hang",
@@ -76,6 +79,7 @@ class Behaviour:
         self.usage: object = HONEST
         self.zero_tail = False
         self.cache: tuple[int, int] = (0, 0)  # (read, write) prompt tokens, capped by the prompt
+        self.chunk_delay = 0.0  # seconds before each streamed chunk
 
     def cache_split(self, prompt: int) -> tuple[int, int]:
         """The (read, write) cache tokens of a prompt of `prompt` tokens (never beyond it)."""
@@ -159,6 +163,11 @@ def parse_behaviour(item: object) -> Behaviour:
         act.oversize = size
     if "usage" in item:
         act.usage = item["usage"]
+    if "chunk_delay_ms" in item:
+        delay = item["chunk_delay_ms"]
+        if not is_number(delay) or delay < 0:
+            raise BadConfig("chunk_delay_ms must be a number >= 0")
+        act.chunk_delay = float(delay) / 1000
     if "cache" in item:
         cache = item["cache"]
         if not isinstance(cache, dict) or set(cache) - {"read", "write"}:

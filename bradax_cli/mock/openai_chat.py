@@ -14,6 +14,7 @@ The hot path avoids pydantic and per-request allocations it can precompute, and 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any, Final, cast
@@ -233,6 +234,8 @@ class ChatCompletions:
                 await resp.write(head + orjson.dumps({"content": "x" * oversize}) + tail)
             todo = words if cut_after < 0 else min(words, cut_after)
             for i in range(todo):
+                if act.chunk_delay:
+                    await asyncio.sleep(act.chunk_delay)
                 await resp.write(head + orjson.dumps({"content": self._word(i)}) + tail)
                 sent += 1
             if cut_after >= 0:
