@@ -40,6 +40,13 @@ if TYPE_CHECKING:
 
 OVERHEAD_HEADER = "X-Bradax-Overhead-Ms"
 OPERATION = "chat"
+# gen_ai.provider.name of each dialect, in the conventions' spelling
+_PROVIDERS = {"bedrock": "aws.bedrock", "gemini": "gcp.gemini"}
+
+
+def operation_name(api: str) -> str:
+    """gen_ai.operation.name of an API face's calls."""
+    return "embeddings" if api == "embeddings" else OPERATION
 SHUTDOWN_SECONDS = 5.0
 _NO_HEADERS: Mapping[str, str] = {}
 _NULL: contextlib.nullcontext[None] = contextlib.nullcontext()
@@ -49,7 +56,7 @@ def provider_name(upstream: Upstream) -> str:
     """gen_ai.provider.name of an upstream (Azure OpenAI takes its key in `api-key`)."""
     if upstream.dialect == "openai" and upstream.key_header == "api-key":
         return "azure.ai.openai"
-    return upstream.dialect
+    return _PROVIDERS.get(upstream.dialect, upstream.dialect)
 
 
 def error_type(exc: BaseException) -> str:
@@ -115,6 +122,7 @@ class CallTrace:
     __slots__ = (
         "api",
         "labels",
+        "operation",
         "outgoing",
         "parent",
         "span",
@@ -137,13 +145,14 @@ class CallTrace:
         self.started = time.perf_counter()
         self.telemetry = telemetry
         self.api = api
+        self.operation = operation_name(api)
         self.upstream_seconds = 0.0
         self.tracer = tracing.tracer
         self.span: Span | None = None
         self.parent: OtelContext | None = None
         self.outgoing: Mapping[str, str] = _NO_HEADERS
         self.labels = {
-            "gen_ai_operation_name": OPERATION,
+            "gen_ai_operation_name": self.operation,
             "gen_ai_provider_name": "",
             "gen_ai_request_model": "",
             "gen_ai_response_model": "",
@@ -154,7 +163,7 @@ class CallTrace:
             attributes = {
                 "http.request.method": method,
                 "url.path": path,
-                "gen_ai.operation.name": OPERATION,
+                "gen_ai.operation.name": self.operation,
                 "bradax.api": api,
                 "bradax.request_id": request_id,
             }
@@ -300,10 +309,10 @@ class UpstreamCall:
             from common import tracing_sdk
 
             self.span = tracing_sdk.start_child(
-                trace.tracer, trace.parent, f"{OPERATION} {self.model}", client=True
+                trace.tracer, trace.parent, f"{trace.operation} {self.model}", client=True
             )
             self.span.set_attributes(
-                {"gen_ai.operation.name": OPERATION, "gen_ai.request.model": self.model}
+                {"gen_ai.operation.name": trace.operation, "gen_ai.request.model": self.model}
             )
             trace.outgoing = tracing_sdk.outgoing(self.span)
         return self
@@ -383,7 +392,8 @@ def settled(
     """A call was settled: its token usage histogram and span attributes."""
     trace = current.get()
     if upstream is not None and not cached:
-        labels = {"gen_ai_operation_name": OPERATION, "gen_ai_request_model": model}
+        operation = OPERATION if trace is None else trace.operation
+        labels = {"gen_ai_operation_name": operation, "gen_ai_request_model": model}
         labels["gen_ai_provider_name"] = provider_name(upstream)
         labels["gen_ai_response_model"] = upstream.model
         telemetry.observe("genai_token_usage", prompt, **labels, gen_ai_token_type="input")

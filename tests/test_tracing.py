@@ -262,6 +262,31 @@ async def test_a_refused_call_is_traced_with_its_refusal(
     await http.aclose()
 
 
+async def test_an_embeddings_call_is_traced_as_embeddings(
+    settings: Settings, configure: Any, mock: MockUpstream, router: Any, collector: Collector
+) -> None:
+    """gen_ai.operation.name is "embeddings" on the server and upstream spans of /v1/embeddings."""
+    http, _, _ = await traced_broker(
+        configure, mock, router, otel_exporter_otlp_endpoint=collector.url
+    )
+    from tests.conftest import create_tenant
+
+    embedder = await create_tenant(
+        settings, "proj_embed", allowed_models=("text-embedding-3-small",)
+    )
+    reply = await http.post(
+        "/v1/embeddings",
+        json={"model": "text-embedding-3-small", "input": "um texto"},
+        headers=embedder.key_auth,
+    )
+    assert reply.status_code == 200, reply.text
+    await flush()
+    names = {s.name: attributes(s.attributes) for _, s in collector.spans}
+    assert names["POST /v1/embeddings"]["gen_ai.operation.name"] == "embeddings"
+    assert names["embeddings text-embedding-3-small"]["gen_ai.operation.name"] == "embeddings"
+    await http.aclose()
+
+
 async def test_untraced_calls_start_no_exporter(
     settings: Settings, configure: Any, mock: MockUpstream, router: Any
 ) -> None:
