@@ -269,8 +269,6 @@ async def test_an_embeddings_call_is_traced_as_embeddings(
     http, _, _ = await traced_broker(
         configure, mock, router, otel_exporter_otlp_endpoint=collector.url
     )
-    from tests.conftest import create_tenant
-
     embedder = await create_tenant(
         settings, "proj_embed", allowed_models=("text-embedding-3-small",)
     )
