@@ -45,6 +45,7 @@ OPTIONAL = {
     "botocore",  # aws_lambda_powertools.shared.user_agent (patches boto's user agent if present)
     "cryptography",  # redis.utils (only notes whether it is installed, for OCSP checks)
     "sniffio",  # anyio._core._eventloop (detects the running async library if present)
+    "xxhash",  # redis.cache (a faster key hash when installed; LangChain's tests bring it)
     # redis.observability loads OpenTelemetry's metrics SDK when it is installed (llm_invoke
     # installs it, for its traces; the anthropic SDK of the tests brings the API too)
     "opentelemetry-api",
