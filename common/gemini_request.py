@@ -24,6 +24,11 @@ reasoning efforts, http(s) image URLs and file ids (Gemini reads only uploaded f
 URI), other audio formats, system messages once the conversation has started, `function`
 messages, non-function tools, allowed_tools, and any field not named here.
 
+Gemini 3 models refuse a replayed `functionCall` without the thought signature they gave it,
+which a chat body cannot carry: the first call of each replayed model turn is sent with the
+signature Google documents for history from elsewhere (`skip_thought_signature_validator`);
+the model goes on without its earlier reasoning.
+
 Dropped, as they change neither the answer nor the bill: stream and stream_options (the
 endpoint says it), user, metadata, store, safety_identifier, prompt_cache_key, a message's
 `name`, a tool's `strict` flag and a json_schema's name, description and strict flag (the
@@ -32,6 +37,7 @@ schema itself is sent).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -85,6 +91,9 @@ _CONFIG = (
 THINKING_BUDGETS = {"none": 0, "low": 1024, "medium": 8192, "high": 24576}
 _CHOICE_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 _AUDIO_TYPES = {"wav": "audio/wav", "mp3": "audio/mp3"}
+# The thought signature Google documents for function calls it did not sign (Gemini 3 on).
+UNSIGNED = "skip_thought_signature_validator"
+_SIGNING = re.compile(r"(?:models/)?gemini-(\d+)")
 
 
 def refuse(param: str, why: str) -> BadRequest:
@@ -124,6 +133,9 @@ def check(body: dict[str, Any]) -> None:
 def generate_request(body: dict[str, Any]) -> dict[str, Any]:
     """The GenerateContentRequest of a chat body (BadRequest for what does not map)."""
     system, contents = _contents(body.get("messages") or [])
+    version = _SIGNING.match(str(body.get("model")))
+    if version is not None and int(version.group(1)) >= 3:
+        _sign(contents)
     request: dict[str, Any] = {"contents": contents}
     if system:
         request["systemInstruction"] = {"parts": system}
@@ -137,6 +149,16 @@ def generate_request(body: dict[str, Any]) -> dict[str, Any]:
     if config:
         request["generationConfig"] = config
     return request
+
+
+def _sign(contents: list[dict[str, Any]]) -> None:
+    """Give the first function call of each model turn the signature-less signature."""
+    for content in contents:
+        if content["role"] != "model":
+            continue
+        first = next((p for p in content["parts"] if "functionCall" in p), None)
+        if first is not None:
+            first["thoughtSignature"] = UNSIGNED
 
 
 def _generation_config(body: dict[str, Any]) -> dict[str, Any]:

@@ -308,3 +308,26 @@ def test_error_tokens_are_googles_status_and_reasons() -> None:
     assert tokens == ("API_KEY_INVALID", "INVALID_ARGUMENT")
     assert set(tokens) <= SAFE_ERROR_TOKENS
     assert tuple(GEMINI.error_tokens(b"<html>")) == ()
+
+
+@pytest.mark.parametrize(("model", "signed"), [("gemini-3-pro-preview", True), (MODEL, False)])
+def test_replayed_calls_are_signed_for_gemini_3(model: str, signed: bool) -> None:
+    """Gemini 3 refuses replayed function calls without a thought signature: the first call
+    of each model turn carries the one Google documents for unsigned history."""
+    call = {"type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {
+        "model": model,
+        "max_tokens": 3,
+        "messages": [
+            {"role": "user", "content": "oi"},
+            {"role": "assistant", "tool_calls": [{**call, "id": "a"}, {**call, "id": "b"}]},
+            {"role": "tool", "tool_call_id": "a", "content": "1"},
+            {"role": "tool", "tool_call_id": "b", "content": "2"},
+        ],
+    }
+    contents = orjson.loads(GEMINI.request(UPSTREAM, body, "r", {}).data)["contents"]
+    parts = contents[1]["parts"]
+    assert [p.get("thoughtSignature") for p in parts] == (
+        ["skip_thought_signature_validator", None] if signed else [None, None]
+    )
+    assert [p["functionResponse"]["name"] for p in contents[2]["parts"]] == ["f", "f"]
