@@ -132,9 +132,9 @@ def call_of(part: dict[str, Any], index: int) -> tuple[str, str, str] | None:
 def answer_id(data: dict[str, Any]) -> str:
     """The chat id of an answer: Gemini's responseId when it gives one."""
     found = data.get("responseId")
-    return (
-        f"chatcmpl-{found}" if isinstance(found, str) and found else f"chatcmpl-{uuid.uuid4().hex}"
-    )
+    if not isinstance(found, str) or not found:
+        found = uuid.uuid4().hex
+    return f"chatcmpl-{found}"
 
 
 class GeminiDialect:
