@@ -38,6 +38,7 @@ from common.breaker import Breaker, Clock
 from common.catalog import ModelCatalog, Upstream
 from common.dialect import Dialect, WireRequest
 from common.errors import BadRequest, UpstreamBadResponse
+from common.gemini_dialect import GEMINI
 from common.openai_dialect import OPENAI, OPENAI_EMBEDDINGS
 from common.settings import Settings
 from common.sse import read_at_most
@@ -81,7 +82,11 @@ BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
 # The wire protocols upstreams may speak, by the name an Upstream gives (`Upstream.dialect`).
 # An operation other than chat is spoken by `<dialect>:<operation>`.
-DIALECTS: Mapping[str, Dialect] = {"openai": OPENAI, "openai:embeddings": OPENAI_EMBEDDINGS}
+DIALECTS: Mapping[str, Dialect] = {
+    "openai": OPENAI,
+    "openai:embeddings": OPENAI_EMBEDDINGS,
+    "gemini": GEMINI,
+}
 
 
 def _wire(

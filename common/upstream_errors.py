@@ -52,8 +52,19 @@ ECHO_MIN_KEY_LENGTH = 16
 ERROR_BODY_LIMIT = 64 * 1024
 # Upstream error codes and types that may be named to the client: short fixed tokens of the
 # OpenAI API. Anything else an upstream writes (its message, an echo of our headers) is dropped.
+# Google's are its canonical status names and the ErrorInfo reason of a refused key.
 SAFE_ERROR_TOKENS = frozenset(
     {
+        "API_KEY_INVALID",
+        "DEADLINE_EXCEEDED",
+        "FAILED_PRECONDITION",
+        "INTERNAL",
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "UNAUTHENTICATED",
+        "UNAVAILABLE",
         "api_error",
         "authentication_error",
         "context_length_exceeded",

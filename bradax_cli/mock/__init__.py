@@ -30,6 +30,7 @@ headers (credentials left out).
 Modules: `config` (knobs), `behaviours` (one-shot queue and rates), `state` (stats, script),
 `script`, `http` (shared HTTP helpers), `faults` (misbehaviour common to every protocol),
 `openai_api` and `openai_chat` (protocols), `control` (`/_mock/*`), `server` (app and CLI).
+`gemini` and `gemini_wire`: Google's generateContent, with the same switches.
 A new protocol is one module with `routes(state)`, listed in `server.PROTOCOLS`.
 
 Run it with `python -m bradax_cli.mock --port 8090` (or `bradax mock-openai`, or
