@@ -174,8 +174,8 @@ class UpstreamClient:
         found = self._dialects.get(name)
         if found is None:
             raise BadRequest(
-                f"model '{upstream.alias}' is served by a {upstream.dialect} upstream, "
-                f"which does not serve {operation}",
+                f"model '{upstream.alias}' is served by an upstream speaking "
+                f"{upstream.dialect}, which does not serve {operation}",
                 code="model_not_supported",
                 param="model",
             )

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -175,6 +176,8 @@ class GenerateContent:
                 return resp
             todo = words if act.cut_after < 0 else min(words, act.cut_after)
             for i in range(todo):
+                if act.chunk_delay:
+                    await asyncio.sleep(act.chunk_delay)
                 last = i == words - 1 and act.cut_after < 0
                 chunk = {
                     "candidates": [candidate([{"text": _word(i)}], finish if last else None)],
