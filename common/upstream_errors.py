@@ -157,6 +157,12 @@ def safe_token(value: object) -> str | None:
     return value if isinstance(value, str) and value in SAFE_ERROR_TOKENS else None
 
 
+# Error tokens that say the broker's own key was refused, whatever the status (Google
+# answers an invalid key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID): a 502 of ours,
+# never a client error.
+CREDENTIAL_TOKENS = frozenset({"API_KEY_INVALID", "invalid_api_key", "authentication_error"})
+
+
 def answered(status: int, headers: Any, tokens: Iterable[object]) -> Failure:
     """A non-200 answer: its status, Retry-After and the first allow-listed of `tokens`.
 
@@ -232,13 +238,14 @@ def final_error(failure: Failure, attempts: int, timed_out: bool = False) -> Bro
             f"upstream answered a redirect ({status}); redirects are not followed",
             details=details,
         )
-    if status is not None and 400 <= status < 500 and status not in (401, 403, 404):
+    credentials = status in (401, 403) or failure.code in CREDENTIAL_TOKENS
+    if status is not None and 400 <= status < 500 and status != 404 and not credentials:
         return BadRequest(
             f"upstream refused the request (status {status}){said}",
             code="upstream_bad_request",
             details=details,
         )
-    if status in (401, 403):
+    if credentials:
         return UpstreamError(
             f"upstream rejected the broker's credentials (status {status})", details=details
         )

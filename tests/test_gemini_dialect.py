@@ -451,8 +451,8 @@ async def test_an_upstream_400_is_a_400_that_leaks_nothing(broker: Any, mock: Mo
 async def test_a_refused_key_is_named_without_the_key(
     settings: Settings, configure: Any, mock: MockUpstream, router: Any
 ) -> None:
-    """Google answers a wrong key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID: the
-    client's error names that reason, never the key the broker sent."""
+    """Google answers a wrong key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID: that is
+    the broker's credentials refused (a 502), not the client's request, and names no key."""
     wrong = "gm-wrong-" + "z" * 24
     http, tenant, _ = await start_broker(configure, mock, router, api_key=wrong)
     reply = await http.post(
@@ -460,8 +460,8 @@ async def test_a_refused_key_is_named_without_the_key(
         json={"model": ALIAS, "messages": [{"role": "user", "content": "oi"}], "max_tokens": 2},
         headers=tenant.key_auth,
     )
-    assert reply.status_code == 400
-    assert "API_KEY_INVALID" in reply.json()["error"]["message"]
+    assert reply.status_code == 502
+    assert "rejected the broker's credentials" in reply.json()["error"]["message"]
     assert wrong not in reply.text
     assert KEY not in reply.text
     assert mock.stats()["by_outcome"] == {"400": 1}
