@@ -2,16 +2,17 @@
 
 Mapped: system and developer messages become the top-level `system` (text blocks, in order,
 hoisted from wherever they stand); user text and images (a base64 data URL or an http(s) URL)
-become content blocks; assistant text, refusals and `tool_calls` become text and `tool_use`
-blocks (arguments parsed: an empty string is no arguments, anything but a JSON object is a
-400); `tool` messages become `tool_result` blocks of a user turn; consecutive turns of one
-role are merged (Messages alternates roles). Function tools become `{name, description,
-input_schema, strict}`; tool_choice auto / required / none / a named function becomes
-`{type: auto | any | none | tool}`; `parallel_tool_calls: false` is
-`disable_parallel_tool_use`. The token cap (max_completion_tokens, else max_tokens) is the
-required `max_tokens`; temperature (at most 1 there), top_p, stop (`stop_sequences`), user
-or safety_identifier (`metadata.user_id`), service_tier auto / default (`auto` /
-`standard_only`) and stream carry over.
+become content blocks, a part's prompt-cache breakpoint (`cache_control: {type: ephemeral}`,
+as OpenAI-compatible gateways write it for Anthropic models) kept on its block; assistant
+text, refusals and `tool_calls` become text and `tool_use` blocks (arguments parsed: an
+empty string is no arguments, anything but a JSON object is a 400); `tool` messages become
+`tool_result` blocks of a user turn; consecutive turns of one role are merged (Messages
+alternates roles). Function tools become `{name, description, input_schema, strict}`;
+tool_choice auto / required / none / a named function becomes `{type: auto | any | none |
+tool}`; `parallel_tool_calls: false` is `disable_parallel_tool_use`. The token cap
+(max_completion_tokens, else max_tokens) is the required `max_tokens`; temperature (at most
+1 there), top_p, stop (`stop_sequences`), user or safety_identifier (`metadata.user_id`),
+service_tier auto / default (`auto` / `standard_only`) and stream carry over.
 
 Refused with a 400 naming the parameter, before admission (they would change the answer or
 the bill): n > 1, logprobs / top_logprobs, a response_format other than text, non-zero
@@ -131,6 +132,8 @@ def messages_body(body: dict[str, Any]) -> dict[str, Any]:
         out["stop_sequences"] = list(stop)
     temperature = body.get("temperature")
     if temperature is not None:
+        if not isinstance(temperature, int | float) or isinstance(temperature, bool):
+            raise _bad("temperature", "temperature must be a number")
         if temperature > 1:
             raise refused("temperature", "a temperature above 1")
         out["temperature"] = temperature
@@ -204,8 +207,19 @@ def _texts(content: object, where: str) -> list[dict[str, Any]]:
         if kind != "text" or not isinstance(part.get("text"), str):
             raise refused(f"{where}.content[{j}]", f"a '{kind}' part where only text is allowed")
         if part["text"]:
-            blocks.append({"type": "text", "text": part["text"]})
+            block = {"type": "text", "text": part["text"]}
+            blocks.append(_cached(block, part, f"{where}.content[{j}]"))
     return blocks
+
+
+def _cached(block: dict[str, Any], part: dict[str, Any], where: str) -> dict[str, Any]:
+    """The block with the part's prompt-cache breakpoint (`cache_control`), if it has one."""
+    hint = part.get("cache_control")
+    if hint is None:
+        return block
+    if not isinstance(hint, dict) or hint.get("type") != "ephemeral" or set(hint) - {"type", "ttl"}:
+        raise refused(f"{where}.cache_control", "a cache hint other than ephemeral")
+    return {**block, "cache_control": hint}
 
 
 def _user(content: object, where: str) -> list[dict[str, Any]]:
@@ -217,10 +231,14 @@ def _user(content: object, where: str) -> list[dict[str, Any]]:
         at = f"{where}.content[{j}]"
         if kind == "text":
             assert isinstance(part, dict)
-            blocks += _texts(part.get("text"), at)
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _bad(at, f"{at} needs a text")
+            if text:
+                blocks.append(_cached({"type": "text", "text": text}, part, at))
         elif kind == "image_url":
             assert isinstance(part, dict)
-            blocks.append(image(part.get("image_url"), at))
+            blocks.append(_cached(image(part.get("image_url"), at), part, at))
         else:
             raise refused(at, f"a '{kind}' content part")
     return blocks
