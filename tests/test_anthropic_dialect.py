@@ -576,3 +576,24 @@ async def test_the_key_travels_in_x_api_key_and_never_in_an_error(
     assert mock.stats()["by_outcome"] == {"ok": 1, "401": 1}
     rows = await ledger_rows(settings)
     assert [r["status"] for r in rows] == ["success", "upstream_error"]
+
+
+async def test_unusable_answers_are_not_retried_and_charged_at_the_bound(
+    broker: Any, mock: MockUpstream
+) -> None:
+    """A malformed 200 and an answer over the size limit are 502s after one upstream call
+    each (retries configured), ledgered at the bound, never $0."""
+    http, tenant, settings = broker
+    mock.enqueue({"malformed": True}, {"oversize_bytes": 9 * 1024 * 1024})
+    body = {"model": ALIAS, "messages": MESSAGES, "max_tokens": 5}
+    for reason in ("malformed JSON", "exceeds"):
+        reply = await http.post("/v1/chat/completions", json=body, headers=tenant.key_auth)
+        assert reply.status_code == 502, reply.text
+        assert reason in reply.json()["error"]["message"]
+    assert mock.stats()["by_outcome"] == {"malformed": 1, "oversize": 1}
+    rows = await ledger_rows(settings)
+    prompt = chat_bound(MESSAGES, 5, False)
+    assert [(r["status"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [
+        ("upstream_bad_response", prompt, 5)
+    ] * 2
+    assert [r["cost_usd"] for r in rows] == [at_bound(prompt, 5)] * 2

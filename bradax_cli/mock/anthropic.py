@@ -14,7 +14,8 @@ own shapes, with the same one-shot behaviours as the chat endpoint.
   overloaded_error, ...), echo_headers, cut_after_chunks (content deltas), malformed,
   oversize_bytes, `usage` (verbatim in place of the usage: the message's, or the stream's
   message_delta's; "absent" leaves it out) and `cache` (prompt tokens reported as cache
-  reads and writes); see `anthropic_wire` for the token arithmetic.
+  reads and writes); `trailing_zero_usage` does not apply (a Messages stream reports
+  usage once, cumulatively); see `anthropic_wire` for the token arithmetic.
 """
 
 from __future__ import annotations
