@@ -1,5 +1,5 @@
-"""The Anthropic dialect's parts: the request it builds, what it refuses, how it reads answers,
-error bodies and streams; and the mock's Messages protocol served for real."""
+"""The Anthropic dialect's parts: the request it builds, what it refuses, how it reads answers
+and error bodies (streams: test_anthropic_dialect_stream)."""
 
 from __future__ import annotations
 
