@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from common.anthropic_dialect import ANTHROPIC
 from common.breaker import Breaker, Clock
 from common.catalog import ModelCatalog, Upstream
 from common.dialect import Dialect, WireRequest
@@ -85,6 +86,7 @@ BACKOFF_CAP = 8.0
 DIALECTS: Mapping[str, Dialect] = {
     "openai": OPENAI,
     "openai:embeddings": OPENAI_EMBEDDINGS,
+    "anthropic": ANTHROPIC,
     "gemini": GEMINI,
 }
 

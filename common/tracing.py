@@ -47,6 +47,8 @@ _PROVIDERS = {"bedrock": "aws.bedrock", "gemini": "gcp.gemini"}
 def operation_name(api: str) -> str:
     """gen_ai.operation.name of an API face's calls."""
     return "embeddings" if api == "embeddings" else OPERATION
+
+
 SHUTDOWN_SECONDS = 5.0
 _NO_HEADERS: Mapping[str, str] = {}
 _NULL: contextlib.nullcontext[None] = contextlib.nullcontext()

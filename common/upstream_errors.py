@@ -43,7 +43,8 @@ from common.errors import (
     UpstreamTimeout,
 )
 
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+# 529: Anthropic's "overloaded" (its API is busy, not this request at fault).
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 # What an attempt may raise that says the upstream could not be reached or did not answer.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, aiohttp.ClientError, OSError)
 # Keys at least this long are looked for in answers (an answer echoing one is withheld).
@@ -51,8 +52,9 @@ ECHO_MIN_KEY_LENGTH = 16
 # An error body is read only this far (only its code and type are ever used).
 ERROR_BODY_LIMIT = 64 * 1024
 # Upstream error codes and types that may be named to the client: short fixed tokens of the
-# OpenAI API. Anything else an upstream writes (its message, an echo of our headers) is dropped.
-# Google's are its canonical status names and the ErrorInfo reason of a refused key.
+# OpenAI and Anthropic APIs. Anything else an upstream writes (its message, an echo of our
+# headers) is dropped. Google's are its canonical status names and the ErrorInfo reason of a
+# refused key.
 SAFE_ERROR_TOKENS = frozenset(
     {
         "API_KEY_INVALID",
@@ -67,6 +69,7 @@ SAFE_ERROR_TOKENS = frozenset(
         "UNAVAILABLE",
         "api_error",
         "authentication_error",
+        "billing_error",
         "context_length_exceeded",
         "content_filter",
         "content_policy_violation",
@@ -82,11 +85,14 @@ SAFE_ERROR_TOKENS = frozenset(
         "missing_required_parameter",
         "model_not_found",
         "not_found_error",
+        "overloaded_error",
         "permission_error",
         "rate_limit_error",
         "rate_limit_exceeded",
+        "request_too_large",
         "server_error",
         "string_above_max_length",
+        "timeout_error",
         "tokens",
         "requests",
         "unknown_parameter",

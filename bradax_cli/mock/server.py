@@ -16,7 +16,14 @@ from typing import Final
 
 from aiohttp import web
 
-from bradax_cli.mock import control, gemini, openai_api, openai_chat, openai_embeddings
+from bradax_cli.mock import (
+    anthropic,
+    control,
+    gemini,
+    openai_api,
+    openai_chat,
+    openai_embeddings,
+)
 from bradax_cli.mock.config import BadConfig, MockConfig, check_config
 from bradax_cli.mock.http import Route
 from bradax_cli.mock.state import MockState
@@ -25,6 +32,7 @@ PROTOCOLS: Final[tuple[Callable[[MockState], list[Route]], ...]] = (
     openai_api.routes,
     openai_chat.routes,
     openai_embeddings.routes,
+    anthropic.routes,
     gemini.routes,
 )
 """The provider protocols the mock speaks, each a module's `routes`."""

@@ -1,0 +1,148 @@
+"""The Anthropic Messages dialect (`POST <base_url>/messages`, api.anthropic.com/v1 by default).
+
+A chat body is translated to a Messages request (`common.anthropic_body`: what maps, what is
+refused before admission, what is dropped) and the answer back to a chat completion: text
+blocks joined as the content, `tool_use` blocks as tool calls (the input as JSON arguments),
+thinking blocks left out; stop reasons end_turn / stop_sequence / pause_turn -> stop,
+max_tokens -> length, tool_use -> tool_calls, refusal -> content_filter. The key travels in
+`x-api-key`; the client's `anthropic-version` (else 2023-06-01) and `anthropic-beta` go on
+unchanged. Usage: prompt tokens are input + cache creation + cache read tokens (Anthropic
+bills all three, the cache ones at their own prices), completion tokens the output tokens.
+Streams are translated by `common.anthropic_events`. Error bodies name `error.type`.
+
+Anthropic adds a hidden system prompt when tools are given (a few hundred tokens, more with
+each model generation): the reservation adds TOOL_OVERHEAD prompt tokens for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from common import sse
+from common.anthropic_body import messages_body
+from common.anthropic_events import AnthropicTranslator, finish_reason
+from common.catalog import Upstream
+from common.dialect import Answer, EventReader, Translator, WireRequest
+from common.upstream_errors import malformed
+from common.wire import completion, count, dumps, tool_call, usage
+
+VERSION = "2023-06-01"
+# Prompt tokens billed beyond the body: the tool-use system prompt (about 350 tokens on
+# current models, generously covered), else a small framing allowance.
+TOOL_OVERHEAD = 1000
+BASE_OVERHEAD = 10
+
+
+def read_usage(found: object) -> tuple[int, int, int, int] | None:
+    """(prompt, completion, cache read, cache write) of a Messages usage object, or None if a
+    count is not a plain non-negative integer (a missing cache count is 0)."""
+    if not isinstance(found, dict):
+        return None
+    given, output = count(found.get("input_tokens")), count(found.get("output_tokens"))
+    caches = []
+    for name in ("cache_read_input_tokens", "cache_creation_input_tokens"):
+        value = found.get(name)
+        caches.append(0 if value is None else count(value))
+    read, write = caches
+    if given is None or output is None or read is None or write is None:
+        return None
+    return given + read + write, output, read, write
+
+
+class AnthropicDialect:
+    """The `Dialect` of Anthropic's Messages API."""
+
+    def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
+        """BadRequest naming the first feature that does not map to Messages."""
+        messages_body(body)
+
+    def prompt_overhead(self, body: dict[str, Any]) -> int:
+        """The hidden tool-use system prompt when tools are given, else a small allowance."""
+        return TOOL_OVERHEAD if body.get("tools") else BASE_OVERHEAD
+
+    def request(
+        self,
+        upstream: Upstream,
+        body: dict[str, Any],
+        request_id: str,
+        forward: Mapping[str, str],
+    ) -> WireRequest:
+        """The Messages request, with the key in x-api-key and the client's version headers."""
+        headers = {
+            "Content-Type": "application/json",
+            "X-Request-ID": request_id,
+            "User-Agent": "bradax/1.0",
+            "anthropic-version": forward.get("anthropic-version") or VERSION,
+        }
+        beta = forward.get("anthropic-beta")
+        if beta:
+            headers["anthropic-beta"] = beta
+        if upstream.api_key:
+            headers["x-api-key"] = upstream.api_key
+        return WireRequest(f"{upstream.base_url}/messages", headers, dumps(messages_body(body)))
+
+    def answer(self, upstream: Upstream, body: bytes) -> Answer:
+        """A Messages `message` as a chat completion; UpstreamBadResponse if it is not one."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise malformed(upstream, "upstream answered malformed JSON") from None
+        if (
+            not isinstance(data, dict)
+            or data.get("type") != "message"
+            or not isinstance(data.get("content"), list)
+        ):
+            raise malformed(upstream, "upstream answer is not a Messages message", "shape")
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for block in data["content"]:
+            if not isinstance(block, dict):
+                raise malformed(upstream, "upstream answer has a content block that is not one")
+            if block.get("type") == "text" and isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif block.get("type") == "tool_use":
+                arguments = dumps(block.get("input") or {}).decode()
+                calls.append(
+                    tool_call(None, str(block.get("id") or ""), str(block.get("name")), arguments)
+                )
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+        if calls:
+            message["content"] = message["content"] or None
+            message["tool_calls"] = calls
+        found = data.get("usage")
+        counts = read_usage(found)
+        answer_id = data.get("id") if isinstance(data.get("id"), str) else "msg_unknown"
+        model = data.get("model") if isinstance(data.get("model"), str) else upstream.model
+        reason = finish_reason(data.get("stop_reason"))
+        used = usage(*counts) if counts is not None else None
+        chat = completion(str(answer_id), str(model), message, reason, used)
+        if counts is None:
+            return Answer(chat, None, None, found is not None, body=dumps(chat))
+        prompt, output, read, write = counts
+        return Answer(chat, prompt, output, False, read, write, dumps(chat))
+
+    def error_tokens(self, body: bytes) -> Iterable[object]:
+        """`error.type` of a Messages error body."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return ()
+        error = data.get("error") if isinstance(data, dict) else None
+        return (error.get("type"),) if isinstance(error, dict) else ()
+
+    def reader(
+        self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
+    ) -> EventReader:
+        """Server-sent events."""
+        return sse.SSEReader(content, idle, max_event, max_total)
+
+    def translator(self, upstream: Upstream) -> Translator:
+        """A new stream's Messages-to-chat translator."""
+        return AnthropicTranslator(upstream.model)
+
+
+ANTHROPIC = AnthropicDialect()
