@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from common.bedrock_dialect import BEDROCK
 from common.breaker import Breaker, Clock
 from common.catalog import ModelCatalog, Upstream
 from common.dialect import Dialect, WireRequest
@@ -81,7 +82,11 @@ BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
 # The wire protocols upstreams may speak, by the name an Upstream gives (`Upstream.dialect`).
 # An operation other than chat is spoken by `<dialect>:<operation>`.
-DIALECTS: Mapping[str, Dialect] = {"openai": OPENAI, "openai:embeddings": OPENAI_EMBEDDINGS}
+DIALECTS: Mapping[str, Dialect] = {
+    "openai": OPENAI,
+    "openai:embeddings": OPENAI_EMBEDDINGS,
+    "bedrock": BEDROCK,
+}
 
 
 def _wire(

@@ -51,7 +51,8 @@ ECHO_MIN_KEY_LENGTH = 16
 # An error body is read only this far (only its code and type are ever used).
 ERROR_BODY_LIMIT = 64 * 1024
 # Upstream error codes and types that may be named to the client: short fixed tokens of the
-# OpenAI API. Anything else an upstream writes (its message, an echo of our headers) is dropped.
+# OpenAI API and of the native providers' APIs. Anything else an upstream writes (its
+# message, an echo of our headers) is dropped.
 SAFE_ERROR_TOKENS = frozenset(
     {
         "api_error",
@@ -81,6 +82,18 @@ SAFE_ERROR_TOKENS = frozenset(
         "unknown_parameter",
         "unsupported_parameter",
         "unsupported_value",
+        # Amazon Bedrock's error types (AWS JSON `__type`)
+        "AccessDeniedException",
+        "InternalServerException",
+        "ModelErrorException",
+        "ModelNotReadyException",
+        "ModelStreamErrorException",
+        "ModelTimeoutException",
+        "ResourceNotFoundException",
+        "ServiceQuotaExceededException",
+        "ServiceUnavailableException",
+        "ThrottlingException",
+        "ValidationException",
     }
 )
 
