@@ -16,7 +16,7 @@ from typing import Final
 
 from aiohttp import web
 
-from bradax_cli.mock import control, openai_api, openai_chat, openai_embeddings
+from bradax_cli.mock import bedrock, control, openai_api, openai_chat, openai_embeddings
 from bradax_cli.mock.config import BadConfig, MockConfig, check_config
 from bradax_cli.mock.http import Route
 from bradax_cli.mock.state import MockState
@@ -25,6 +25,7 @@ PROTOCOLS: Final[tuple[Callable[[MockState], list[Route]], ...]] = (
     openai_api.routes,
     openai_chat.routes,
     openai_embeddings.routes,
+    bedrock.routes,
 )
 """The provider protocols the mock speaks, each a module's `routes`."""
 
