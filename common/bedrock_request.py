@@ -218,12 +218,14 @@ def _user_blocks(content: object, where: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        place = f"{where}.content[{index}]"
         if kind == "image_url":
-            blocks.append(_image(part.get("image_url"), f"{where}.content[{index}]"))
+            blocks.append(_image(part.get("image_url"), place))
+        elif kind == "text" and isinstance(part.get("text"), str):
+            if part["text"]:
+                blocks.append({"text": part["text"]})
         else:
-            blocks.extend(
-                {"text": text} for text in _texts([part], f"{where}.content[{index}]") if text
-            )
+            raise refuse(place, f"a '{kind}' part here")
     return blocks
 
 

@@ -169,14 +169,16 @@ def test_a_cut_stream_stops_inside_a_message(bedrock: MockUpstream) -> None:
     bedrock.enqueue({"cut_after_chunks": 2})
     url = f"{bedrock.root}/model/{MODEL}/converse-stream"
     body = {"messages": [{"role": "user", "content": [{"text": "oi"}]}]}
-    raw = b""
-    with (
-        pytest.raises(httpx2.HTTPError),
-        httpx2.stream("POST", url, json=body, headers={"Authorization": "Bearer k"}) as reply,
-    ):
-        assert reply.headers["content-type"] == "application/vnd.amazon.eventstream"
-        for piece in reply.iter_raw():
-            raw += piece
+    pieces: list[bytes] = []
+
+    def read() -> None:
+        with httpx2.stream("POST", url, json=body, headers={"Authorization": "Bearer k"}) as reply:
+            assert reply.headers["content-type"] == "application/vnd.amazon.eventstream"
+            pieces.extend(reply.iter_raw())
+
+    with pytest.raises(httpx2.HTTPError):
+        read()
+    raw = b"".join(pieces)
     buffer = EventStreamBuffer()
     buffer.add_data(raw)
     assert [m.headers[":event-type"] for m in buffer] == [
