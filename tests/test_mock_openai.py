@@ -405,6 +405,9 @@ async def test_cut_stream_raw(http: aiohttp.ClientSession) -> None:
             "outcome": "cut",
             "prompt_tokens": 9,
             "completion_tokens": 3,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "protocol": "openai",
         }
     ]
 
@@ -499,6 +502,8 @@ async def test_config_partial_update(http: aiohttp.ClientSession) -> None:
         "reply_words": 3,
         "retry_after": 1,
         "api_key": None,
+        "aws_access_key_id": None,
+        "aws_secret_access_key": None,
         "models": ["m-1"],
         "seed": 7,
     }
@@ -577,6 +582,9 @@ async def test_reset_and_stats(http: aiohttp.ClientSession) -> None:
         "outcome": "ok",
         "prompt_tokens": 9,
         "completion_tokens": 2,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "protocol": "openai",
     }
     cfg = await _control(http, "/_mock/reset")
     assert cfg["reply_words"] == 12

@@ -274,6 +274,6 @@ def routes(state: MockState) -> list[Route]:
     """The routes of Bedrock's Converse API."""
     converse = Converse(state)
     return [
-        ("POST", "/model/{model_id:.+}/converse", converse.converse),
-        ("POST", "/model/{model_id:.+}/converse-stream", converse.converse_stream),
+        ("POST", "/model/{model_id}/converse", converse.converse),
+        ("POST", "/model/{model_id}/converse-stream", converse.converse_stream),
     ]
