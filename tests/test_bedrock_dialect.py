@@ -66,29 +66,36 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
     reset_credentials()
 
 
+def broker_settings(mock: MockUpstream, **overrides: Any) -> dict[str, Any]:
+    """Settings with three Bedrock routes over the mock (SigV4 in eu-west-1, an API key, an
+    inference-profile ARN)."""
+    route = {"provider": "bedrock", "base_url": mock.root, "region": "eu-west-1", **PRICES}
+    return {
+        "openai_api_key": "mock-key",
+        "openai_base_url": mock.url,
+        "openai_max_retries": 1,
+        "model_routes": {
+            ALIAS: {**route, "upstream_model": MODEL},
+            KEYED: {**route, "upstream_model": MODEL, "api_key": KEY},
+            ARN: {**route, "upstream_model": PROFILE},
+        },
+        **overrides,
+    }
+
+
 @pytest.fixture
 async def broker(
     settings: Settings, configure: Any, mock: MockUpstream, router: Any
 ) -> tuple[httpx2.AsyncClient, Tenant, Settings]:
-    """The broker in-process with three Bedrock routes over the mock (SigV4 in eu-west-1, an
-    API key, an inference-profile ARN), the mock verifying signatures and the key."""
+    """The broker in-process over the mock's Bedrock API, the mock verifying signatures and
+    the key."""
     mock.configure(
         models=[MODEL, PROFILE],
         aws_access_key_id=ACCESS,
         aws_secret_access_key=SECRET,
         api_key=KEY,
     )
-    route = {"provider": "bedrock", "base_url": mock.root, "region": "eu-west-1", **PRICES}
-    current = configure(
-        openai_api_key="mock-key",
-        openai_base_url=mock.url,
-        openai_max_retries=1,
-        model_routes={
-            ALIAS: {**route, "upstream_model": MODEL},
-            KEYED: {**route, "upstream_model": MODEL, "api_key": KEY},
-            ARN: {**route, "upstream_model": PROFILE},
-        },
-    )
+    current = configure(**broker_settings(mock))
     transport = httpx2.ASGITransport(app=router, client=("10.9.8.7", 1234))
     http = httpx2.AsyncClient(transport=transport, base_url="http://broker", timeout=30)
     tenant = await create_tenant(current, allowed_models=(ALIAS, KEYED, ARN))
@@ -448,6 +455,28 @@ async def test_an_unfinished_stream_is_charged_at_its_bound(
     assert prompt > 1000 + mock.stats()["calls"][-1]["prompt_tokens"]
     assert rows[0]["cache_write_tokens"] == prompt  # the dearest split
     assert rows[0]["cost_usd"] == at_bound(prompt, 10)
+
+
+async def test_a_stream_message_over_the_limit_ends_the_stream(
+    broker: Any, mock: MockUpstream, configure: Any
+) -> None:
+    """An event-stream message longer than UPSTREAM_MAX_EVENT_BYTES ends the stream as
+    oversize (an error event, never relayed), charged at its bound."""
+    http, tenant, _ = broker
+    current = configure(**broker_settings(mock, upstream_max_event_bytes=4096))
+    mock.enqueue({"oversize_bytes": 10_000})
+    body = {"model": ALIAS, "messages": CHAT, "max_tokens": 3, "stream": True}
+    async with http.stream(
+        "POST", "/v1/chat/completions", json=body, headers=tenant.key_auth
+    ) as reply:
+        text = "".join([part async for part in reply.aiter_text()])
+    assert "upstream_stream_oversize" in text
+    assert "xxxx" not in text
+    rows = await ledger_rows(current)
+    assert [(r["status"], r["http_status"], r["completion_tokens"]) for r in rows] == [
+        ("oversize", 502, 3)
+    ]
+    assert rows[0]["cost_usd"] == at_bound(rows[0]["prompt_tokens"], 3)
 
 
 @pytest.mark.parametrize("stream", [False, True])

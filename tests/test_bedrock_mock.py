@@ -1,11 +1,15 @@
 """The mock's Bedrock Converse API, driven by boto3 itself (its request validation, SigV4
-signing, JSON and event-stream parsing) and by raw HTTP where boto3 would not misbehave."""
+signing, JSON and event-stream parsing) and by raw HTTP where boto3 would not misbehave; and
+the broker's event-stream framing over what the mock's encoder writes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock as mock_lib
 
+import aiohttp
 import boto3
 import botocore.config
 import botocore.exceptions
@@ -15,6 +19,7 @@ import pytest
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 
 from bradax_cli.mock.bedrock_wire import event, exception, frame
+from common.bedrock_stream import EventStreamReader
 from tests.conftest import MockUpstream
 
 MODEL = "anthropic.claude-3-5-sonnet-20241022-v2:0"
@@ -187,3 +192,35 @@ def test_a_cut_stream_stops_inside_a_message(bedrock: MockUpstream) -> None:
         "contentBlockDelta",
     ]
     assert bedrock.stats()["calls"][-1]["outcome"] == "cut"
+
+
+def _content(pieces: list[bytes]) -> aiohttp.StreamReader:
+    """An aiohttp body that has received `pieces`, then its end."""
+    protocol = mock_lib.Mock(_reading_paused=False)
+    content = aiohttp.StreamReader(protocol, 2**16, loop=asyncio.get_running_loop())
+    for piece in pieces:
+        content.feed_data(piece)
+    content.feed_eof()
+    return content
+
+
+async def _framed(pieces: list[bytes], max_event: int = 4096, max_total: int = 1 << 20) -> Any:
+    reader = EventStreamReader(_content(pieces), 5.0, max_event, max_total)
+    return [message async for message in reader.events()], reader.end
+
+
+async def test_the_broker_frames_messages_by_their_prelude() -> None:
+    """Messages split anywhere are framed whole; a partial one at the end is dropped; one
+    over max_event or a stream over max_total is oversize; a prelude too short is lost."""
+    one = event("messageStart", {"role": "assistant"})
+    two = event("messageStop", {"stopReason": "end_turn"})
+    data = one + two
+    framed, end = await _framed([data[i : i + 1] for i in range(len(data))])
+    assert (framed, end) == ([one, two], "eof")
+    framed, end = await _framed([one, two[:20]])
+    assert (framed, end) == ([one], "eof")
+    big = event("contentBlockDelta", {"p": "x" * 5000})
+    assert await _framed([one, big]) == ([one], "oversize")
+    # (all of it has arrived: aiohttp hands it out as one chunk, over the limit as a whole)
+    assert await _framed([one, two], max_total=len(one) + 5) == ([], "oversize")
+    assert await _framed([one, b"\x00\x00\x00\x08" + bytes(12)]) == ([one], "lost")
