@@ -6,7 +6,8 @@ stream, not SSE) is `common.bedrock_stream`'s. A route with an api_key sends it 
 API key (`Authorization: Bearer`); otherwise each request is signed with SigV4 (service
 `bedrock`, the upstream's region) with credentials from the usual AWS chain (environment,
 shared files, container or instance roles), resolved once, on first use, and frozen per
-request (refreshable ones refresh themselves). No credentials found: a 503, never a traceback.
+request (refreshable ones refresh themselves, blocking the loop for that refresh, as botocore
+does). No credentials to be had: a 503 `upstream_credentials_missing`, sending nothing.
 
 Usage: Bedrock's `inputTokens` leaves out the prompt tokens read from or written to the prompt
 cache, so the prompt billed is inputTokens + cacheReadInputTokens + cacheWriteInputTokens;
@@ -47,18 +48,26 @@ def reset_credentials() -> None:
 
 
 def _frozen_credentials() -> Any:
-    """This request's credentials from the AWS chain (found once; 503 when there are none)."""
-    if not _credentials:
-        import botocore.session
+    """This request's credentials from the AWS chain (found once, refreshed by botocore when
+    they expire); a 503 when there are none or they cannot be had."""
+    import botocore.exceptions
+    import botocore.session
 
-        found = botocore.session.get_session().get_credentials()
-        if found is None:
-            raise ServiceUnavailable(
-                "no AWS credentials found to sign the Bedrock request",
-                code="upstream_credentials_missing",
-            )
-        _credentials.append(found)
-    return _credentials[0].get_frozen_credentials()
+    try:
+        if not _credentials:
+            found = botocore.session.get_session().get_credentials()
+            if found is None:
+                raise ServiceUnavailable(
+                    "no AWS credentials found to sign the Bedrock request",
+                    code="upstream_credentials_missing",
+                )
+            _credentials.append(found)
+        return _credentials[0].get_frozen_credentials()
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ServiceUnavailable(
+            f"the AWS credentials to sign the Bedrock request cannot be had ({type(exc).__name__})",
+            code="upstream_credentials_missing",
+        ) from None
 
 
 def sign(url: str, headers: dict[str, str], data: bytes, region: str) -> dict[str, str]:
