@@ -35,6 +35,7 @@ import aiohttp
 import orjson
 
 from common.anthropic_dialect import ANTHROPIC
+from common.bedrock_dialect import BEDROCK
 from common.breaker import Breaker, Clock
 from common.catalog import ModelCatalog, Upstream
 from common.dialect import Dialect, WireRequest
@@ -87,6 +88,7 @@ DIALECTS: Mapping[str, Dialect] = {
     "openai": OPENAI,
     "openai:embeddings": OPENAI_EMBEDDINGS,
     "anthropic": ANTHROPIC,
+    "bedrock": BEDROCK,
     "gemini": GEMINI,
 }
 

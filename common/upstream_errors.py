@@ -52,9 +52,9 @@ ECHO_MIN_KEY_LENGTH = 16
 # An error body is read only this far (only its code and type are ever used).
 ERROR_BODY_LIMIT = 64 * 1024
 # Upstream error codes and types that may be named to the client: short fixed tokens of the
-# OpenAI and Anthropic APIs. Anything else an upstream writes (its message, an echo of our
-# headers) is dropped. Google's are its canonical status names and the ErrorInfo reason of a
-# refused key.
+# OpenAI API and of the native providers' APIs (Anthropic's error types, Bedrock's
+# exception names, Google's canonical status names and the ErrorInfo reason of a refused
+# key). Anything else an upstream writes (its message, an echo of our headers) is dropped.
 SAFE_ERROR_TOKENS = frozenset(
     {
         "API_KEY_INVALID",
@@ -98,6 +98,18 @@ SAFE_ERROR_TOKENS = frozenset(
         "unknown_parameter",
         "unsupported_parameter",
         "unsupported_value",
+        # Amazon Bedrock's error types (AWS JSON `__type`)
+        "AccessDeniedException",
+        "InternalServerException",
+        "ModelErrorException",
+        "ModelNotReadyException",
+        "ModelStreamErrorException",
+        "ModelTimeoutException",
+        "ResourceNotFoundException",
+        "ServiceQuotaExceededException",
+        "ServiceUnavailableException",
+        "ThrottlingException",
+        "ValidationException",
     }
 )
 

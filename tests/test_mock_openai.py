@@ -502,6 +502,8 @@ async def test_config_partial_update(http: aiohttp.ClientSession) -> None:
         "reply_words": 3,
         "retry_after": 1,
         "api_key": None,
+        "aws_access_key_id": None,
+        "aws_secret_access_key": None,
         "models": ["m-1"],
         "seed": 7,
     }

@@ -6,7 +6,9 @@ hostile ones `redirect`, `echo_headers`, `oversize_bytes`, `malformed`, `usage` 
 verbatim instead of the real usage, "absent" leaves it out) and `trailing_zero_usage`; and
 `cache` ({"read": n, "write": m}): that many of the prompt tokens are reported (and billed)
 as prompt-cache reads and writes, in each protocol's own usage fields; `chunk_delay_ms`: a
-pause before each streamed chunk (a model still generating).
+pause before each streamed chunk (a model still generating); `stream_error` (an error type
+of the protocol, e.g. Bedrock's "throttlingException"): a stream sends that error event
+after `cut_after_chunks` pieces (default 1), then ends without its usage.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ QUEUE_KEYS: Final = frozenset(
         "trailing_zero_usage",
         "cache",
         "chunk_delay_ms",
+        "stream_error",
     }
 )
 ABSENT: Final = "absent"
@@ -55,6 +58,7 @@ class Behaviour:
         "redirect",
         "retry_after",
         "status",
+        "stream_error",
         "usage",
         "zero_tail",
     )
@@ -80,6 +84,7 @@ class Behaviour:
         self.zero_tail = False
         self.cache: tuple[int, int] = (0, 0)  # (read, write) prompt tokens, capped by the prompt
         self.chunk_delay = 0.0  # seconds before each streamed chunk
+        self.stream_error: str | None = None  # an error event sent mid-stream
 
     def cache_split(self, prompt: int) -> tuple[int, int]:
         """The (read, write) cache tokens of a prompt of `prompt` tokens (never beyond it)."""
@@ -176,6 +181,11 @@ def parse_behaviour(item: object) -> Behaviour:
         if not (is_int(read) and is_int(write) and read >= 0 and write >= 0):
             raise BadConfig("cache read and write must be integers >= 0")
         act.cache = (read, write)
+    if "stream_error" in item:
+        kind = item["stream_error"]
+        if not isinstance(kind, str) or not kind:
+            raise BadConfig("stream_error must be an error type name")
+        act.stream_error = kind
     if "trailing_zero_usage" in item:
         if not isinstance(item["trailing_zero_usage"], bool):
             raise BadConfig("trailing_zero_usage must be a boolean")

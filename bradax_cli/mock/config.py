@@ -22,6 +22,9 @@ class MockConfig:
     reply_words: int = 12
     retry_after: int | None = 1
     api_key: str | None = None
+    # Bedrock: with both set, SigV4-signed requests are verified against them (else accepted)
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
     models: tuple[str, ...] = field(default=DEFAULT_MODELS)
     seed: int | None = None
 
@@ -56,6 +59,9 @@ def check_config(cfg: MockConfig) -> None:
         raise BadConfig("retry_after must be an integer >= 0 or null")
     if cfg.api_key is not None and not isinstance(cfg.api_key, str):
         raise BadConfig("api_key must be a string or null")
+    for name in ("aws_access_key_id", "aws_secret_access_key"):
+        if getattr(cfg, name) is not None and not isinstance(getattr(cfg, name), str):
+            raise BadConfig(f"{name} must be a string or null")
     if not all(isinstance(m, str) for m in cfg.models):
         raise BadConfig("models must be a list of strings")
     if cfg.seed is not None and not is_int(cfg.seed):

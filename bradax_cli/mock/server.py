@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bradax_cli.mock import (
     anthropic,
+    bedrock,
     control,
     gemini,
     openai_api,
@@ -33,6 +34,7 @@ PROTOCOLS: Final[tuple[Callable[[MockState], list[Route]], ...]] = (
     openai_chat.routes,
     openai_embeddings.routes,
     anthropic.routes,
+    bedrock.routes,
     gemini.routes,
 )
 """The provider protocols the mock speaks, each a module's `routes`."""
