@@ -337,7 +337,7 @@ def _tools(tools: object) -> list[dict[str, Any]]:
         entry["input_schema"] = function.get("parameters") or {"type": "object"}
         if function.get("strict") is True:
             entry["strict"] = True
-        out.append(entry)
+        out.append(_cached(entry, tool, at))
     return out
 
 

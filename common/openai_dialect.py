@@ -21,7 +21,10 @@ from common.bounds import read_usage
 from common.catalog import Upstream
 from common.dialect import Answer, EventReader, StreamTally, Translator, WireRequest
 from common.upstream_errors import malformed
-from common.wire import dumps
+from common.wire import dumps, without_cache_hints
+
+# The key of a prompt-cache breakpoint, as it appears in a body that has one.
+CACHE_HINT = b'"cache_control"'
 
 
 def cached_tokens(usage: object, prompt: int) -> int:
@@ -52,8 +55,12 @@ class OpenAIDialect:
         request_id: str,
         forward: Mapping[str, str],
     ) -> WireRequest:
-        """The body as built, posted to `<base_url><path>` with the route's query."""
-        return WireRequest(self.url(upstream), self.headers(upstream, request_id), dumps(body))
+        """The body as built, posted to `<base_url><path>` with the route's query (prompt-cache
+        breakpoints a Messages client set are Anthropic's: not sent)."""
+        data = dumps(body)
+        if CACHE_HINT in data:
+            data = dumps(without_cache_hints(body))
+        return WireRequest(self.url(upstream), self.headers(upstream, request_id), data)
 
     def url(self, upstream: Upstream) -> str:
         """`<base_url><path>`, with the route's query (Azure's api-version)."""

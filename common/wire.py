@@ -106,3 +106,29 @@ class Chunks:
         if used is not None:
             chunk["usage"] = used
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def without_cache_hints(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without Anthropic's prompt-cache breakpoints (`cache_control` on content
+    parts and tools), for upstreams that cache on their own and know no such field."""
+
+    def parts(content: object) -> object:
+        if not isinstance(content, list):
+            return content
+        return [
+            {k: v for k, v in part.items() if k != "cache_control"}
+            if isinstance(part, dict)
+            else part
+            for part in content
+        ]
+
+    out = dict(body)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        out["messages"] = [
+            {**m, "content": parts(m["content"])} if isinstance(m, dict) and "content" in m else m
+            for m in messages
+        ]
+    if isinstance(body.get("tools"), list):
+        out["tools"] = parts(body["tools"])
+    return out

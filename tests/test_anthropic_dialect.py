@@ -597,3 +597,91 @@ async def test_unusable_answers_are_not_retried_and_charged_at_the_bound(
         ("upstream_bad_response", prompt, 5)
     ] * 2
     assert [r["cost_usd"] for r in rows] == [at_bound(prompt, 5)] * 2
+
+
+async def test_messages_cache_breakpoints_reach_the_anthropic_upstream(
+    broker: Any, mock: MockUpstream
+) -> None:
+    """A Messages client's cache_control on system, text, tool result and tool blocks stays
+    on those blocks upstream; the cache write it causes is priced as one."""
+    http, tenant, settings = broker
+    client = messages_sdk(http, tenant)
+    mock.enqueue({"cache": {"write": 12}})
+    await client.messages.create(
+        model=ALIAS,
+        max_tokens=3,
+        system=[
+            {"type": "text", "text": "Regras longas da casa"},
+            {"type": "text", "text": "Mais regras", "cache_control": {"type": "ephemeral"}},
+        ],
+        tools=[
+            {
+                "name": "lookup",
+                "input_schema": {"type": "object"},
+                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+            }
+        ],
+        messages=[
+            {"role": "user", "content": "procure"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": "achado",
+                        "cache_control": {"type": "ephemeral"},
+                    },
+                    {"type": "text", "text": "e agora?", "cache_control": {"type": "ephemeral"}},
+                ],
+            },
+        ],
+    )
+    sent = last(mock)
+    assert sent["system"] == [
+        {"type": "text", "text": "Regras longas da casa"},
+        {"type": "text", "text": "Mais regras", "cache_control": EPHEMERAL},
+    ]
+    assert sent["tools"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    result, text = sent["messages"][2]["content"]
+    assert result["type"] == "tool_result"
+    assert result["content"] == [{"type": "text", "text": "achado", "cache_control": EPHEMERAL}]
+    assert text == {"type": "text", "text": "e agora?", "cache_control": EPHEMERAL}
+    [row] = await ledger_rows(settings)
+    assert row["cache_write_tokens"] == 12
+    assert ledgered([row]) == billed(mock)
+
+
+async def test_cache_breakpoints_are_not_sent_to_an_openai_upstream(
+    settings: Settings, configure: Any, mock: MockUpstream, router: Any
+) -> None:
+    """OpenAI-compatible upstreams cache on their own and know no cache_control: the same
+    Messages request reaches them without it."""
+    current = configure(openai_api_key="mock-key", openai_base_url=mock.url, openai_max_retries=0)
+    transport = httpx2.ASGITransport(app=router, client=("10.9.8.7", 1234))
+    http = httpx2.AsyncClient(transport=transport, base_url="http://broker", timeout=30)
+    tenant = await create_tenant(current)
+    client = messages_sdk(http, tenant)
+    await client.messages.create(
+        model="gpt-4.1-nano",
+        max_tokens=3,
+        system=[{"type": "text", "text": "Regras", "cache_control": {"type": "ephemeral"}}],
+        tools=[{"name": "lookup", "input_schema": {"type": "object"}, "cache_control": EPHEMERAL}],
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "oi", "cache_control": EPHEMERAL}],
+            }
+        ],
+    )
+    sent = last(mock)
+    assert "cache_control" not in orjson.dumps(sent).decode()
+    assert sent["messages"][0] == {
+        "role": "system",
+        "content": [{"type": "text", "text": "Regras"}],
+    }
+    assert sent["messages"][1]["content"] == [{"type": "text", "text": "oi"}]

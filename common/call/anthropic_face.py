@@ -19,6 +19,7 @@ from starlette.responses import Response
 from common import bounds
 from common.anthropic_schemas import (
     AnthropicMessage,
+    CacheControl,
     ImageBlock,
     MessagesRequest,
     TextBlock,
@@ -76,13 +77,31 @@ def _text(blocks: str | list[TextBlock] | None) -> str:
     return "\n\n".join(block.text for block in blocks)
 
 
+def _hinted(part: dict[str, Any], hint: CacheControl | None) -> dict[str, Any]:
+    """A chat part with its block's prompt-cache breakpoint (kept for Anthropic upstreams,
+    dropped by the others)."""
+    if hint is None:
+        return part
+    return {**part, "cache_control": hint.model_dump(exclude_none=True)}
+
+
+def _content(blocks: str | list[TextBlock] | None) -> str | list[dict[str, Any]]:
+    """Text blocks as a chat content: one string, or text parts when a block is a cache
+    breakpoint (so that the breakpoint stays where the client put it)."""
+    if isinstance(blocks, list) and any(block.cache_control for block in blocks):
+        return [
+            _hinted({"type": "text", "text": block.text}, block.cache_control) for block in blocks
+        ]
+    return _text(blocks)
+
+
 def chat_messages(
     system: str | list[TextBlock] | None, messages: list[AnthropicMessage]
 ) -> list[dict[str, Any]]:
     """`system` and the conversation as chat messages (tool results as `tool` messages)."""
     out: list[dict[str, Any]] = []
     if system:
-        out.append({"role": "system", "content": _text(system)})
+        out.append({"role": "system", "content": _content(system)})
     for message in messages:
         if isinstance(message.content, str):
             out.append({"role": message.role, "content": message.content})
@@ -91,7 +110,7 @@ def chat_messages(
         calls: list[dict[str, Any]] = []
         for block in message.content:
             if isinstance(block, TextBlock):
-                parts.append({"type": "text", "text": block.text})
+                parts.append(_hinted({"type": "text", "text": block.text}, block.cache_control))
             elif isinstance(block, ImageBlock):
                 source = block.source
                 url = (
@@ -99,7 +118,8 @@ def chat_messages(
                     if source.type == "base64"
                     else source.url
                 )
-                parts.append({"type": "image_url", "image_url": {"url": url}})
+                part = {"type": "image_url", "image_url": {"url": url}}
+                parts.append(_hinted(part, block.cache_control))
             elif isinstance(block, ToolUseBlock):
                 arguments = dumps(block.input).decode()  # integers beyond 64 bits too
                 calls.append(
@@ -113,7 +133,10 @@ def chat_messages(
                 content = _text(block.content)
                 if block.is_error:
                     content = f"Error: {content}"
-                out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": content})
+                result: str | list[dict[str, Any]] = content
+                if block.cache_control is not None:
+                    result = [_hinted({"type": "text", "text": content}, block.cache_control)]
+                out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": result})
         if message.role == "assistant":
             text = "".join(p["text"] for p in parts if p["type"] == "text")
             entry: dict[str, Any] = {"role": "assistant", "content": text or None}
@@ -139,14 +162,17 @@ def chat_params(request: MessagesRequest) -> dict[str, Any]:
         params["user"] = request.metadata.user_id
     if request.tools:
         params["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool.name,
-                    **({"description": tool.description} if tool.description else {}),
-                    "parameters": tool.input_schema,
+            _hinted(
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        **({"description": tool.description} if tool.description else {}),
+                        "parameters": tool.input_schema,
+                    },
                 },
-            }
+                tool.cache_control,
+            )
             for tool in request.tools
         ]
     choice = request.tool_choice
