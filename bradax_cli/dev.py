@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -37,9 +38,58 @@ def free_port() -> int:
         return port
 
 
+# What `bradax dev` serves from the mock besides OpenAI's models: one model per native
+# dialect, at its provider's list prices (USD per 1M tokens).
+MOCK_NATIVE_ROUTES: dict[str, dict[str, str]] = {
+    "mock-claude": {
+        "provider": "anthropic",
+        "base": "/v1",
+        "upstream_model": "claude-sonnet-4-5",
+        "input_per_1m": "3",
+        "output_per_1m": "15",
+        "cache_read_per_1m": "0.30",
+        "cache_write_per_1m": "3.75",
+    },
+    "mock-claude-bedrock": {
+        "provider": "bedrock",
+        "base": "",
+        "upstream_model": "anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "input_per_1m": "3",
+        "output_per_1m": "15",
+        "cache_read_per_1m": "0.30",
+        "cache_write_per_1m": "3.75",
+    },
+    "mock-gemini": {
+        "provider": "gemini",
+        "base": "/v1beta",
+        "upstream_model": "gemini-2.5-flash",
+        "input_per_1m": "0.30",
+        "output_per_1m": "2.50",
+        "cache_read_per_1m": "0.03",
+    },
+}
+
+
+def mock_routes(base_url: str) -> str:
+    """MODEL_ROUTES (JSON) of the native-dialect models, served by the mock at `base_url`."""
+    root = base_url.removesuffix("/v1")
+    routes = {
+        alias: {
+            **{k: v for k, v in route.items() if k != "base"},
+            "base_url": root + route["base"],
+            "api_key": "mock-key",
+        }
+        for alias, route in MOCK_NATIVE_ROUTES.items()
+    }
+    return json.dumps(routes)
+
+
 def start_mock_upstream() -> tuple[subprocess.Popen[bytes], str]:
-    """Start the mock OpenAI upstream on a free port; returns the process and its base URL."""
+    """Start the mock upstream on a free port; returns the process and its OpenAI base URL."""
+    from bradax_cli.mock.config import DEFAULT_MODELS
+
     port = free_port()
+    models = [*DEFAULT_MODELS, *(r["upstream_model"] for r in MOCK_NATIVE_ROUTES.values())]
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -49,6 +99,8 @@ def start_mock_upstream() -> tuple[subprocess.Popen[bytes], str]:
             "127.0.0.1",
             "--port",
             str(port),
+            "--models",
+            ",".join(models),
         ],
         stdout=subprocess.PIPE,
     )
@@ -96,6 +148,12 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
             os.environ["OPENAI_API_KEY"] = "mock-key"
             os.environ["OPENAI_BASE_URL"] = base_url
             say(f"OPENAI_API_KEY not set: using the bundled mock upstream at {base_url}")
+            if not os.environ.get("MODEL_ROUTES"):
+                os.environ["MODEL_ROUTES"] = started["model_routes"] = mock_routes(base_url)
+                say(
+                    "  and its Anthropic, Bedrock and Gemini dialects as "
+                    + ", ".join(MOCK_NATIVE_ROUTES)
+                )
         if not os.environ.get("JWT_SECRET_KEY"):
             os.environ["JWT_SECRET_KEY"] = _dev_secret(data)
             say(f"JWT_SECRET_KEY not set: using a random dev secret kept in {data / 'jwt_secret'}")

@@ -1,9 +1,10 @@
 """Where a running `bradax dev` keeps its embedded servers' addresses, for the admin CLI.
 
-`bradax dev` writes `<data dir>/dev.json` (its pid and the DATABASE_URL / REDIS_URL of the
-servers it started) and removes it when it stops. An admin command run in the same
-directory with DATABASE_URL unset reads it, so `bradax project list` next to `bradax dev`
-talks to that instance, never to whatever PostgreSQL listens on the default address.
+`bradax dev` writes `<data dir>/dev.json` (its pid, the DATABASE_URL / REDIS_URL of the
+servers it started and the MODEL_ROUTES it set) and removes it when it stops. An admin
+command run in the same directory with DATABASE_URL unset reads it, so `bradax project list`
+next to `bradax dev` talks to that instance (and knows the models it serves), never to
+whatever PostgreSQL listens on the default address.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def adopt(folder: Path | None = None) -> list[str]:
             "here again, or set DATABASE_URL and REDIS_URL"
         )
     adopted = []
-    for name in ("DATABASE_URL", "REDIS_URL"):
+    for name in ("DATABASE_URL", "REDIS_URL", "MODEL_ROUTES"):
         value = state.get(name.lower())
         if isinstance(value, str) and value and not os.environ.get(name):
             os.environ[name] = value

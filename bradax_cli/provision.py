@@ -281,4 +281,9 @@ async def ensure_demo_project(settings: Settings) -> dict[str, Any] | None:
         admin = await open_admin(stack, settings)
         if await admin.projects.list():
             return None
-        return await create_project(admin, DEMO_PROJECT, DEMO_FIELDS)
+        # The routed models this instance serves (the mock's native dialects in `bradax dev`)
+        served = served_models(settings)
+        routed = tuple(sorted(m for m in settings.model_routes if m in served))
+        allowed = tuple(dict.fromkeys((*(DEMO_FIELDS.allowed_models or ()), *routed)))
+        fields = DEMO_FIELDS.model_copy(update={"allowed_models": allowed})
+        return await create_project(admin, DEMO_PROJECT, fields)

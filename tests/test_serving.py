@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx2
+import openai
 import pytest
 import redis as sync_redis
 
@@ -98,13 +101,15 @@ def test_the_dev_router_serves_every_function(settings: Settings, tmp_path: Path
 @pytest.mark.slow
 def test_bradax_dev_starts_embedded_services(tmp_path: Path) -> None:
     """`bradax dev` with nothing set starts embedded PostgreSQL, Redis and the mock, says so
-    with their URLs, limits wrong keys (401, then 429), lets `bradax project list` in the same
-    directory administer it, and stops everything it started on SIGTERM."""
+    with their URLs, limits wrong keys (401, then 429), serves the demo project every face on
+    every dialect of the mock (the official SDKs unchanged), lets `bradax project list` in the
+    same directory administer it, and stops everything it started on SIGTERM."""
     port = free_port()
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY", "JWT_SECRET_KEY")
+        if key
+        not in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY", "JWT_SECRET_KEY", "MODEL_ROUTES")
         and not key.startswith(("TEST_", "BRADAX_"))
     }
     env["AUTH_FAILURES_PER_PROJECT"] = "3"
@@ -133,6 +138,20 @@ def test_bradax_dev_starts_embedded_services(tmp_path: Path) -> None:
             for _ in range(4)
         ]
         assert statuses == [401, 401, 401, 429]
+        printed = re.search(r"with API key (bx_\S+)", (tmp_path / "dev.log").read_text())
+        assert printed is not None
+        key = printed.group(1)
+        claude = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+        for model in ("mock-claude", "mock-claude-bedrock", "mock-gemini", "gpt-4.1-nano"):
+            message = claude.messages.create(
+                model=model, max_tokens=3, messages=[{"role": "user", "content": "oi"}]
+            )
+            assert (message.content[0].type, message.usage.output_tokens) == ("text", 3), model
+        gpt = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        for model in ("mock-claude", "mock-gemini"):
+            answer = gpt.responses.create(model=model, input="oi", max_output_tokens=3)
+            assert answer.usage is not None
+            assert (answer.status, answer.usage.output_tokens) == ("incomplete", 3), model
         listed = subprocess.run(
             [sys.executable, "-m", "bradax_cli.cli", "project", "list"],
             env=env,

@@ -25,7 +25,7 @@ from bradax_cli.mock import (
     openai_chat,
     openai_embeddings,
 )
-from bradax_cli.mock.config import BadConfig, MockConfig, check_config
+from bradax_cli.mock.config import DEFAULT_MODELS, BadConfig, MockConfig, check_config
 from bradax_cli.mock.http import Route
 from bradax_cli.mock.state import MockState
 
@@ -78,6 +78,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reply-words", type=int, default=12)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="the model names it serves, comma separated (every protocol)",
+    )
     parser.add_argument("--keepalive-timeout", type=float, default=KEEPALIVE_TIMEOUT)
     parser.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT)
     return parser.parse_args(argv)
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             reply_words=args.reply_words,
             api_key=args.api_key,
             seed=args.seed,
+            models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         )
         check_config(config)
     except BadConfig as exc:
