@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from common.dialect import unsupported
 from common.errors import BadRequest
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
@@ -83,11 +84,7 @@ _TIERS = {"auto": "auto", "default": "standard_only"}
 
 def refused(param: str, what: str) -> BadRequest:
     """The 400 for a feature an Anthropic upstream cannot carry."""
-    return BadRequest(
-        f"{param} ({what}) has no equivalent on this model's upstream (Anthropic Messages)",
-        code="parameter_not_supported",
-        param=param,
-    )
+    return unsupported(param, what, "Anthropic Messages")
 
 
 def _bad(param: str, message: str) -> BadRequest:

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import orjson
 
+from common.dialect import unsupported
 from common.errors import BadRequest
 
 # Sent to Converse, each mapped below.
@@ -68,11 +69,7 @@ IMAGE_FORMATS: Final = {
 
 def refuse(param: str, what: str) -> BadRequest:
     """The BadRequest for a feature Bedrock's Converse API cannot carry."""
-    return BadRequest(
-        f"{what} is not supported by this model's upstream (Amazon Bedrock)",
-        code="parameter_not_supported",
-        param=param,
-    )
+    return unsupported(param, what, "Amazon Bedrock")
 
 
 def check(body: dict[str, Any]) -> None:

@@ -19,6 +19,17 @@ from typing import Any, Protocol
 import aiohttp
 
 from common.catalog import Upstream
+from common.errors import BadRequest
+
+
+def unsupported(param: str, what: str, provider: str) -> BadRequest:
+    """The 400 for a chat feature at `param` a provider's protocol cannot carry (`what`: the
+    feature, or why it cannot be carried)."""
+    return BadRequest(
+        f"'{param}' is not supported by this model's upstream ({provider}): {what}",
+        code="parameter_not_supported",
+        param=param,
+    )
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from typing import Any
 
 import orjson
 
+from common.dialect import unsupported
 from common.errors import BadRequest
 
 # Chat fields this module reads (their values may still be refused below).
@@ -98,11 +99,7 @@ _SIGNING = re.compile(r"(?:models/)?gemini-(\d+)")
 
 def refuse(param: str, why: str) -> BadRequest:
     """The 400 for a chat feature Gemini cannot carry."""
-    return BadRequest(
-        f"'{param}' is not supported by this model's provider (Gemini): {why}",
-        code="parameter_not_supported",
-        param=param,
-    )
+    return unsupported(param, why, "Gemini")
 
 
 def check(body: dict[str, Any]) -> None:
