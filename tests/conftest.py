@@ -511,6 +511,17 @@ async def login(http: httpx2.AsyncClient, tenant: Tenant) -> Tenant:
     return tenant
 
 
+def tokens(entry: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(prompt, completion, cache read, cache write) tokens of a ledger row or of a call in
+    the mock's stats (both name them alike)."""
+    return (
+        entry["prompt_tokens"],
+        entry["completion_tokens"],
+        entry["cache_read_tokens"],
+        entry["cache_write_tokens"],
+    )
+
+
 async def ledger_rows(settings: Settings, project_id: str | None = None) -> list[dict[str, Any]]:
     """Drain the ledger stream into PostgreSQL, then return the ledger rows (oldest first)."""
     from common.db import Database

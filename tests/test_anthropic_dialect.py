@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from common.settings import Settings
-from tests.conftest import MockUpstream, Tenant, create_tenant, ledger_rows, login
+from tests.conftest import MockUpstream, Tenant, create_tenant, ledger_rows, login, tokens
 
 ALIAS = "claude-fast"
 UPSTREAM = "claude-haiku-4-5"
@@ -90,36 +90,11 @@ def billed(mock: MockUpstream) -> list[tuple[str, int, int, int, int, Decimal]]:
     """(request id, prompt, completion, cache read, cache write, cost) the mock billed."""
     calls = [c for c in mock.stats()["calls"] if c["outcome"] == "ok"]
     assert all(c["protocol"] == "anthropic" for c in calls)
-    return [
-        (
-            c["request_id"],
-            c["prompt_tokens"],
-            c["completion_tokens"],
-            c["cache_read_tokens"],
-            c["cache_write_tokens"],
-            cost(
-                c["prompt_tokens"],
-                c["completion_tokens"],
-                c["cache_read_tokens"],
-                c["cache_write_tokens"],
-            ),
-        )
-        for c in calls
-    ]
+    return [(c["request_id"], *tokens(c), cost(*tokens(c))) for c in calls]
 
 
 def ledgered(rows: list[dict[str, Any]]) -> list[tuple[str, int, int, int, int, Decimal]]:
-    return [
-        (
-            r["request_id"],
-            r["prompt_tokens"],
-            r["completion_tokens"],
-            r["cache_read_tokens"],
-            r["cache_write_tokens"],
-            r["cost_usd"],
-        )
-        for r in rows
-    ]
+    return [(r["request_id"], *tokens(r), r["cost_usd"]) for r in rows]
 
 
 def last(mock: MockUpstream, what: str = "request") -> Any:

@@ -15,7 +15,7 @@ import pytest
 
 from common.bedrock_dialect import reset_credentials
 from common.settings import Settings
-from tests.conftest import MockUpstream, Tenant, create_tenant, ledger_rows, login
+from tests.conftest import MockUpstream, Tenant, create_tenant, ledger_rows, login, tokens
 
 MODEL = "anthropic.claude-3-5-sonnet-20241022-v2:0"
 PROFILE = "arn:aws:bedrock:eu-west-1:123456789012:inference-profile/eu.anthropic.claude-v1:0"
@@ -113,19 +113,7 @@ def billed(mock: MockUpstream) -> list[tuple[str, int, int, int, int, Decimal]]:
     """(request id, prompt, completion, cache read, cache write, price) of each call the mock
     answered."""
     return [
-        (
-            c["request_id"],
-            c["prompt_tokens"],
-            c["completion_tokens"],
-            c["cache_read_tokens"],
-            c["cache_write_tokens"],
-            cost(
-                c["prompt_tokens"],
-                c["completion_tokens"],
-                c["cache_read_tokens"],
-                c["cache_write_tokens"],
-            ),
-        )
+        (c["request_id"], *tokens(c), cost(*tokens(c)))
         for c in mock.stats()["calls"]
         if c["outcome"] == "ok" and c["protocol"] == "bedrock"
     ]
@@ -133,17 +121,7 @@ def billed(mock: MockUpstream) -> list[tuple[str, int, int, int, int, Decimal]]:
 
 def ledgered(rows: list[dict[str, Any]]) -> list[tuple[str, int, int, int, int, Decimal]]:
     """The same, from ledger rows."""
-    return [
-        (
-            r["request_id"],
-            r["prompt_tokens"],
-            r["completion_tokens"],
-            r["cache_read_tokens"],
-            r["cache_write_tokens"],
-            r["cost_usd"],
-        )
-        for r in rows
-    ]
+    return [(r["request_id"], *tokens(r), r["cost_usd"]) for r in rows]
 
 
 def last(mock: MockUpstream, what: str) -> Any:

@@ -23,7 +23,14 @@ import pytest
 
 from common.pricing import Price
 from common.settings import Settings
-from tests.conftest import MockUpstream, Process, create_tenant, ledger_rows, serve_broker
+from tests.conftest import (
+    MockUpstream,
+    Process,
+    create_tenant,
+    ledger_rows,
+    serve_broker,
+    tokens,
+)
 
 FACES = ("invoke", "openai", "responses", "anthropic")
 MODES = ("plain", "stream", "cut", "abandoned")
@@ -155,18 +162,7 @@ async def test_every_face_is_metered_exactly_on_the_dialect(
     wrong = []
     for face, mode, request_id in made:
         call, row = calls[request_id], rows[request_id]
-        billed = (
-            call["prompt_tokens"],
-            call["completion_tokens"],
-            call["cache_read_tokens"],
-            call["cache_write_tokens"],
-        )
-        charged = (
-            row["prompt_tokens"],
-            row["completion_tokens"],
-            row["cache_read_tokens"],
-            row["cache_write_tokens"],
-        )
+        billed, charged = tokens(call), tokens(row)
         cost = price.cost(*billed[:2], *billed[2:])
         if mode in ("plain", "stream"):
             if (charged, row["cost_usd"], row["status"]) != (billed, cost, "success"):

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from common.settings import Settings
-from tests.conftest import MockUpstream, Tenant, create_tenant, ledger_rows, login
+from tests.conftest import MockUpstream, Tenant, create_tenant, ledger_rows, login, tokens
 
 ALIAS = "gemini-flash"
 UPSTREAM = "gemini-2.5-flash"
@@ -82,16 +82,6 @@ def calls(mock: MockUpstream) -> list[dict[str, Any]]:
     return [c for c in mock.stats()["calls"] if c["outcome"] in ("ok", "cut", "disconnected")]
 
 
-def row_tokens(row: dict[str, Any]) -> tuple[int, int, int, int]:
-    """A ledger row's (prompt, completion, cache read, cache write) tokens."""
-    return (
-        row["prompt_tokens"],
-        row["completion_tokens"],
-        row["cache_read_tokens"],
-        row["cache_write_tokens"],
-    )
-
-
 def bound(body: dict[str, Any]) -> int:
     """The prompt bound of the chat body the broker builds: its bytes, with the upstream's
     model name (common.bounds; no media, no Gemini overhead)."""
@@ -154,7 +144,7 @@ async def test_chat_completion_is_translated_and_metered(broker: Any, mock: Mock
     [call] = calls(mock)
     assert (call["protocol"], call["model"], call["stream"]) == ("gemini", UPSTREAM, False)
     rows = await ledger_rows(settings)
-    assert [(r["request_id"], *row_tokens(r)) for r in rows] == [(call["request_id"], 15, 5, 0, 0)]
+    assert [(r["request_id"], *tokens(r)) for r in rows] == [(call["request_id"], 15, 5, 0, 0)]
     assert rows[0]["cost_usd"] == price(15, 5) == Decimal("0.0000170")
     assert (rows[0]["status"], rows[0]["upstream_model"]) == ("success", UPSTREAM)
 
@@ -182,7 +172,7 @@ async def test_chat_stream_is_translated_and_metered(broker: Any, mock: MockUpst
     assert finishes == ["length"]
     assert usages == [(11, 4)]
     rows = await ledger_rows(settings)
-    assert [(*row_tokens(r), r["streamed"], r["status"]) for r in rows] == [
+    assert [(*tokens(r), r["streamed"], r["status"]) for r in rows] == [
         (11, 4, 0, 0, True, "success")
     ]
     assert rows[0]["cost_usd"] == price(11, 4)
@@ -211,7 +201,7 @@ async def test_cache_reads_are_priced_apart(broker: Any, mock: MockUpstream, str
     [call] = calls(mock)
     assert (call["cache_read_tokens"], call["cache_write_tokens"]) == (6, 0)
     rows = await ledger_rows(settings)
-    assert [row_tokens(r) for r in rows] == [(11, 3, 6, 0)]
+    assert [tokens(r) for r in rows] == [(11, 3, 6, 0)]
     assert rows[0]["cost_usd"] == price(11, 3, read=6) == Decimal("0.00000945")
 
 
@@ -289,7 +279,7 @@ async def test_tool_calls_map_both_ways(broker: Any, mock: MockUpstream) -> None
     ] == [("call_0", "function", "lookup", '{"q":"vida"}')]
     [call] = calls(mock)
     rows = await ledger_rows(settings)
-    assert [row_tokens(r)[:2] for r in rows] == [(call["prompt_tokens"], call["completion_tokens"])]
+    assert [tokens(r)[:2] for r in rows] == [(call["prompt_tokens"], call["completion_tokens"])]
     assert rows[0]["cost_usd"] == price(call["prompt_tokens"], call["completion_tokens"])
 
 
@@ -322,7 +312,7 @@ async def test_streamed_tool_calls_and_text(broker: Any, mock: MockUpstream) -> 
     assert sent(mock)["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
     [call] = calls(mock)
     rows = await ledger_rows(settings)
-    assert [row_tokens(r)[:2] for r in rows] == [(call["prompt_tokens"], call["completion_tokens"])]
+    assert [tokens(r)[:2] for r in rows] == [(call["prompt_tokens"], call["completion_tokens"])]
 
 
 async def test_a_cut_stream_is_charged_at_its_bound(broker: Any, mock: MockUpstream) -> None:
@@ -341,7 +331,7 @@ async def test_a_cut_stream_is_charged_at_its_bound(broker: Any, mock: MockUpstr
     rows = await ledger_rows(settings)
     prompt = bound(stream_body("oi", 8))
     # At the bound, every prompt token is charged at the dearest prompt price (cache writes).
-    assert [(r["status"], *row_tokens(r)) for r in rows] == [("cut", prompt, 8, 0, prompt)]
+    assert [(r["status"], *tokens(r)) for r in rows] == [("cut", prompt, 8, 0, prompt)]
     assert rows[0]["cost_usd"] == price(prompt, 8, write=prompt)
 
 
@@ -373,9 +363,7 @@ async def test_lying_usage_is_charged_at_the_bound(
         _ = [line async for line in reply.aiter_lines()]
     rows = await ledger_rows(settings)
     prompt = bound(body)
-    assert [(r["status"], *row_tokens(r)) for r in rows] == [
-        ("usage_unverified", prompt, 6, 0, prompt)
-    ]
+    assert [(r["status"], *tokens(r)) for r in rows] == [("usage_unverified", prompt, 6, 0, prompt)]
     assert rows[0]["cost_usd"] == price(prompt, 6, write=prompt)
 
 
@@ -399,7 +387,7 @@ async def test_thinking_and_tool_use_tokens_are_billed(
     ) as reply:
         _ = [line async for line in reply.aiter_lines()]
     rows = await ledger_rows(settings)
-    assert [(r["status"], *row_tokens(r)) for r in rows] == [("success", 11, 7, 5, 0)]
+    assert [(r["status"], *tokens(r)) for r in rows] == [("success", 11, 7, 5, 0)]
     assert rows[0]["cost_usd"] == price(11, 7, read=5)
 
 
@@ -414,7 +402,7 @@ async def test_a_trailing_zero_usage_chunk_is_not_read(broker: Any, mock: MockUp
         lines = [line async for line in reply.aiter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     rows = await ledger_rows(settings)
-    assert [(r["status"], *row_tokens(r)) for r in rows] == [("success", 8, 3, 0, 0)]
+    assert [(r["status"], *tokens(r)) for r in rows] == [("success", 8, 3, 0, 0)]
 
 
 async def test_a_429_is_retried(broker: Any, mock: MockUpstream) -> None:
@@ -428,7 +416,7 @@ async def test_a_429_is_retried(broker: Any, mock: MockUpstream) -> None:
     stats = mock.stats()
     assert (stats["requests"], stats["by_outcome"]) == (2, {"429": 1, "ok": 1})
     rows = await ledger_rows(settings)
-    assert [(r["status"], *row_tokens(r)) for r in rows] == [("success", 8, 2, 0, 0)]
+    assert [(r["status"], *tokens(r)) for r in rows] == [("success", 8, 2, 0, 0)]
 
 
 async def test_an_upstream_400_is_a_400_that_leaks_nothing(broker: Any, mock: MockUpstream) -> None:
@@ -638,7 +626,7 @@ async def test_a_blocked_prompt_is_an_empty_filtered_answer(
         choice = orjson.loads(raw)["choices"][0]
         assert (choice["message"]["content"], choice["finish_reason"]) == ("", "content_filter")
     rows = await ledger_rows(settings)
-    assert [(r["status"], *row_tokens(r)) for r in rows] == [("success", 8, 0, 0, 0)]
+    assert [(r["status"], *tokens(r)) for r in rows] == [("success", 8, 0, 0, 0)]
 
 
 async def test_a_malformed_answer_is_a_502(broker: Any, mock: MockUpstream) -> None:

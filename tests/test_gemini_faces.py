@@ -12,8 +12,8 @@ import openai
 import pytest
 
 from common.settings import Settings
-from tests.conftest import MockUpstream, Tenant, ledger_rows
-from tests.test_gemini_dialect import ALIAS, calls, price, row_tokens, sent, start_broker
+from tests.conftest import MockUpstream, Tenant, ledger_rows, tokens
+from tests.test_gemini_dialect import ALIAS, calls, price, sent, start_broker
 
 TOOL_RESULT = {"functionResponse": {"name": "lookup", "response": {"result": "nada"}}}
 
@@ -47,9 +47,9 @@ async def ledgered_as_billed(settings: Settings, mock: MockUpstream) -> list[dic
         (c["request_id"], c["prompt_tokens"], c["completion_tokens"], c["cache_read_tokens"])
         for c in calls(mock)
     ]
-    assert [(r["request_id"], *row_tokens(r)[:3]) for r in rows] == billed
+    assert [(r["request_id"], *tokens(r)[:3]) for r in rows] == billed
     for row in rows:
-        assert row["cost_usd"] == price(*row_tokens(row))
+        assert row["cost_usd"] == price(*tokens(row))
         assert row["cost_usd"] > 0
     return rows
 
@@ -73,7 +73,7 @@ async def test_messages_create_over_gemini(broker: Any, mock: MockUpstream) -> N
     assert request["systemInstruction"] == {"parts": [{"text": "Seja breve"}]}
     assert request["generationConfig"] == {"maxOutputTokens": 5, "stopSequences": ["FIM"]}
     rows = await ledgered_as_billed(settings, mock)
-    assert [row_tokens(r) for r in rows] == [(15, 5, 0, 0)]
+    assert [tokens(r) for r in rows] == [(15, 5, 0, 0)]
 
 
 async def test_messages_tools_over_gemini(broker: Any, mock: MockUpstream) -> None:
