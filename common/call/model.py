@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, Literal, Protocol
 
@@ -105,13 +105,15 @@ class Context:
         prompt, completion = claim.prompt_tokens, claim.completion_tokens
         counts = (prompt, completion) if prompt is not None and completion is not None else None
         charge = bounds.verify(counts, *self.bound(claim.upstream), invalid=claim.usage_invalid)
+        read, write = claim.cache_read, claim.cache_write
         if charge.unverified is None:
-            read, write = claim.cache_read, claim.cache_write
+            if not read and not write:
+                return charge
             if read + write <= charge.prompt:
-                return replace(charge, cache_read=read, cache_write=write)
+                return bounds.Charge(charge.prompt, charge.completion, None, read, write)
             charge = bounds.Charge(*self.bound(claim.upstream), "implausible")
         split = claim.upstream.price.worst_split(charge.prompt)
-        return replace(charge, cache_read=split[0], cache_write=split[1])
+        return bounds.Charge(charge.prompt, charge.completion, charge.unverified, *split)
 
     def chain_upstream(self, alias: str) -> Upstream | None:
         """The upstream of this call's chain serving `alias`, if any."""

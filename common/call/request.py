@@ -80,13 +80,17 @@ def upstream_body(project: Project, call: Call) -> dict[str, Any]:
 
 
 # Client headers that belong to a provider's protocol and reach upstreams of that provider.
-FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+FORWARDED_HEADERS = (b"anthropic-version", b"anthropic-beta")
 
 
 def forwarded(request: Request) -> dict[str, str]:
-    """The provider headers of a client request (to be sent on unchanged)."""
-    headers = request.headers
-    return {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
+    """The provider headers of a client request (to be sent on unchanged; one pass over the
+    raw headers, which are lower-case in ASGI)."""
+    found: dict[str, str] = {}
+    for name, value in request.headers.raw:
+        if name in FORWARDED_HEADERS:
+            found[name.decode()] = value.decode("latin-1")
+    return found
 
 
 def fingerprint(call: Call, body: dict[str, Any]) -> str:
