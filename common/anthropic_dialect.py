@@ -72,6 +72,15 @@ class AnthropicDialect:
         forward: Mapping[str, str],
     ) -> WireRequest:
         """The Messages request, with the key in x-api-key and the client's version headers."""
+        body_bytes = dumps(messages_body(body))
+        return WireRequest(
+            f"{upstream.base_url}/messages", self.headers(upstream, request_id, forward), body_bytes
+        )
+
+    def headers(
+        self, upstream: Upstream, request_id: str, forward: Mapping[str, str]
+    ) -> dict[str, str]:
+        """JSON, our request id, the key in x-api-key, the client's version and beta headers."""
         headers = {
             "Content-Type": "application/json",
             "X-Request-ID": request_id,
@@ -83,7 +92,7 @@ class AnthropicDialect:
             headers["anthropic-beta"] = beta
         if upstream.api_key:
             headers["x-api-key"] = upstream.api_key
-        return WireRequest(f"{upstream.base_url}/messages", headers, dumps(messages_body(body)))
+        return headers
 
     def answer(self, upstream: Upstream, body: bytes) -> Answer:
         """A Messages `message` as a chat completion; UpstreamBadResponse if it is not one."""
@@ -146,3 +155,36 @@ class AnthropicDialect:
 
 
 ANTHROPIC = AnthropicDialect()
+
+
+class AnthropicCountDialect(AnthropicDialect):
+    """`POST <base_url>/messages/count_tokens`: the exact input tokens of a Messages request
+    (free at Anthropic, and not billed here). The answer is `{"input_tokens": n}`."""
+
+    def request(
+        self,
+        upstream: Upstream,
+        body: dict[str, Any],
+        request_id: str,
+        forward: Mapping[str, str],
+    ) -> WireRequest:
+        """The counted parts of the Messages request (no max_tokens, sampling or stream)."""
+        counted = {k: v for k, v in messages_body(body).items() if k in COUNTED}
+        url = f"{upstream.base_url}/messages/count_tokens"
+        return WireRequest(url, self.headers(upstream, request_id, forward), dumps(counted))
+
+    def answer(self, upstream: Upstream, body: bytes) -> Answer:
+        """The count; UpstreamBadResponse unless it is a plain non-negative integer."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise malformed(upstream, "upstream answered malformed JSON") from None
+        tokens = count(data.get("input_tokens")) if isinstance(data, dict) else None
+        if tokens is None:
+            raise malformed(upstream, "upstream answer is not a token count", "shape")
+        return Answer({"input_tokens": tokens}, tokens, 0, False)
+
+
+# What count_tokens counts of a Messages request.
+COUNTED = frozenset({"model", "system", "messages", "tools", "tool_choice"})
+ANTHROPIC_COUNT = AnthropicCountDialect()

@@ -41,6 +41,7 @@ from common.errors import (
     ProjectSuspended,
     ServiceUnavailable,
     Unauthorized,
+    UpstreamError,
 )
 from common.http import JSONResponse, read_json_body
 from common.ledger import Drainer, PendingSettles
@@ -53,6 +54,9 @@ from common.sessions import FailureGate
 from common.settings import Settings
 from common.telemetry import Telemetry
 from common.tracing import OVERHEAD_HEADER, CallTrace, Tracing, current, error_type, step
+
+# Whether /v1/messages/count_tokens counted at the upstream or estimated.
+COUNT_HEADER = "X-Bradax-Token-Count"
 
 
 def _all_overhead(
@@ -197,10 +201,31 @@ class Invoker:
         principal = await self.credentials.verify(request, api_key_allowed=True, x_api_key=True)
         await self.auth.check_revocation(principal)
         project = await self._project(principal)
-        body = await read_json_body(request, self.settings.max_body_bytes)
-        counted = anthropic_count.parse(body)
-        req.upstream_chain(self.client.catalog, project, counted.model)
-        return JSONResponse({"input_tokens": anthropic_count.estimate(counted)})
+        raw = await read_json_body(request, self.settings.max_body_bytes)
+        counted = anthropic_count.parse(raw)
+        upstream = req.upstream_chain(self.client.catalog, project, counted.model)[0]
+        if upstream.dialect == "anthropic":
+            body = anthropic_count.chat_body(counted)
+            self.client.check([upstream], body, "chat")
+            with step("screen"):
+                body = await self.pii.request(project, body, len(raw))
+            try:
+                with step("upstream"):
+                    result = await self.client.complete(
+                        [upstream],
+                        req.payload(body),
+                        request.state.request_id,
+                        self.client.deadline(),
+                        operation="count_tokens",
+                        forward=req.forwarded(request),
+                    )
+                return JSONResponse(
+                    {"input_tokens": result.prompt_tokens}, headers={COUNT_HEADER: "upstream"}
+                )
+            except (UpstreamError, ServiceUnavailable):
+                pass  # the count is advisory: an estimate serves while the upstream cannot
+        tokens = anthropic_count.estimate(counted)
+        return JSONResponse({"input_tokens": tokens}, headers={COUNT_HEADER: "estimate"})
 
     # -- before admission: refusals are audited --------------------------------------------
 

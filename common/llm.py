@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from common.anthropic_dialect import ANTHROPIC
+from common.anthropic_dialect import ANTHROPIC, ANTHROPIC_COUNT
 from common.bedrock_dialect import BEDROCK
 from common.breaker import Breaker, Clock
 from common.catalog import ModelCatalog, Upstream
@@ -88,6 +88,7 @@ DIALECTS: Mapping[str, Dialect] = {
     "openai": OPENAI,
     "openai:embeddings": OPENAI_EMBEDDINGS,
     "anthropic": ANTHROPIC,
+    "anthropic:count_tokens": ANTHROPIC_COUNT,
     "bedrock": BEDROCK,
     "gemini": GEMINI,
 }

@@ -660,3 +660,37 @@ async def test_cache_breakpoints_are_not_sent_to_an_openai_upstream(
         "content": [{"type": "text", "text": "Regras"}],
     }
     assert sent["messages"][1]["content"] == [{"type": "text", "text": "oi"}]
+
+
+async def test_count_tokens_is_counted_by_the_anthropic_upstream(
+    broker: Any, mock: MockUpstream
+) -> None:
+    """count_tokens on an Anthropic route asks the upstream's own count_tokens (no max_tokens,
+    the beta header along): exactly what /v1/messages is then billed; nothing is ledgered for
+    the count; when the upstream cannot answer, the estimate serves and says so."""
+    http, tenant, settings = broker
+    client = messages_sdk(http, tenant)
+    request: Any = {
+        "model": ALIAS,
+        "system": "Seja breve",
+        "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "Explique seguros de vida"}],
+    }
+    beta = {"anthropic-beta": "token-counting-2024-11-01"}
+    raw = await client.messages.with_raw_response.count_tokens(**request, extra_headers=beta)
+    counted = (await raw.parse()).input_tokens
+    assert raw.headers["x-bradax-token-count"] == "upstream"
+    assert set(last(mock)) == {"model", "system", "messages", "tools"}
+    assert last(mock, "headers")["anthropic-beta"] == beta["anthropic-beta"]
+    await client.messages.create(**request, max_tokens=2)
+    [call] = [c for c in mock.stats()["calls"] if c["outcome"] == "ok"]
+    assert call["prompt_tokens"] == counted
+    assert len(await ledger_rows(settings)) == 1  # the message, not the count
+    mock.enqueue({"status": 500}, {"status": 500}, {"status": 500})
+    fallback = await http.post(
+        "/v1/messages/count_tokens", json=request, headers={"x-api-key": tenant.api_key}
+    )
+    assert fallback.status_code == 200, fallback.text
+    assert fallback.headers["x-bradax-token-count"] == "estimate"
+    assert fallback.json()["input_tokens"] > 0
+    assert mock.stats()["by_outcome"]["500"] == 3  # tried as any call is, then estimated

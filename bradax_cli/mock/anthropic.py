@@ -61,8 +61,8 @@ class Messages:
             request, model, stream, outcome, prompt, completion, cache=cache, protocol=PROTOCOL
         )
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1/messages."""
+    async def _intake(self, request: web.Request) -> dict[str, Any] | web.StreamResponse:
+        """A counted request's JSON body, or the answer refusing it (key, slow or bad body)."""
         state = self.state
         state.requests += 1
         key = state.config.api_key
@@ -71,12 +71,48 @@ class Messages:
             self._record(request, None, False, "401")
             return wire.error(401, "invalid x-api-key")
         try:
-            body = await read_json_object(request, state.body_timeout)
+            return await read_json_object(request, state.body_timeout)
         except Refused as refused:
             self._record(request, None, False, refused.outcome)
             if refused.outcome == "400":
                 return wire.error(400, "The request body is not a valid JSON object.")
             return refused.response
+
+    def _remember(self, request: web.Request, body: dict[str, Any]) -> None:
+        """Keep the request's body and headers (credentials left out) for the tests."""
+        self.state.last_body = body
+        self.state.last_headers = {
+            name.lower(): value
+            for name, value in request.headers.items()
+            if name.lower() not in _HIDDEN
+        }
+
+    async def count(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/messages/count_tokens: the prompt tokens /v1/messages would bill (free)."""
+        body = await self._intake(request)
+        if not isinstance(body, dict):
+            return body
+        bad = wire.invalid({**body, "max_tokens": 1}, self.state.models)
+        if bad is None and set(body) - COUNTED:
+            bad = wire.error(
+                400, f"{sorted(set(body) - COUNTED)[0]}: Extra inputs are not permitted"
+            )
+        if bad is not None:
+            self._record(request, body.get("model"), False, str(bad.status))
+            return bad
+        self._remember(request, body)
+        faulted = await self._fault(request, self.state.next_behaviour(), body["model"], False)
+        if faulted is not None:
+            return faulted
+        self._record(request, body["model"], False, "count")
+        return web.json_response({"input_tokens": wire.prompt_tokens(body)})
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/messages."""
+        state = self.state
+        body = await self._intake(request)
+        if not isinstance(body, dict):
+            return body
         model = body.get("model")
         stream = body.get("stream") is True
         bad = (
@@ -88,12 +124,7 @@ class Messages:
             self._record(request, model, stream, str(bad.status))
             return bad
         state.last_messages = body["messages"]
-        state.last_body = body
-        state.last_headers = {
-            name.lower(): value
-            for name, value in request.headers.items()
-            if name.lower() not in _HIDDEN
-        }
+        self._remember(request, body)
         model = str(model)  # checked by `invalid`
         act = state.next_behaviour()
         faulted = await self._fault(request, act, model, stream)
@@ -284,4 +315,9 @@ def _tool_use(arguments: str) -> dict[str, Any]:
 
 def routes(state: MockState) -> list[Route]:
     """The routes of the Messages protocol."""
-    return [("POST", PATH, Messages(state).handle)]
+    messages = Messages(state)
+    return [("POST", PATH, messages.handle), ("POST", PATH + "/count_tokens", messages.count)]
+
+
+# What count_tokens takes of a Messages request.
+COUNTED: Final = frozenset({"model", "system", "messages", "tools", "tool_choice", "thinking"})

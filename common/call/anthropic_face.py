@@ -20,6 +20,7 @@ from common import bounds
 from common.anthropic_schemas import (
     AnthropicMessage,
     CacheControl,
+    CountTokensRequest,
     ImageBlock,
     MessagesRequest,
     TextBlock,
@@ -160,6 +161,12 @@ def chat_params(request: MessagesRequest) -> dict[str, Any]:
             params[name] = value
     if request.metadata is not None and request.metadata.user_id:
         params["user"] = request.metadata.user_id
+    return {**params, **chat_tools(request)}
+
+
+def chat_tools(request: CountTokensRequest) -> dict[str, Any]:
+    """The chat `tools` and `tool_choice` of a Messages request's tools."""
+    params: dict[str, Any] = {}
     if request.tools:
         params["tools"] = [
             _hinted(
