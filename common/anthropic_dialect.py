@@ -56,6 +56,8 @@ def read_usage(found: object) -> tuple[int, int, int, int] | None:
 class AnthropicDialect:
     """The `Dialect` of Anthropic's Messages API."""
 
+    blocking = False
+
     def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
         """BadRequest naming the first feature that does not map to Messages."""
         messages_body(body)

@@ -6,8 +6,9 @@ stream, not SSE) is `common.bedrock_stream`'s. A route with an api_key sends it 
 API key (`Authorization: Bearer`); otherwise each request is signed with SigV4 (service
 `bedrock`, the upstream's region) with credentials from the usual AWS chain (environment,
 shared files, container or instance roles), resolved once, on first use, and frozen per
-request (refreshable ones refresh themselves, blocking the loop for that refresh, as botocore
-does). No credentials to be had: a 503 `upstream_credentials_missing`, sending nothing.
+request (refreshable ones refresh themselves); the request is built in a worker thread, so
+neither a lookup nor a refresh blocks the event loop. No credentials to be had: a 503
+`upstream_credentials_missing`, sending nothing.
 
 Usage: Bedrock's `inputTokens` leaves out the prompt tokens read from or written to the prompt
 cache, so the prompt billed is inputTokens + cacheReadInputTokens + cacheWriteInputTokens;
@@ -88,6 +89,9 @@ def answer_id() -> str:
 
 class BedrockDialect:
     """The `Dialect` of Bedrock's Converse API."""
+
+    # Signing may look credentials up or refresh them (network calls): off the event loop.
+    blocking = True
 
     def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
         """BadRequest naming the first feature Converse cannot carry."""

@@ -93,6 +93,9 @@ class Translator(Protocol):
 class Dialect(Protocol):
     """One upstream wire protocol."""
 
+    # request() may block (an AWS credential lookup or refresh): it runs in a worker thread.
+    blocking: bool
+
     def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
         """BadRequest naming the first feature of a chat body this protocol cannot carry
         (asked before admission, for every upstream of the chain)."""

@@ -140,6 +140,8 @@ def answer_id(data: dict[str, Any]) -> str:
 class GeminiDialect:
     """The `Dialect` of Gemini's generateContent."""
 
+    blocking = False
+
     def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
         """BadRequest naming the first feature with no Gemini equivalent."""
         check(body)

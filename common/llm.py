@@ -94,15 +94,19 @@ DIALECTS: Mapping[str, Dialect] = {
 }
 
 
-def _wire(
+async def _wire(
     dialect: Dialect,
     upstream: Upstream,
     body: dict[str, Any],
     request_id: str,
     forward: Mapping[str, str],
 ) -> WireRequest:
-    """The dialect's request, plus the trace's `traceparent` when the call is traced."""
-    wire = dialect.request(upstream, body, request_id, forward)
+    """The dialect's request (built in a worker thread when it may block), plus the trace's
+    `traceparent` when the call is traced."""
+    if dialect.blocking:
+        wire = await asyncio.to_thread(dialect.request, upstream, body, request_id, forward)
+    else:
+        wire = dialect.request(upstream, body, request_id, forward)
     trace = outgoing_headers()
     if trace:
         wire.headers.update(trace)
@@ -215,7 +219,7 @@ class UpstreamClient:
 
         async def attempt(upstream: Upstream, remaining: float) -> Completion | Failure:
             dialect = self.dialect(upstream, operation)
-            wire = _wire(dialect, upstream, payload(upstream), request_id, forward or {})
+            wire = await _wire(dialect, upstream, payload(upstream), request_id, forward or {})
             session = self._get_session()
             timeout = aiohttp.ClientTimeout(total=remaining)
             async with session.post(
@@ -267,7 +271,7 @@ class UpstreamClient:
 
         async def attempt(upstream: Upstream, remaining: float) -> StreamCall | Failure:
             dialect = self.dialect(upstream)
-            wire = _wire(dialect, upstream, payload(upstream), request_id, forward or {})
+            wire = await _wire(dialect, upstream, payload(upstream), request_id, forward or {})
             session = self._get_session()
             timeout = aiohttp.ClientTimeout(total=None, connect=remaining, sock_read=None)
             reply = await asyncio.wait_for(

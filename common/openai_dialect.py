@@ -40,6 +40,7 @@ class OpenAIDialect:
     """The `Dialect` of OpenAI-compatible chat completions."""
 
     path = "/chat/completions"
+    blocking = False
 
     def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
         """Every chat feature is the upstream's own to accept or refuse."""

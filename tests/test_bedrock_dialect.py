@@ -4,6 +4,9 @@ ledgered exactly as the mock billed, at the route's prices (cache reads and writ
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -612,3 +615,40 @@ async def test_no_aws_credentials_is_a_503_before_any_request(
     assert reply.json()["error"]["code"] == "upstream_credentials_missing"
     assert mock.stats()["requests"] == 0
     assert [r["cost_usd"] for r in await ledger_rows(settings)] == [Decimal(0)]
+
+
+async def test_a_slow_credential_lookup_does_not_block_other_requests(
+    broker: Any, mock: MockUpstream, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Credentials from a `credential_process` that takes a second: the signed call waits for
+    them, the broker's other requests do not (the request is built off the event loop)."""
+    http, tenant, _ = broker
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    issued = {"Version": 1, "AccessKeyId": ACCESS, "SecretAccessKey": SECRET}
+    script = tmp_path / "creds.py"
+    script.write_text(f"import json, time\ntime.sleep(1.0)\nprint(json.dumps({issued!r}))\n")
+    (tmp_path / "config").write_text(f"[default]\ncredential_process = {sys.executable} {script}\n")
+    reset_credentials()
+
+    async def signed() -> tuple[int, float]:
+        started = time.monotonic()
+        body = {"model": ALIAS, "messages": CHAT, "max_tokens": 2}
+        reply = await http.post("/v1/chat/completions", json=body, headers=tenant.key_auth)
+        return reply.status_code, time.monotonic() - started
+
+    async def meanwhile() -> list[float]:
+        """How late each of a few requests, due every 0.2 s, was answered."""
+        began = time.monotonic()
+        late = []
+        for n in range(1, 5):
+            await asyncio.sleep(max(0.0, began + 0.2 * n - time.monotonic()))
+            listed = await http.get("/v1/models", headers=tenant.key_auth)
+            assert listed.status_code == 200
+            late.append(time.monotonic() - (began + 0.2 * n))
+        return late
+
+    (status, waited), others = await asyncio.gather(signed(), meanwhile())
+    assert status == 200
+    assert waited >= 1.0
+    assert max(others) < 0.5, others
