@@ -7,7 +7,8 @@ image's `detail` has no equivalent and is dropped) -> text / image blocks; assis
 consecutive turns of one role are merged (Converse wants them alternating). `tools` ->
 `toolConfig.tools[].toolSpec`; `tool_choice` auto / required / a function -> auto / any /
 tool; `max_tokens` (or `max_completion_tokens`), `temperature`, `top_p`, `stop` ->
-`inferenceConfig`.
+`inferenceConfig`. A prompt-cache breakpoint (`cache_control` on a part, a tool, a system or
+tool message) is a `cachePoint` block after it.
 
 Refused (BadRequest naming the parameter): n > 1, logprobs, top_logprobs, response_format
 other than text, seed, non-zero presence / frequency penalties, logit_bias, audio output and
@@ -27,6 +28,8 @@ import orjson
 from common.dialect import unsupported
 from common.errors import BadRequest
 
+# A prompt-cache breakpoint: what comes before it in its list is cached.
+CACHE_POINT: Final = {"cachePoint": {"type": "default"}}
 # Sent to Converse, each mapped below.
 MAPPED: Final = frozenset(
     {
@@ -141,6 +144,8 @@ def _tool_config(tools: object, choice: object) -> dict[str, Any] | None:
         if isinstance(function.get("strict"), bool):
             spec["strict"] = function["strict"]
         specs.append({"toolSpec": spec})
+        if _breakpoint(tool, f"tools[{index}]"):
+            specs.append(CACHE_POINT)
     config: dict[str, Any] = {"tools": specs}
     if choice == "auto":
         config["toolChoice"] = {"auto": {}}
@@ -173,6 +178,8 @@ def _messages(messages: object) -> tuple[list[dict[str, Any]], list[dict[str, An
         content = message.get("content")
         if role in ("system", "developer"):
             system.extend({"text": text} for text in _texts(content, where) if text)
+            if _breakpoints(content, where):
+                system.append(CACHE_POINT)
             continue
         if role == "user":
             turn_role, blocks = "user", _user_blocks(content, where)
@@ -180,6 +187,8 @@ def _messages(messages: object) -> tuple[list[dict[str, Any]], list[dict[str, An
             turn_role, blocks = "assistant", _assistant_blocks(message, where)
         elif role == "tool":
             turn_role, blocks = "user", [_tool_result(message, where)]
+            if _breakpoints(content, where):
+                blocks.append(CACHE_POINT)
         else:
             raise refuse(f"{where}.role", f"a '{role}' message")
         if turns and turns[-1]["role"] == turn_role:
@@ -223,7 +232,31 @@ def _user_blocks(content: object, where: str) -> list[dict[str, Any]]:
                 blocks.append({"text": part["text"]})
         else:
             raise refuse(place, f"a '{kind}' part here")
+        if _breakpoint(part, place):
+            blocks.append(CACHE_POINT)
     return blocks
+
+
+def _breakpoint(part: dict[str, Any], where: str) -> bool:
+    """Whether a part or tool is a prompt-cache breakpoint (Anthropic's `cache_control`,
+    which Converse writes as a `cachePoint` block after it)."""
+    hint = part.get("cache_control")
+    if hint is None:
+        return False
+    if not isinstance(hint, dict) or hint.get("type") != "ephemeral":
+        raise refuse(f"{where}.cache_control", "a cache hint other than ephemeral")
+    return True
+
+
+def _breakpoints(content: object, where: str) -> bool:
+    """Whether any part of a content is a prompt-cache breakpoint."""
+    if not isinstance(content, list):
+        return False
+    return any(
+        _breakpoint(part, f"{where}.content[{i}]")
+        for i, part in enumerate(content)
+        if isinstance(part, dict)
+    )
 
 
 def _image(spec: object, where: str) -> dict[str, Any]:

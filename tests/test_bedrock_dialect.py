@@ -652,3 +652,42 @@ async def test_a_slow_credential_lookup_does_not_block_other_requests(
     assert status == 200
     assert waited >= 1.0
     assert max(others) < 0.5, others
+
+
+async def test_cache_breakpoints_become_cache_points(broker: Any, mock: MockUpstream) -> None:
+    """A Messages client's cache_control on system, tool, text and tool-result blocks is a
+    Converse cachePoint after each; the cache write it causes is priced as one."""
+    http, tenant, settings = broker
+    client = anthropic.AsyncAnthropic(
+        base_url="http://broker", http_client=http, max_retries=0, api_key=tenant.api_key
+    )
+    point = {"cachePoint": {"type": "default"}}
+    hint: Any = {"type": "ephemeral"}
+    mock.enqueue({"cache": {"write": 9}})
+    await client.messages.create(
+        model=ALIAS,
+        max_tokens=3,
+        system=[{"type": "text", "text": "Regras da casa", "cache_control": hint}],
+        tools=[{"name": "lookup", "input_schema": {"type": "object"}, "cache_control": hint}],
+        messages=[
+            {"role": "user", "content": "procure"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "lookup", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "achado"},
+                    {"type": "text", "text": "e agora?", "cache_control": hint},
+                ],
+            },
+        ],
+    )
+    sent = last(mock, "request")
+    assert sent["system"] == [{"text": "Regras da casa"}, point]
+    assert sent["toolConfig"]["tools"][1] == point
+    assert sent["messages"][2]["content"][-2:] == [{"text": "e agora?"}, point]
+    [row] = await ledger_rows(settings)
+    assert row["cache_write_tokens"] == 9
+    assert ledgered([row]) == billed(mock)

@@ -44,7 +44,7 @@ REQUEST_FIELDS: Final = frozenset(
         "performanceConfig",
     }
 )
-BLOCK_KINDS: Final = frozenset({"text", "image", "document", "toolUse", "toolResult"})
+BLOCK_KINDS: Final = frozenset({"text", "image", "document", "toolUse", "toolResult", "cachePoint"})
 _HEADER_STRING: Final = 7
 
 
