@@ -145,6 +145,10 @@ class AnthropicDialect:
         error = data.get("error") if isinstance(data, dict) else None
         return (error.get("type"),) if isinstance(error, dict) else ()
 
+    def retry_delay(self, body: bytes) -> float | None:
+        """None: the wait is in Retry-After, if anywhere."""
+        return None
+
     def reader(
         self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
     ) -> EventReader:

@@ -184,6 +184,10 @@ class BedrockDialect:
             return ()
         return (found.rpartition("#")[2].partition(":")[0],)
 
+    def retry_delay(self, body: bytes) -> float | None:
+        """None: the wait is in Retry-After, if anywhere."""
+        return None
+
     def reader(
         self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
     ) -> EventReader:

@@ -124,6 +124,11 @@ class Dialect(Protocol):
         """The error code and type an error body names, preferred first (filtered later)."""
         ...
 
+    def retry_delay(self, body: bytes) -> float | None:
+        """Seconds an error body asks the caller to wait, when the protocol says it there
+        rather than in Retry-After (None: it does not)."""
+        ...
+
     def reader(
         self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
     ) -> EventReader:

@@ -137,6 +137,10 @@ def answer_id(data: dict[str, Any]) -> str:
     return f"chatcmpl-{found}"
 
 
+# The longest wait a RetryInfo may ask for that is relayed (Retry-After) or honoured.
+MAX_RETRY_DELAY = 3600.0
+
+
 class GeminiDialect:
     """The `Dialect` of Gemini's generateContent."""
 
@@ -233,6 +237,26 @@ class GeminiDialect:
             else []
         )
         return (*reasons, error.get("status"))
+
+    def retry_delay(self, body: bytes) -> float | None:
+        """The `retryDelay` of a RetryInfo detail ("30s", "1.5s"), at most MAX_RETRY_DELAY."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        error = data.get("error") if isinstance(data, dict) else None
+        details = error.get("details") if isinstance(error, dict) else None
+        for detail in details if isinstance(details, list) else ():
+            delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+            if isinstance(delay, str) and delay.endswith("s"):
+                try:
+                    seconds = float(delay[:-1])
+                except ValueError:
+                    return None
+                if seconds != seconds:  # NaN
+                    return None
+                return min(max(seconds, 0.0), MAX_RETRY_DELAY)
+        return None
 
     def reader(
         self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int

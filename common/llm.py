@@ -113,6 +113,15 @@ async def _wire(
     return wire
 
 
+def _refusal(dialect: Dialect, reply: aiohttp.ClientResponse, body: bytes) -> Failure:
+    """A non-200 answer as a Failure: Retry-After from its headers, else the wait its body
+    asks for (Google's RetryInfo)."""
+    failure = answered(reply.status, reply.headers, dialect.error_tokens(body))
+    if failure.retry_after is None:
+        failure.retry_after = dialect.retry_delay(body)
+    return failure
+
+
 def backoff(attempt: int, rng: random.Random) -> float:
     """Full-jitter exponential backoff for retry number `attempt` (1-based)."""
     return rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (attempt - 1))))
@@ -231,7 +240,7 @@ class UpstreamClient:
             ) as reply:
                 if reply.status != 200:
                     body = await read_at_most(reply, ERROR_BODY_LIMIT)
-                    return answered(reply.status, reply.headers, dialect.error_tokens(body or b""))
+                    return _refusal(dialect, reply, body or b"")
                 body = await read_at_most(reply, self._max_response)
                 if body is None:
                     reply.close()  # stop the transfer; the rest is not wanted
@@ -291,7 +300,7 @@ class UpstreamClient:
                     )
                 finally:
                     reply.close()
-                return answered(reply.status, reply.headers, dialect.error_tokens(body or b""))
+                return _refusal(dialect, reply, body or b"")
             return StreamCall(
                 upstream,
                 reply,

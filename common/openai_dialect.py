@@ -111,6 +111,10 @@ class OpenAIDialect:
             return ()
         return (error.get("code"), error.get("type"))
 
+    def retry_delay(self, body: bytes) -> float | None:
+        """None: the wait is in Retry-After, if anywhere."""
+        return None
+
     def reader(
         self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
     ) -> EventReader:

@@ -4,6 +4,7 @@ held to what the mock billed at the route's prices, to the nano-dollar."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -417,6 +418,29 @@ async def test_a_429_is_retried(broker: Any, mock: MockUpstream) -> None:
     assert (stats["requests"], stats["by_outcome"]) == (2, {"429": 1, "ok": 1})
     rows = await ledger_rows(settings)
     assert [(r["status"], *tokens(r)) for r in rows] == [("success", 8, 2, 0, 0)]
+
+
+async def test_google_retry_info_is_the_retry_wait(broker: Any, mock: MockUpstream) -> None:
+    """Google says how long to wait in the body (RetryInfo.retryDelay), not in Retry-After: the
+    retry waits that long, and a client that runs out of retries is told to wait it too."""
+    http, tenant, _ = broker
+    mock.enqueue({"status": 429, "retry_after": 0.6})
+    started = time.monotonic()
+    answer = await sdk(http, tenant).chat.completions.create(
+        model=ALIAS, messages=[{"role": "user", "content": "oi"}], max_tokens=2
+    )
+    assert answer.choices[0].message.content == "w0 w1"
+    assert time.monotonic() - started >= 0.6
+    mock.enqueue({"status": 429, "retry_after": 40}, {"status": 429, "retry_after": 40})
+    started = time.monotonic()
+    reply = await http.post(
+        "/v1/chat/completions",
+        json={"model": ALIAS, "messages": [{"role": "user", "content": "oi"}], "max_tokens": 2},
+        headers=tenant.key_auth,
+    )
+    assert time.monotonic() - started < 4  # 40 s is past the call's deadline (5 s): not slept
+    assert reply.status_code == 429
+    assert reply.headers["retry-after"] == "41"
 
 
 async def test_an_upstream_400_is_a_400_that_leaks_nothing(broker: Any, mock: MockUpstream) -> None:
