@@ -65,7 +65,9 @@ async def _release_hanging(app: web.Application) -> None:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="mock-openai", description="Serve an OpenAI-compatible mock upstream."
+        prog="mock-openai",
+        description="Serve a mock upstream speaking the OpenAI, Anthropic, Bedrock and Gemini "
+        "protocols.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
