@@ -141,6 +141,14 @@ def clean_state(database_url: str, redis_url: str) -> None:
     async def wipe() -> None:
         conn = await asyncpg.connect(database_url)
         try:
+            # A background task of an in-process broker (a drainer) whose test's event loop
+            # closed mid-transaction leaves its connection idle in that transaction, holding
+            # its locks for good: end such sessions, or the TRUNCATE waits on them forever.
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND state LIKE 'idle in transaction%'"
+            )
             await conn.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
         finally:
             await conn.close()
