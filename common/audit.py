@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 
 from common import keyspace
-from common.db import Database
+from common.db import HOLD_AT_MOST, Database
 from common.redis import RedisStore
 
 GENESIS = bytes(32)
@@ -120,7 +120,9 @@ async def append(conn: asyncpg.Connection, events: list[AuditEvent]) -> int:
     """Append events to the chain inside the caller's transaction; returns how many."""
     if not events:
         return 0
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+    # The chain's lock serialises every writer: a writer that stops mid-transaction (a frozen
+    # process or Lambda environment, its connection still open) must not hold it for good.
+    await conn.execute(f"{HOLD_AT_MOST}; SELECT pg_advisory_xact_lock({int(LOCK_KEY)})")
     last = await conn.fetchrow("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
     prev = bytes(last["hash"]) if last else GENESIS
     next_id = (last["id"] + 1) if last else 1

@@ -16,6 +16,12 @@ import asyncpg
 from common.errors import ServiceUnavailable
 from common.settings import Settings
 
+# For transactions that take locks other writers wait on (the audit chain's, the rollup's
+# rows): a writer that stops mid-transaction with its connection still open (a frozen process
+# or Lambda environment) is ended by PostgreSQL after this long idle, its locks released.
+# SET LOCAL: this transaction only (safe behind PgBouncer's transaction pooling).
+HOLD_AT_MOST = "SET LOCAL idle_in_transaction_session_timeout = '30s'"
+
 # Errors that mean "PostgreSQL cannot answer now" rather than "the query is wrong".
 UNAVAILABLE = (
     OSError,

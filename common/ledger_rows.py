@@ -17,6 +17,7 @@ import asyncpg
 
 from common import audit
 from common.audit import AuditEvent
+from common.db import HOLD_AT_MOST
 from common.quota import UsageRecord, budget_month
 
 CHUNK = 32
@@ -142,7 +143,7 @@ async def write(
     if records:
         # Before any row: creating a partition locks the table, and must wait on nobody.
         await ensure_partitions(conn, {record.budget_month for record in records})
-        await conn.execute(ROLLUP_KEPT)
+        await conn.execute(f"{HOLD_AT_MOST}; {ROLLUP_KEPT}")
     # Chunks keep each stretch of encoding short: the loop serves requests in between.
     for start in range(0, len(records), CHUNK):
         chunk = records[start : start + CHUNK]

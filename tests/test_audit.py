@@ -124,6 +124,34 @@ async def test_rows_link_by_hash(settings: Settings) -> None:
     assert verdict == audit.Verdict(True, 3, 3, prev.hex())
 
 
+async def test_a_stalled_writer_cannot_hold_the_chain_for_good(settings: Settings) -> None:
+    """The chain's lock serialises every writer: a writer that stops mid-transaction, its
+    connection open (a frozen process), is ended by PostgreSQL once idle for 30 s, not held
+    forever; the bound is its transaction's only."""
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        async with conn.transaction():
+            assert await audit.append(conn, events(1)) == 1
+            bound = await conn.fetchval("SHOW idle_in_transaction_session_timeout")
+        after = await conn.fetchval("SHOW idle_in_transaction_session_timeout")
+        # and it does end such a writer: the same bound, shortened, on a stalled transaction
+        stalled = conn.transaction()
+        await stalled.start()
+        await conn.execute("SET LOCAL idle_in_transaction_session_timeout = '200ms'")
+        await audit.append(conn, events(1, "stalled"))  # sets its own 30 s: shorten it again
+        await conn.execute("SET LOCAL idle_in_transaction_session_timeout = '200ms'")
+        await asyncio.sleep(0.6)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await conn.fetchval("SELECT 1")
+    finally:
+        await conn.close()
+    assert (bound, after) == ("30s", "0")
+    await asyncio.wait_for(append(settings, events(1, "next")), 5)  # the lock is free again
+    rows = await sql(settings, "SELECT event FROM audit_log ORDER BY id")
+    # the stalled writer's entry went with its transaction
+    assert [r["event"] for r in rows] == ["test.event", "next.event"]
+
+
 async def test_verify_walks_in_batches(settings: Settings) -> None:
     """A chain longer than one verification batch verifies, and a break past it is found."""
     await append(settings, events(25))
