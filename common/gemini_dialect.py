@@ -17,8 +17,9 @@ cache writes. Without promptTokenCount there is no usage.
 
 A stream is `data:` lines, each a whole GenerateContentResponse with the next parts; usage
 rides on every chunk, the last being final. There is no [DONE]: the chunk carrying a
-finishReason (or a blocked prompt) is the end. An error object in the stream stops it, the
-end unseen.
+finishReason (or a blocked prompt) is the end, and its usage the final one (an end without
+usage leaves the stream without it: charged at its bound, never at an earlier chunk's
+partial count). An error object in the stream stops it, the end unseen.
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ class GeminiStream:
         self.upstream = upstream
         self.chunks: wire.Chunks | None = None
         self.calls = 0
-        self.usage: object = None  # the last usageMetadata seen (the final one at the end)
+        self.usage: object = None  # the usageMetadata of the last chunk read
         self.over = False  # ended, or failed: nothing more is read
 
     def feed(self, event: bytes, tally: StreamTally) -> Iterable[bytes]:
@@ -278,8 +279,8 @@ class GeminiStream:
             self.chunks = wire.Chunks(answer_id(data), self.upstream.model)
             out.append(self.chunks.event({"role": "assistant", "content": ""}))
         chunks = self.chunks
-        if "usageMetadata" in data:
-            self.usage = data["usageMetadata"]
+        # Only the end's own usage is final: an earlier chunk's count is partial.
+        self.usage = data.get("usageMetadata")
         candidate = candidate_of(data)
         for part in parts_of(candidate):
             text = text_of(part)
