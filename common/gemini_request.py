@@ -21,8 +21,10 @@ Refused (400 naming the parameter): n > 1, logprobs, top_logprobs, logit_bias, a
 non-text modalities, prediction, parallel_tool_calls false, the legacy functions /
 function_call, verbosity, web_search_options, a service tier but auto / default, other
 reasoning efforts, http(s) image URLs and file ids (Gemini reads only uploaded files by
-URI), other audio formats, system messages once the conversation has started, `function`
-messages, non-function tools, allowed_tools, and any field not named here.
+URI), an image_url whose data is not an image (it is reserved as one image: a document or a
+video would bill beyond that), other audio formats, system messages once the conversation
+has started, `function` messages, non-function tools, allowed_tools, and any field not named
+here.
 
 Gemini 3 models refuse a replayed `functionCall` without the thought signature they gave it,
 which a chat body cannot carry: the first call of each replayed model turn is sent with the
@@ -122,7 +124,7 @@ def check(body: dict[str, Any]) -> None:
     if tier is not None and tier not in ("auto", "default"):
         raise refuse("service_tier", f"there is no '{tier}' tier")
     effort = body.get("reasoning_effort")
-    if effort is not None and effort not in THINKING_BUDGETS:
+    if effort is not None and (not isinstance(effort, str) or effort not in THINKING_BUDGETS):
         raise refuse("reasoning_effort", "none, low, medium and high map to thinking budgets")
     generate_request(body)  # the messages, tools and formats refuse what they cannot carry
 
@@ -137,6 +139,8 @@ def generate_request(body: dict[str, Any]) -> dict[str, Any]:
     if system:
         request["systemInstruction"] = {"parts": system}
     tools = body.get("tools")
+    if tools and not isinstance(tools, list):
+        raise refuse("tools", "tools must be a list of function tools")
     if tools:
         request["tools"] = [{"functionDeclarations": [_declaration(t) for t in tools]}]
     choice = body.get("tool_choice")
@@ -290,7 +294,10 @@ def _user_parts(content: object) -> list[dict[str, Any]]:
         elif kind == "image_url":
             spec = part.get("image_url")
             url = spec.get("url") if isinstance(spec, dict) else spec
-            parts.append(_inline(url, "image_url", "image"))
+            image = _inline(url, "image_url", "image")
+            if not image["inlineData"]["mimeType"].lower().startswith("image/"):
+                raise refuse("image_url", "an image_url must hold an image (image/* data)")
+            parts.append(image)
         elif kind == "input_audio":
             parts.append(_audio(part.get("input_audio")))
         elif kind == "file":
@@ -318,7 +325,7 @@ def _inline(url: object, param: str, what: str) -> dict[str, Any]:
 def _audio(spec: object) -> dict[str, Any]:
     data = spec.get("data") if isinstance(spec, dict) else None
     kind = spec.get("format") if isinstance(spec, dict) else None
-    if not isinstance(data, str) or kind not in _AUDIO_TYPES:
+    if not isinstance(data, str) or not isinstance(kind, str) or kind not in _AUDIO_TYPES:
         raise refuse("input_audio", "base64 wav and mp3 audio map")
     return {"inlineData": {"mimeType": _AUDIO_TYPES[kind], "data": data}}
 
@@ -327,7 +334,10 @@ def _model_parts(message: dict[str, Any], names: dict[str, str]) -> list[dict[st
     if message.get("audio") is not None:
         raise refuse("messages", "an earlier audio answer cannot be replayed")
     parts = _text_parts(message.get("content"), "assistant")
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls") or ()
+    if not isinstance(calls, list):
+        raise refuse("messages", "an assistant's tool_calls must be a list")
+    for call in calls:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(call, dict) or call.get("type", "function") != "function":
             raise refuse("messages", "only function tool calls map")

@@ -9,12 +9,17 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import httpx2
 import orjson
+import pytest
 
 from common.catalog import Upstream
+from common.errors import BadRequest
 from common.gemini_dialect import GEMINI
 from common.pricing import Price
+from common.settings import Settings
 from common.wire import DONE
+from tests.conftest import MockUpstream, create_tenant, ledger_rows
 
 PRICE = Price(Decimal(1), Decimal(5))
 ANTHROPIC_UP = Upstream("c", "http://up.test/v1", None, "claude-x", PRICE, dialect="anthropic")
@@ -59,3 +64,113 @@ def test_a_gemini_stream_whose_end_has_no_usage_is_not_charged_an_earlier_count(
     assert not any(b'"usage"' in event for event in out)
     assert (tally.done, tally.prompt_tokens, tally.completion_tokens) == (True, None, None)
     assert tally.usage_invalid is False
+
+
+def user(*parts: dict[str, Any]) -> dict[str, Any]:
+    """A user message of these content parts."""
+    return {"role": "user", "content": list(parts)}
+
+
+def image(url: str) -> dict[str, Any]:
+    """A user message of one image_url part."""
+    return user({"type": "image_url", "image_url": {"url": url}})
+
+
+GEMINI_REFUSALS: list[tuple[dict[str, Any], str]] = [
+    ({"reasoning_effort": {"effort": "high"}}, "reasoning_effort"),
+    ({"reasoning_effort": ["high"]}, "reasoning_effort"),
+    ({"tools": 5}, "tools"),
+    ({"tools": True}, "tools"),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": "oi"},
+                {"role": "assistant", "content": "a", "tool_calls": 5},
+            ]
+        },
+        "messages",
+    ),
+    (
+        {
+            "messages": [
+                user({"type": "input_audio", "input_audio": {"data": "QQ==", "format": []}})
+            ]
+        },
+        "input_audio",
+    ),
+    # An image_url is reserved as one image: other media (billed by their length) are refused.
+    (
+        {"messages": [image("data:text/plain;base64,QQ==")]},
+        "image_url",
+    ),
+    (
+        {"messages": [image("data:application/pdf;base64,QQ==")]},
+        "image_url",
+    ),
+    (
+        {"messages": [image("data:video/mp4;base64,QQ==")]},
+        "image_url",
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "param"), GEMINI_REFUSALS)
+def test_gemini_refuses_odd_values_with_a_400(extra: dict[str, Any], param: str) -> None:
+    """Values of the wrong type (an object or a list where a name goes, a number where a list
+    goes) and media an image_url cannot carry are a 400 naming the parameter, not a 500."""
+    body = {"model": "gemini-2.5-flash", "max_tokens": 5, **extra}
+    body.setdefault("messages", [{"role": "user", "content": "oi"}])
+    with pytest.raises(BadRequest) as caught:
+        GEMINI.check(GEMINI_UP, body)
+    assert (caught.value.status, caught.value.code, caught.value.param) == (
+        400,
+        "parameter_not_supported",
+        param,
+    )
+
+
+def test_a_gemini_image_url_holding_an_image_is_inline_data() -> None:
+    """An image/* data URL still maps to inlineData (any case of the media type)."""
+    for mime in ("image/png", "IMAGE/JPEG"):
+        body = {
+            "model": "gemini-2.5-flash",
+            "max_tokens": 5,
+            "messages": [image(f"data:{mime};base64,QQ==")],
+        }
+        GEMINI.check(GEMINI_UP, body)
+        sent = orjson.loads(GEMINI.request(GEMINI_UP, body, "r", {}).data)
+        assert sent["contents"][0]["parts"] == [{"inlineData": {"mimeType": mime, "data": "QQ=="}}]
+
+
+KEY = "gm-key-" + "h" * 24
+ALIAS = "gemini-flash"
+UPSTREAM = "gemini-2.5-flash"
+
+
+async def test_gemini_refusals_come_before_admission(
+    settings: Settings, configure: Any, mock: MockUpstream, router: Any
+) -> None:
+    """Over the broker: each odd body is a 400 in OpenAI's error shape naming the parameter;
+    the mock is never called and nothing is ledgered (nothing was reserved)."""
+    mock.configure(models=[UPSTREAM], api_key=KEY)
+    route = {
+        "provider": "gemini",
+        "api_key": KEY,
+        "upstream_model": UPSTREAM,
+        "base_url": mock.root + "/v1beta",
+        "input_per_1m": "0.30",
+        "output_per_1m": "2.50",
+    }
+    current = configure(openai_base_url=mock.url, model_routes={ALIAS: route})
+    tenant = await create_tenant(current, allowed_models=(ALIAS,))
+    transport = httpx2.ASGITransport(app=router, client=("10.9.8.7", 1234))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://broker") as http:
+        for extra, param in GEMINI_REFUSALS:
+            body = {"model": ALIAS, "max_tokens": 5, **extra}
+            body.setdefault("messages", [{"role": "user", "content": "oi"}])
+            reply = await http.post("/v1/chat/completions", json=body, headers=tenant.key_auth)
+            assert reply.status_code == 400, (extra, reply.text)
+            error = reply.json()["error"]
+            assert (error["code"], error["param"]) == ("parameter_not_supported", param)
+    assert mock.stats()["requests"] == 0
+    assert await ledger_rows(current, tenant.project_id) == []
