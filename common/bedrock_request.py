@@ -27,6 +27,7 @@ import orjson
 
 from common.dialect import unsupported
 from common.errors import BadRequest
+from common.wire import dumps
 
 # A prompt-cache breakpoint: what comes before it in its list is cached.
 CACHE_POINT: Final = {"cachePoint": {"type": "default"}}
@@ -88,7 +89,7 @@ def converse_body(body: dict[str, Any]) -> dict[str, Any]:
         if name not in NEUTRAL:
             raise refuse(name, f"'{name}'")
         if value not in NEUTRAL[name]:
-            raise refuse(name, f"'{name}' = {orjson.dumps(value).decode()[:40]}")
+            raise refuse(name, f"'{name}' = {dumps(value).decode()[:40]}")
     system, messages = _messages(body.get("messages"))
     out: dict[str, Any] = {"messages": messages}
     if system:

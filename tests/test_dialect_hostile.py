@@ -13,6 +13,7 @@ import httpx2
 import orjson
 import pytest
 
+from common.bedrock_dialect import BEDROCK
 from common.catalog import Upstream
 from common.errors import BadRequest
 from common.gemini_dialect import GEMINI
@@ -140,6 +141,17 @@ def test_a_gemini_image_url_holding_an_image_is_inline_data() -> None:
         GEMINI.check(GEMINI_UP, body)
         sent = orjson.loads(GEMINI.request(GEMINI_UP, body, "r", {}).data)
         assert sent["contents"][0]["parts"] == [{"inlineData": {"mimeType": mime, "data": "QQ=="}}]
+
+
+@pytest.mark.parametrize("name", ["logprobs", "top_logprobs", "prediction", "seed"])
+def test_bedrock_refuses_an_integer_beyond_64_bits_with_a_400(name: str) -> None:
+    """The refusal quotes the value it refuses: an integer orjson cannot write is quoted too
+    (it was a TypeError, a 500)."""
+    body = {"model": "nova", "max_tokens": 5, "messages": [{"role": "user", "content": "oi"}]}
+    with pytest.raises(BadRequest) as caught:
+        BEDROCK.check(BEDROCK_UP, {**body, name: 2**64})
+    assert (caught.value.status, caught.value.param) == (400, name)
+    assert f"'{name}' = {2**64}" in caught.value.message
 
 
 KEY = "gm-key-" + "h" * 24
