@@ -290,12 +290,13 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
             raise refuse(f"{where}.tool_calls[{index}]", "a tool call that is not a function")
         try:
             arguments = orjson.loads(function.get("arguments") or "{}")
+            orjson.dumps(arguments)  # deeper than orjson writes (254 levels): not sent
         except (orjson.JSONDecodeError, TypeError):
             arguments = None
         if not isinstance(arguments, dict):
             raise refuse(
                 f"{where}.tool_calls[{index}].function.arguments",
-                "tool call arguments that are not a JSON object",
+                "tool call arguments that are not a JSON object (at most 254 levels deep)",
             )
         use = {"toolUseId": call.get("id"), "name": function.get("name"), "input": arguments}
         blocks.append({"toolUse": use})

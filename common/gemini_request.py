@@ -356,10 +356,13 @@ def _arguments(function: dict[str, Any]) -> dict[str, Any]:
         return {}
     try:
         args = orjson.loads(raw) if isinstance(raw, str | bytes) else None
-    except orjson.JSONDecodeError:
+        orjson.dumps(args)  # deeper than orjson writes (254 levels): not sent
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         args = None
     if not isinstance(args, dict):
-        raise refuse("messages", "a tool call's arguments must be a JSON object")
+        raise refuse(
+            "messages", "a tool call's arguments must be a JSON object, 254 levels deep at most"
+        )
     return args
 
 

@@ -13,10 +13,12 @@ import httpx2
 import orjson
 import pytest
 
+from common.anthropic_dialect import ANTHROPIC
 from common.bedrock_dialect import BEDROCK
 from common.catalog import Upstream
 from common.errors import BadRequest
 from common.gemini_dialect import GEMINI
+from common.pii_payload import screen
 from common.pricing import Price
 from common.settings import Settings
 from common.wire import DONE
@@ -65,6 +67,77 @@ def test_a_gemini_stream_whose_end_has_no_usage_is_not_charged_an_earlier_count(
     assert not any(b'"usage"' in event for event in out)
     assert (tally.done, tally.prompt_tokens, tally.completion_tokens) == (True, None, None)
     assert tally.usage_invalid is False
+
+
+def with_call(arguments: str, model: str = "m") -> dict[str, Any]:
+    """A chat body replaying one assistant tool call with these arguments."""
+    call = {"id": "a", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    return {
+        "model": model,
+        "max_tokens": 5,
+        "messages": [
+            {"role": "user", "content": "oi"},
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "a", "content": "x"},
+        ],
+    }
+
+
+def escaped(text: str) -> str:
+    """`text` with every character written as a JSON \\u escape."""
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+def test_anthropic_tool_arguments_are_read_as_the_screen_reads_them() -> None:
+    """The personal-data screen reads tool arguments with orjson: arguments it cannot parse
+    (NaN, Infinity, a lone surrogate) are scanned only as written, where escaped digits hide a
+    card number. The Anthropic dialect must not decode them into the `input` it sends: they
+    are a 400 naming the arguments, as are arguments nested too deep to send (never a 500)."""
+    card = escaped("4111111111111111")
+    readable = '{"card": "' + card + '"}'
+    assert screen(with_call(readable), redact=False).kinds == {"credit_card"}
+    where = "messages[1].tool_calls[0].function.arguments"
+    hidden = '{"card": "' + card + '", "n": NaN}'
+    assert screen(with_call(hidden), redact=False).kinds == set()
+    for arguments in (
+        hidden,
+        '{"n": Infinity}',
+        '{"n": -Infinity}',
+        '{"n": 1e400}',
+        '{"s": "\\ud800"}',
+        '{"a": ' + DEEP + "}",
+    ):
+        with pytest.raises(BadRequest) as caught:
+            ANTHROPIC.check(ANTHROPIC_UP, with_call(arguments))
+        assert (caught.value.status, caught.value.param) == (400, where), arguments
+
+
+def test_tool_arguments_too_deep_to_send_are_refused() -> None:
+    """Arguments orjson reads but nested deeper than a request body may be are a 400 before
+    admission (they were a RecursionError when the request was built, after it); arguments
+    as deep as a body may be are sent as they are."""
+    body = with_call('{"a": ' + DEEP + "}")
+    for dialect, upstream, param in (
+        (BEDROCK, BEDROCK_UP, "messages[1].tool_calls[0].function.arguments"),
+        (GEMINI, GEMINI_UP, "messages"),
+    ):
+        with pytest.raises(BadRequest) as caught:
+            dialect.check(upstream, body)
+        assert (caught.value.status, caught.value.param) == (400, param)
+    nested = {"a": orjson.loads(DEEP[:200] + DEEP[-200:])}
+    fine = with_call(orjson.dumps(nested).decode())
+    for dialect, upstream in (
+        (ANTHROPIC, ANTHROPIC_UP),
+        (BEDROCK, BEDROCK_UP),
+        (GEMINI, GEMINI_UP),
+    ):
+        dialect.check(upstream, fine)
+        sent = orjson.loads(dialect.request(upstream, fine, "r", {}).data)
+        turn = sent["contents" if dialect is GEMINI else "messages"][1]
+        part = (turn["parts"] if dialect is GEMINI else turn["content"])[0]
+        found = part.get("input") or part.get("toolUse", {}).get("input")
+        found = found or part["functionCall"]["args"]
+        assert found == nested
 
 
 def user(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -184,5 +257,9 @@ async def test_gemini_refusals_come_before_admission(
             assert reply.status_code == 400, (extra, reply.text)
             error = reply.json()["error"]
             assert (error["code"], error["param"]) == ("parameter_not_supported", param)
+        deep = with_call('{"a": ' + DEEP + "}", ALIAS)
+        reply = await http.post("/v1/chat/completions", json=deep, headers=tenant.key_auth)
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["param"] == "messages"
     assert mock.stats()["requests"] == 0
     assert await ledger_rows(current, tenant.project_id) == []
