@@ -188,7 +188,12 @@ class GeminiDialect:
         calls: list[dict[str, Any]] = []
         for part in parts_of(candidate):
             text.append(text_of(part))
-            found = call_of(part, len(calls))
+            try:
+                found = call_of(part, len(calls))
+            except RecursionError:
+                raise malformed(
+                    upstream, "upstream function call is nested too deep", "shape"
+                ) from None
             if found is not None:
                 calls.append(wire.tool_call(None, *found))
         content = "".join(text)
@@ -287,7 +292,11 @@ class GeminiStream:
             if text:
                 out.append(chunks.event({"content": text}))
                 tally.produced += 1
-            found = call_of(part, self.calls)
+            try:
+                found = call_of(part, self.calls)
+            except RecursionError:
+                self.over = True  # a call too deep to relay: the stream is left unfinished
+                return out
             if found is not None:
                 call = wire.tool_call(self.calls, *found)
                 out.append(chunks.event({"tool_calls": [call]}))

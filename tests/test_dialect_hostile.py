@@ -16,7 +16,7 @@ import pytest
 from common.anthropic_dialect import ANTHROPIC
 from common.bedrock_dialect import BEDROCK
 from common.catalog import Upstream
-from common.errors import BadRequest
+from common.errors import BadRequest, UpstreamBadResponse
 from common.gemini_dialect import GEMINI
 from common.pii_payload import screen
 from common.pricing import Price
@@ -67,6 +67,53 @@ def test_a_gemini_stream_whose_end_has_no_usage_is_not_charged_an_earlier_count(
     assert not any(b'"usage"' in event for event in out)
     assert (tally.done, tally.prompt_tokens, tally.completion_tokens) == (True, None, None)
     assert tally.usage_invalid is False
+
+
+def test_a_deeply_nested_tool_input_is_an_unusable_answer() -> None:
+    """A tool input nested too deep to write back as arguments makes the answer unusable
+    (UpstreamBadResponse: charged at the bound), never an exception of ours (a 500 at $0)."""
+    anthropic = (
+        b'{"type":"message","id":"m","model":"c","stop_reason":"tool_use",'
+        b'"content":[{"type":"tool_use","id":"t","name":"f","input":{"a":'
+        + DEEP.encode()
+        + b'}}],"usage":{"input_tokens":3,"output_tokens":2}}'
+    )
+    bedrock = (
+        b'{"output":{"message":{"role":"assistant","content":[{"toolUse":'
+        b'{"toolUseId":"t","name":"f","input":' + DEEP.encode() + b"}}]}},"
+        b'"stopReason":"tool_use","usage":{"inputTokens":3,"outputTokens":2}}'
+    )
+    gemini = (
+        b'{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":'
+        + DEEP[1:-1].encode()
+        + b'}}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":3}}'
+    )
+    for dialect, upstream, body in (
+        (ANTHROPIC, ANTHROPIC_UP, anthropic),
+        (BEDROCK, BEDROCK_UP, bedrock),
+        (GEMINI, GEMINI_UP, gemini),
+    ):
+        orjson.loads(body)  # a body orjson reads, as every dialect does
+        with pytest.raises(UpstreamBadResponse) as caught:
+            dialect.answer(upstream, body)
+        assert (caught.value.reason, caught.value.upstream_alias) == ("shape", upstream.alias)
+
+
+def test_a_deeply_nested_call_in_a_gemini_stream_ends_its_translation() -> None:
+    """A streamed function call too deep to write back stops the translation (the stream is
+    unfinished: charged at the bound) instead of raising out of the broker's stream."""
+    translator = GEMINI.translator(GEMINI_UP)
+    tally = Tally()
+    list(translator.feed(gemini_chunk([{"text": "a"}]), tally))
+    call = b'{"functionCall":{"name":"f","args":{"a":' + DEEP[2:-2].encode() + b"}}}"
+    event = (
+        b'data: {"candidates":[{"content":{"parts":[' + call + b']},"finishReason":"STOP"}],'
+        b'"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":2}}\r\n\r\n'
+    )
+    orjson.loads(event[6:])
+    assert list(translator.feed(event, tally)) == []
+    assert list(translator.feed(gemini_chunk([{"text": "b"}], "STOP"), tally)) == []
+    assert (tally.done, tally.prompt_tokens, tally.produced) == (False, None, 1)
 
 
 def with_call(arguments: str, model: str = "m") -> dict[str, Any]:
