@@ -279,12 +279,10 @@ ALIAS = "gemini-flash"
 UPSTREAM = "gemini-2.5-flash"
 
 
-async def test_gemini_refusals_come_before_admission(
-    settings: Settings, configure: Any, mock: MockUpstream, router: Any
-) -> None:
-    """Over the broker: each odd body is a 400 in OpenAI's error shape naming the parameter;
-    the mock is never called and nothing is ledgered (nothing was reserved)."""
-    mock.configure(models=[UPSTREAM], api_key=KEY)
+def gemini_settings(configure: Any, mock: MockUpstream, **overrides: Any) -> Settings:
+    """Settings in force with a Gemini route over the mock, which wants KEY (the OpenAI
+    routes send it too)."""
+    mock.configure(models=[UPSTREAM, "gpt-4.1-nano"], api_key=KEY)
     route = {
         "provider": "gemini",
         "api_key": KEY,
@@ -293,10 +291,29 @@ async def test_gemini_refusals_come_before_admission(
         "input_per_1m": "0.30",
         "output_per_1m": "2.50",
     }
-    current = configure(openai_base_url=mock.url, model_routes={ALIAS: route})
-    tenant = await create_tenant(current, allowed_models=(ALIAS,))
+    current: Settings = configure(
+        openai_api_key=KEY,
+        openai_base_url=mock.url,
+        model_routes={ALIAS: route},
+        **overrides,
+    )
+    return current
+
+
+def client(router: Any) -> httpx2.AsyncClient:
+    """An HTTP client on the broker in-process."""
     transport = httpx2.ASGITransport(app=router, client=("10.9.8.7", 1234))
-    async with httpx2.AsyncClient(transport=transport, base_url="http://broker") as http:
+    return httpx2.AsyncClient(transport=transport, base_url="http://broker", timeout=30)
+
+
+async def test_gemini_refusals_come_before_admission(
+    settings: Settings, configure: Any, mock: MockUpstream, router: Any
+) -> None:
+    """Over the broker: each odd body is a 400 in OpenAI's error shape naming the parameter;
+    the mock is never called and nothing is ledgered (nothing was reserved)."""
+    current = gemini_settings(configure, mock)
+    tenant = await create_tenant(current, allowed_models=(ALIAS,))
+    async with client(router) as http:
         for extra, param in GEMINI_REFUSALS:
             body = {"model": ALIAS, "max_tokens": 5, **extra}
             body.setdefault("messages", [{"role": "user", "content": "oi"}])
@@ -310,3 +327,30 @@ async def test_gemini_refusals_come_before_admission(
         assert reply.json()["error"]["param"] == "messages"
     assert mock.stats()["requests"] == 0
     assert await ledger_rows(current, tenant.project_id) == []
+
+
+@pytest.mark.parametrize("model", ["gpt-4.1-nano", ALIAS])
+async def test_a_stream_is_over_at_its_end_though_the_upstream_does_not_hang_up(
+    settings: Settings, configure: Any, mock: MockUpstream, router: Any, model: str
+) -> None:
+    """An upstream that holds the connection open after its stream's end (usage and end
+    read) does not hold the client: the stream ends there, completed and charged its usage,
+    not after the idle timeout with an error after [DONE] and a `timeout` in the ledger."""
+    current = gemini_settings(configure, mock, stream_idle_timeout=1.0)
+    tenant = await create_tenant(current, allowed_models=(model,))
+    mock.enqueue({"linger_ms": 4000})
+    body = {
+        "model": model,
+        "max_tokens": 3,
+        "stream": True,
+        "messages": [{"role": "user", "content": "oi"}],
+    }
+    async with client(router) as http:
+        reply = await http.post("/v1/chat/completions", json=body, headers=tenant.key_auth)
+    assert reply.status_code == 200, reply.text
+    events = [e for e in reply.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    assert "upstream_stream" not in reply.text
+    [row] = await ledger_rows(current, tenant.project_id)
+    assert (row["status"], row["http_status"], row["error_code"]) == ("success", 200, None)
+    assert (row["completion_tokens"], row["streamed"]) == (3, True)
