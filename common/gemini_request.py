@@ -21,8 +21,9 @@ Refused (400 naming the parameter): n > 1, logprobs, top_logprobs, logit_bias, a
 non-text modalities, prediction, parallel_tool_calls false, the legacy functions /
 function_call, verbosity, web_search_options, a service tier but auto / default, other
 reasoning efforts, http(s) image URLs and file ids (Gemini reads only uploaded files by
-URI), an image_url whose data is not an image (it is reserved as one image: a document or a
-video would bill beyond that), other audio formats, system messages once the conversation
+URI), data: URLs whose data is not standard, padded base64 (what the personal-data screen
+decodes), an image_url whose data is not an image (it is reserved as one image: a document
+or a video would bill beyond that), other audio formats, system messages once the conversation
 has started, `function` messages, non-function tools, allowed_tools, and any field not named
 here.
 
@@ -39,6 +40,7 @@ schema itself is sent).
 
 from __future__ import annotations
 
+import binascii
 import re
 from typing import Any
 
@@ -319,6 +321,12 @@ def _inline(url: object, param: str, what: str) -> dict[str, Any]:
     mime, _, encoding = head.partition(";")
     if not comma or encoding != "base64" or not mime:
         raise refuse(param, "a data: URL must be base64 with its media type")
+    try:
+        # Google also reads unpadded and URL-safe base64, which the personal-data screen
+        # does not decode: only what it could read is sent.
+        binascii.a2b_base64(data, strict_mode=True)
+    except binascii.Error:
+        raise refuse(param, "a data: URL's data must be standard, padded base64") from None
     return {"inlineData": {"mimeType": mime, "data": data}}
 
 

@@ -5,6 +5,7 @@ The dialects are fed real bytes; the end-to-end test runs over the mock's Gemini
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -261,6 +262,33 @@ def test_a_gemini_image_url_holding_an_image_is_inline_data() -> None:
         GEMINI.check(GEMINI_UP, body)
         sent = orjson.loads(GEMINI.request(GEMINI_UP, body, "r", {}).data)
         assert sent["contents"][0]["parts"] == [{"inlineData": {"mimeType": mime, "data": "QQ=="}}]
+
+
+def test_gemini_inline_data_is_only_what_the_screen_decodes() -> None:
+    """The screen decodes a data URL's payload only when it is standard, padded base64; Google
+    also takes it unpadded or URL-safe, so a text file written that way would reach Gemini
+    unread (here a CPF): such data is a 400 naming the part, standard base64 is sent."""
+    text = base64.b64encode(b"meu CPF: 529.982.247-25 ok").decode()
+    assert text.endswith("=")
+    for data, sent in (
+        (text, True),
+        (text.rstrip("="), False),
+        (base64.urlsafe_b64encode(b"\xfb\xff" + text.encode()).decode(), False),
+        (text[:8] + "\n" + text[8:], False),
+    ):
+        file = {"type": "file", "file": {"file_data": f"data:text/plain;base64,{data}"}}
+        body = {"model": "gemini-2.5-flash", "max_tokens": 5, "messages": [user(file)]}
+        if sent:
+            assert screen(body, redact=False).kinds == {"cpf"}
+            GEMINI.check(GEMINI_UP, body)
+            continue
+        assert screen(body, redact=False).kinds == set()
+        with pytest.raises(BadRequest) as caught:
+            GEMINI.check(GEMINI_UP, body)
+        assert (caught.value.status, caught.value.param) == (400, "file"), data
+    with pytest.raises(BadRequest) as caught:
+        GEMINI.check(GEMINI_UP, {**body, "messages": [image("data:image/png;base64,QQ")]})
+    assert caught.value.param == "image_url"
 
 
 @pytest.mark.parametrize("name", ["logprobs", "top_logprobs", "prediction", "seed"])
