@@ -342,7 +342,7 @@ def _model_parts(message: dict[str, Any], names: dict[str, str]) -> list[dict[st
     if message.get("audio") is not None:
         raise refuse("messages", "an earlier audio answer cannot be replayed")
     parts = _text_parts(message.get("content"), "assistant")
-    calls = message.get("tool_calls") or ()
+    calls = message.get("tool_calls") or []
     if not isinstance(calls, list):
         raise refuse("messages", "an assistant's tool_calls must be a list")
     for call in calls:

@@ -291,6 +291,26 @@ def test_gemini_inline_data_is_only_what_the_screen_decodes() -> None:
     assert caught.value.param == "image_url"
 
 
+def test_an_assistant_turn_without_tool_calls_maps_on_gemini() -> None:
+    """An assistant turn of text alone (no tool_calls at all) is a model turn."""
+    body = {
+        "model": "gemini-2.5-flash",
+        "max_tokens": 5,
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "b"},
+        ],
+    }
+    GEMINI.check(GEMINI_UP, body)
+    sent = orjson.loads(GEMINI.request(GEMINI_UP, body, "r", {}).data)
+    assert sent["contents"] == [
+        {"role": "user", "parts": [{"text": "a"}]},
+        {"role": "model", "parts": [{"text": "ok"}]},
+        {"role": "user", "parts": [{"text": "b"}]},
+    ]
+
+
 @pytest.mark.parametrize("name", ["logprobs", "top_logprobs", "prediction", "seed"])
 def test_bedrock_refuses_an_integer_beyond_64_bits_with_a_400(name: str) -> None:
     """The refusal quotes the value it refuses: an integer orjson cannot write is quoted too
