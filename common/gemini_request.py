@@ -5,9 +5,10 @@ What maps (the request's `GenerateContentRequest`):
 - system / developer messages before the conversation -> `systemInstruction`; user ->
   `{"role": "user"}` with text parts, `data:` URL images and files (PDFs) and base64
   `input_audio` (wav, mp3) as `inlineData`; assistant -> `{"role": "model"}` with text parts
-  and `functionCall` parts (arguments parsed: they must be a JSON object); tool messages ->
-  `functionResponse` parts `{name, response: {"result": content}}`, the name found from the
-  assistant tool call of that id. Consecutive contents of one role are merged.
+  (its `refusal` when it has no text) and `functionCall` parts (arguments parsed: they must
+  be a JSON object); tool messages -> `functionResponse` parts `{name, response: {"result":
+  content}}`, the name found from the assistant tool call of that id. Consecutive contents of
+  one role are merged.
 - tools -> `functionDeclarations` (`parametersJsonSchema`: the JSON Schema as given);
   tool_choice auto / required / none / a function -> `functionCallingConfig` AUTO / ANY /
   NONE / ANY with `allowedFunctionNames`.
@@ -342,6 +343,9 @@ def _model_parts(message: dict[str, Any], names: dict[str, str]) -> list[dict[st
     if message.get("audio") is not None:
         raise refuse("messages", "an earlier audio answer cannot be replayed")
     parts = _text_parts(message.get("content"), "assistant")
+    refusal = message.get("refusal")
+    if not parts and isinstance(refusal, str) and refusal:
+        parts.append({"text": refusal})  # what the model said, as its text would be
     calls = message.get("tool_calls") or []
     if not isinstance(calls, list):
         raise refuse("messages", "an assistant's tool_calls must be a list")

@@ -311,6 +311,26 @@ def test_an_assistant_turn_without_tool_calls_maps_on_gemini() -> None:
     ]
 
 
+def test_a_replayed_refusal_is_the_model_turn_on_gemini() -> None:
+    """An assistant turn that is only a refusal is what the model said (as on Anthropic and
+    Bedrock): it is not dropped, which would merge the user turns around it."""
+    body = {
+        "model": "gemini-2.5-flash",
+        "max_tokens": 5,
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": None, "refusal": "Não posso ajudar."},
+            {"role": "user", "content": "b"},
+        ],
+    }
+    sent = orjson.loads(GEMINI.request(GEMINI_UP, body, "r", {}).data)
+    assert sent["contents"] == [
+        {"role": "user", "parts": [{"text": "a"}]},
+        {"role": "model", "parts": [{"text": "Não posso ajudar."}]},
+        {"role": "user", "parts": [{"text": "b"}]},
+    ]
+
+
 @pytest.mark.parametrize("name", ["logprobs", "top_logprobs", "prediction", "seed"])
 def test_bedrock_refuses_an_integer_beyond_64_bits_with_a_400(name: str) -> None:
     """The refusal quotes the value it refuses: an integer orjson cannot write is quoted too
