@@ -19,6 +19,7 @@ from common.bedrock_dialect import BEDROCK
 from common.catalog import Upstream
 from common.errors import BadRequest, UpstreamBadResponse
 from common.gemini_dialect import GEMINI
+from common.openai_dialect import OPENAI
 from common.pii_payload import screen
 from common.pricing import Price
 from common.settings import Settings
@@ -28,6 +29,7 @@ from tests.conftest import MockUpstream, create_tenant, ledger_rows
 PRICE = Price(Decimal(1), Decimal(5))
 ANTHROPIC_UP = Upstream("c", "http://up.test/v1", None, "claude-x", PRICE, dialect="anthropic")
 BEDROCK_UP = Upstream("b", "http://up.test", "br-" + "k" * 30, "nova", PRICE, dialect="bedrock")
+OPENAI_UP = Upstream("o", "http://up.test/v1", None, "gpt-4.1-nano", PRICE)
 GEMINI_UP = Upstream("g", "http://up.test/v1beta", None, "gemini-2.5-flash", PRICE, "gemini")
 # Tool input nested as deep as orjson reads (1024 levels in all): too deep to write back.
 DEEP = "[" * 1015 + "]" * 1015
@@ -68,6 +70,44 @@ def test_a_gemini_stream_whose_end_has_no_usage_is_not_charged_an_earlier_count(
     assert not any(b'"usage"' in event for event in out)
     assert (tally.done, tally.prompt_tokens, tally.completion_tokens) == (True, None, None)
     assert tally.usage_invalid is False
+
+
+def openai_chunk(content: str | None, usage: dict[str, int] | None) -> bytes:
+    """One chat chunk event (`content` None: the usage-only chunk, no choices)."""
+    chunk: dict[str, Any] = {"id": "c", "object": "chat.completion.chunk", "usage": usage}
+    chunk["choices"] = [] if content is None else [{"index": 0, "delta": {"content": content}}]
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def test_an_openai_stream_cut_before_done_is_not_charged_the_usage_it_showed() -> None:
+    """Usage an OpenAI-compatible stream shows before its end (servers that report it on
+    every chunk, or a hostile one) is partial until [DONE]: a stream cut before it is left
+    without usage (charged at the bound); at [DONE] the last non-zero usage is the stream's."""
+    translator = OPENAI.translator(OPENAI_UP)
+    tally = Tally()
+    for i, text in enumerate(("a", "b")):
+        usage = {"prompt_tokens": 5, "completion_tokens": i + 1, "total_tokens": 6 + i}
+        assert list(translator.feed(openai_chunk(text, usage), tally)) == [
+            openai_chunk(text, usage)
+        ]
+    assert (tally.done, tally.prompt_tokens, tally.completion_tokens) == (False, None, None)
+    final = {
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 2},
+    }
+    list(translator.feed(openai_chunk(None, final), tally))
+    zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    list(translator.feed(openai_chunk(None, zero), tally))
+    assert tally.prompt_tokens is None  # still no [DONE]: a cut here is charged the bound
+    assert list(translator.feed(DONE, tally)) == [DONE]
+    assert (tally.done, tally.prompt_tokens, tally.completion_tokens) == (True, 5, 3)
+    assert (tally.cache_read, tally.produced, tally.usage_invalid) == (2, 2, False)
+    other = OPENAI.translator(OPENAI_UP)  # each stream its own: nothing carries over
+    fresh = Tally()
+    list(other.feed(DONE, fresh))
+    assert (fresh.done, fresh.prompt_tokens) == (True, None)
 
 
 def test_a_deeply_nested_tool_input_is_an_unusable_answer() -> None:
