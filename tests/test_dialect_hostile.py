@@ -14,6 +14,7 @@ import httpx2
 import orjson
 import pytest
 
+from bradax_cli.mock.bedrock_wire import event
 from common.anthropic_dialect import ANTHROPIC
 from common.bedrock_dialect import BEDROCK
 from common.catalog import Upstream
@@ -108,6 +109,27 @@ def test_an_openai_stream_cut_before_done_is_not_charged_the_usage_it_showed() -
     fresh = Tally()
     list(other.feed(DONE, fresh))
     assert (fresh.done, fresh.prompt_tokens) == (True, None)
+
+
+def test_bedrock_usage_before_the_message_stop_is_not_the_end() -> None:
+    """ConverseStream's usage (`metadata`) follows `messageStop`: a metadata event before it
+    is no end (nothing more is read, the stream is unfinished and charged at its bound),
+    never the stream's usage nor a [DONE] to the client."""
+    translator = BEDROCK.translator(BEDROCK_UP)
+    tally = Tally()
+    list(translator.feed(event("messageStart", {"role": "assistant"}), tally))
+    text = {"contentBlockIndex": 0, "delta": {"text": "oi"}}
+    assert len(list(translator.feed(event("contentBlockDelta", text), tally))) == 1
+    usage = {"inputTokens": 3, "outputTokens": 1, "totalTokens": 4}
+    assert list(translator.feed(event("metadata", {"usage": usage}), tally)) == []
+    assert list(translator.feed(event("messageStop", {"stopReason": "end_turn"}), tally)) == []
+    assert (tally.done, tally.prompt_tokens, tally.completion_tokens) == (False, None, None)
+    ended = BEDROCK.translator(BEDROCK_UP)
+    fresh = Tally()
+    list(ended.feed(event("messageStop", {"stopReason": "end_turn"}), fresh))
+    out = list(ended.feed(event("metadata", {"usage": usage}), fresh))
+    assert out[-1] == DONE
+    assert (fresh.done, fresh.prompt_tokens, fresh.completion_tokens) == (True, 3, 1)
 
 
 def test_a_deeply_nested_tool_input_is_an_unusable_answer() -> None:
