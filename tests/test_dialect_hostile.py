@@ -1,7 +1,8 @@
-"""Odd and hostile input to the native dialects: upstream answers and streams that must not
-under-charge the call or crash the broker, and client bodies that must be refused with a 400
-before admission, never fail with a 500 or reach the provider unlike the screen read them.
-The dialects are fed real bytes; the end-to-end test runs over the mock's Gemini protocol."""
+"""Odd and hostile input to the dialects: upstream answers and streams that must not
+under-charge the call, crash the broker or hold its client, and client bodies that must be
+refused with a 400 before admission, never fail with a 500 or reach the provider unlike the
+personal-data screen read them. The dialects are fed real bytes; the end-to-end tests run
+over the mock (its OpenAI and Gemini protocols)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def test_a_gemini_stream_whose_end_has_no_usage_is_not_charged_an_earlier_count(
     list(translator.feed(gemini_chunk([{"text": "a"}], usageMetadata=partial), tally))
     out = list(translator.feed(gemini_chunk([{"text": "b"}], "STOP"), tally))
     assert out[-1] == DONE
-    assert not any(b'"usage"' in event for event in out)
+    assert not any(b'"usage"' in chunk for chunk in out)
     assert (tally.done, tally.prompt_tokens, tally.completion_tokens) == (True, None, None)
     assert tally.usage_invalid is False
 
