@@ -5,7 +5,8 @@ hoisted from wherever they stand); user text and images (a base64 data URL or an
 become content blocks, a part's prompt-cache breakpoint (`cache_control: {type: ephemeral}`,
 as OpenAI-compatible gateways write it for Anthropic models) kept on its block; assistant
 text, refusals and `tool_calls` become text and `tool_use` blocks (arguments parsed: an
-empty string is no arguments, anything but a JSON object is a 400); `tool` messages become
+empty string is no arguments, anything but a JSON object is a 400, and so is JSON the
+personal-data screen cannot parse or nested deeper than 254 levels); `tool` messages become
 `tool_result` blocks of a user turn; consecutive turns of one role are merged (Messages
 alternates roles). Function tools become `{name, description, input_schema, strict}`;
 tool_choice auto / required / none / a named function becomes `{type: auto | any | none |
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+import orjson
 
 from common.dialect import unsupported
 from common.errors import BadRequest
@@ -295,16 +298,21 @@ def _assistant(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 
 def arguments_object(raw: object, where: str) -> dict[str, Any]:
-    """A tool call's JSON arguments as the object Anthropic's `input` must be."""
+    """A tool call's JSON arguments as the object Anthropic's `input` must be: JSON as the
+    personal-data screen reads it (orjson: no NaN, Infinity or lone surrogate, which it would
+    scan only as written) and no deeper than orjson writes (254 levels, as a body)."""
     if raw is None or raw == "":
         return {}
+    value: object = None
     try:
-        # the standard library keeps integers beyond 64 bits exact (orjson would not)
-        value = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
+        if isinstance(raw, str):
+            orjson.dumps(orjson.loads(raw))
+            # the standard library keeps integers beyond 64 bits exact (orjson would not)
+            value = json.loads(raw)
+    except (ValueError, TypeError):
         value = None
     if not isinstance(value, dict):
-        raise _bad(where, f"{where} must be a JSON object")
+        raise _bad(where, f"{where} must be a JSON object (at most 254 levels deep)")
     return value
 
 

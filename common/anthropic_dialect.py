@@ -116,7 +116,12 @@ class AnthropicDialect:
             if block.get("type") == "text" and isinstance(block.get("text"), str):
                 texts.append(block["text"])
             elif block.get("type") == "tool_use":
-                arguments = dumps(block.get("input") or {}).decode()
+                try:
+                    arguments = dumps(block.get("input") or {}).decode()
+                except RecursionError:
+                    raise malformed(
+                        upstream, "upstream tool input is nested too deep", "shape"
+                    ) from None
                 calls.append(
                     tool_call(None, str(block.get("id") or ""), str(block.get("name")), arguments)
                 )

@@ -149,7 +149,12 @@ class BedrockDialect:
                 texts.append(block["text"])
             use = block.get("toolUse")
             if isinstance(use, dict):
-                arguments = wire.dumps(use.get("input", {})).decode()
+                try:
+                    arguments = wire.dumps(use.get("input", {})).decode()
+                except RecursionError:
+                    raise malformed(
+                        upstream, "upstream tool input is nested too deep", "shape"
+                    ) from None
                 calls.append(
                     wire.tool_call(None, str(use.get("toolUseId")), str(use.get("name")), arguments)
                 )

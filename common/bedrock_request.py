@@ -27,6 +27,7 @@ import orjson
 
 from common.dialect import unsupported
 from common.errors import BadRequest
+from common.wire import dumps
 
 # A prompt-cache breakpoint: what comes before it in its list is cached.
 CACHE_POINT: Final = {"cachePoint": {"type": "default"}}
@@ -88,7 +89,7 @@ def converse_body(body: dict[str, Any]) -> dict[str, Any]:
         if name not in NEUTRAL:
             raise refuse(name, f"'{name}'")
         if value not in NEUTRAL[name]:
-            raise refuse(name, f"'{name}' = {orjson.dumps(value).decode()[:40]}")
+            raise refuse(name, f"'{name}' = {dumps(value).decode()[:40]}")
     system, messages = _messages(body.get("messages"))
     out: dict[str, Any] = {"messages": messages}
     if system:
@@ -289,12 +290,13 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
             raise refuse(f"{where}.tool_calls[{index}]", "a tool call that is not a function")
         try:
             arguments = orjson.loads(function.get("arguments") or "{}")
+            orjson.dumps(arguments)  # deeper than orjson writes (254 levels): not sent
         except (orjson.JSONDecodeError, TypeError):
             arguments = None
         if not isinstance(arguments, dict):
             raise refuse(
                 f"{where}.tool_calls[{index}].function.arguments",
-                "tool call arguments that are not a JSON object",
+                "tool call arguments that are not a JSON object (at most 254 levels deep)",
             )
         use = {"toolUseId": call.get("id"), "name": function.get("name"), "input": arguments}
         blocks.append({"toolUse": use})

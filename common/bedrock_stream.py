@@ -8,7 +8,8 @@ is oversize; a prelude too short to be one ends the stream as lost). `ConverseTr
 checks each message with botocore's decoder (CRCs included) and turns it into chat chunks by
 its `:event-type`: messageStart, contentBlockStart (a tool call's id and name),
 contentBlockDelta (text, or a piece of a tool call's JSON input), contentBlockStop,
-messageStop (the stop reason) and metadata (the usage: the end). An exception message
+messageStop (the stop reason) and metadata (the usage: the end, once messageStop was read;
+before it, the stream is left unfinished). An exception message
 (`:message-type` exception, e.g. throttlingException, modelStreamErrorException) or a message
 that does not decode stops the translation: the stream never completes and is charged at its
 bound.
@@ -163,8 +164,11 @@ class ConverseTranslator:
         return [self.chunks.event({"tool_calls": [call]})]
 
     def _end(self, data: dict[str, Any], tally: StreamTally) -> list[bytes]:
-        """The usage (the last word), its chunk if the client wants it, and [DONE]."""
+        """The usage (the last word), its chunk if the client wants it, and [DONE]; before
+        messageStop, no end: nothing more is read and the stream stays unfinished."""
         self.over = True
+        if not self.stopped:
+            return []
         out = []
         usage = data.get("usage")
         counts = usage_counts(usage)
@@ -177,5 +181,5 @@ class ConverseTranslator:
             if not tally.strip_usage:
                 out.append(self.chunks.event(None, used=wire.usage(*counts)))
         out.append(wire.DONE)
-        tally.done = self.stopped
+        tally.done = True
         return out

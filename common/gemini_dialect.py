@@ -17,8 +17,9 @@ cache writes. Without promptTokenCount there is no usage.
 
 A stream is `data:` lines, each a whole GenerateContentResponse with the next parts; usage
 rides on every chunk, the last being final. There is no [DONE]: the chunk carrying a
-finishReason (or a blocked prompt) is the end. An error object in the stream stops it, the
-end unseen.
+finishReason (or a blocked prompt) is the end, and its usage the final one (an end without
+usage leaves the stream without it: charged at its bound, never at an earlier chunk's
+partial count). An error object in the stream stops it, the end unseen.
 """
 
 from __future__ import annotations
@@ -191,7 +192,12 @@ class GeminiDialect:
         calls: list[dict[str, Any]] = []
         for part in parts_of(candidate):
             text.append(text_of(part))
-            found = call_of(part, len(calls))
+            try:
+                found = call_of(part, len(calls))
+            except RecursionError:
+                raise malformed(
+                    upstream, "upstream function call is nested too deep", "shape"
+                ) from None
             if found is not None:
                 calls.append(wire.tool_call(None, *found))
         content = "".join(text)
@@ -276,7 +282,7 @@ class GeminiStream:
         self.upstream = upstream
         self.chunks: wire.Chunks | None = None
         self.calls = 0
-        self.usage: object = None  # the last usageMetadata seen (the final one at the end)
+        self.usage: object = None  # the usageMetadata of the last chunk read
         self.over = False  # ended, or failed: nothing more is read
 
     def feed(self, event: bytes, tally: StreamTally) -> Iterable[bytes]:
@@ -302,15 +308,19 @@ class GeminiStream:
             self.chunks = wire.Chunks(answer_id(data), self.upstream.model)
             out.append(self.chunks.event({"role": "assistant", "content": ""}))
         chunks = self.chunks
-        if "usageMetadata" in data:
-            self.usage = data["usageMetadata"]
+        # Only the end's own usage is final: an earlier chunk's count is partial.
+        self.usage = data.get("usageMetadata")
         candidate = candidate_of(data)
         for part in parts_of(candidate):
             text = text_of(part)
             if text:
                 out.append(chunks.event({"content": text}))
                 tally.produced += 1
-            found = call_of(part, self.calls)
+            try:
+                found = call_of(part, self.calls)
+            except RecursionError:
+                self.over = True  # a call too deep to relay: the stream is left unfinished
+                return out
             if found is not None:
                 call = wire.tool_call(self.calls, *found)
                 out.append(chunks.event({"tool_calls": [call]}))

@@ -5,9 +5,10 @@ What maps (the request's `GenerateContentRequest`):
 - system / developer messages before the conversation -> `systemInstruction`; user ->
   `{"role": "user"}` with text parts, `data:` URL images and files (PDFs) and base64
   `input_audio` (wav, mp3) as `inlineData`; assistant -> `{"role": "model"}` with text parts
-  and `functionCall` parts (arguments parsed: they must be a JSON object); tool messages ->
-  `functionResponse` parts `{name, response: {"result": content}}`, the name found from the
-  assistant tool call of that id. Consecutive contents of one role are merged.
+  (its `refusal` when it has no text) and `functionCall` parts (arguments parsed: they must
+  be a JSON object); tool messages -> `functionResponse` parts `{name, response: {"result":
+  content}}`, the name found from the assistant tool call of that id. Consecutive contents of
+  one role are merged.
 - tools -> `functionDeclarations` (`parametersJsonSchema`: the JSON Schema as given);
   tool_choice auto / required / none / a function -> `functionCallingConfig` AUTO / ANY /
   NONE / ANY with `allowedFunctionNames`.
@@ -21,8 +22,11 @@ Refused (400 naming the parameter): n > 1, logprobs, top_logprobs, logit_bias, a
 non-text modalities, prediction, parallel_tool_calls false, the legacy functions /
 function_call, verbosity, web_search_options, a service tier but auto / default, other
 reasoning efforts, http(s) image URLs and file ids (Gemini reads only uploaded files by
-URI), other audio formats, system messages once the conversation has started, `function`
-messages, non-function tools, allowed_tools, and any field not named here.
+URI), data: URLs whose data is not standard, padded base64 (what the personal-data screen
+decodes), an image_url whose data is not an image (it is reserved as one image: a document
+or a video would bill beyond that), other audio formats, system messages once the conversation
+has started, `function` messages, non-function tools, allowed_tools, and any field not named
+here.
 
 Gemini 3 models refuse a replayed `functionCall` without the thought signature they gave it,
 which a chat body cannot carry: the first call of each replayed model turn is sent with the
@@ -37,6 +41,7 @@ schema itself is sent).
 
 from __future__ import annotations
 
+import binascii
 import re
 from typing import Any
 
@@ -122,7 +127,7 @@ def check(body: dict[str, Any]) -> None:
     if tier is not None and tier not in ("auto", "default"):
         raise refuse("service_tier", f"there is no '{tier}' tier")
     effort = body.get("reasoning_effort")
-    if effort is not None and effort not in THINKING_BUDGETS:
+    if effort is not None and (not isinstance(effort, str) or effort not in THINKING_BUDGETS):
         raise refuse("reasoning_effort", "none, low, medium and high map to thinking budgets")
     generate_request(body)  # the messages, tools and formats refuse what they cannot carry
 
@@ -137,6 +142,8 @@ def generate_request(body: dict[str, Any]) -> dict[str, Any]:
     if system:
         request["systemInstruction"] = {"parts": system}
     tools = body.get("tools")
+    if tools and not isinstance(tools, list):
+        raise refuse("tools", "tools must be a list of function tools")
     if tools:
         request["tools"] = [{"functionDeclarations": [_declaration(t) for t in tools]}]
     choice = body.get("tool_choice")
@@ -290,7 +297,10 @@ def _user_parts(content: object) -> list[dict[str, Any]]:
         elif kind == "image_url":
             spec = part.get("image_url")
             url = spec.get("url") if isinstance(spec, dict) else spec
-            parts.append(_inline(url, "image_url", "image"))
+            image = _inline(url, "image_url", "image")
+            if not image["inlineData"]["mimeType"].lower().startswith("image/"):
+                raise refuse("image_url", "an image_url must hold an image (image/* data)")
+            parts.append(image)
         elif kind == "input_audio":
             parts.append(_audio(part.get("input_audio")))
         elif kind == "file":
@@ -312,13 +322,19 @@ def _inline(url: object, param: str, what: str) -> dict[str, Any]:
     mime, _, encoding = head.partition(";")
     if not comma or encoding != "base64" or not mime:
         raise refuse(param, "a data: URL must be base64 with its media type")
+    try:
+        # Google also reads unpadded and URL-safe base64, which the personal-data screen
+        # does not decode: only what it could read is sent.
+        binascii.a2b_base64(data, strict_mode=True)
+    except binascii.Error:
+        raise refuse(param, "a data: URL's data must be standard, padded base64") from None
     return {"inlineData": {"mimeType": mime, "data": data}}
 
 
 def _audio(spec: object) -> dict[str, Any]:
     data = spec.get("data") if isinstance(spec, dict) else None
     kind = spec.get("format") if isinstance(spec, dict) else None
-    if not isinstance(data, str) or kind not in _AUDIO_TYPES:
+    if not isinstance(data, str) or not isinstance(kind, str) or kind not in _AUDIO_TYPES:
         raise refuse("input_audio", "base64 wav and mp3 audio map")
     return {"inlineData": {"mimeType": _AUDIO_TYPES[kind], "data": data}}
 
@@ -327,7 +343,13 @@ def _model_parts(message: dict[str, Any], names: dict[str, str]) -> list[dict[st
     if message.get("audio") is not None:
         raise refuse("messages", "an earlier audio answer cannot be replayed")
     parts = _text_parts(message.get("content"), "assistant")
-    for call in message.get("tool_calls") or ():
+    refusal = message.get("refusal")
+    if not parts and isinstance(refusal, str) and refusal:
+        parts.append({"text": refusal})  # what the model said, as its text would be
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise refuse("messages", "an assistant's tool_calls must be a list")
+    for call in calls:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(call, dict) or call.get("type", "function") != "function":
             raise refuse("messages", "only function tool calls map")
@@ -346,10 +368,13 @@ def _arguments(function: dict[str, Any]) -> dict[str, Any]:
         return {}
     try:
         args = orjson.loads(raw) if isinstance(raw, str | bytes) else None
-    except orjson.JSONDecodeError:
+        orjson.dumps(args)  # deeper than orjson writes (254 levels): not sent
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         args = None
     if not isinstance(args, dict):
-        raise refuse("messages", "a tool call's arguments must be a JSON object")
+        raise refuse(
+            "messages", "a tool call's arguments must be a JSON object, 254 levels deep at most"
+        )
     return args
 
 

@@ -3,13 +3,16 @@
 Only what the broker needs is read: a 200 must be a JSON object with a `choices` list,
 and its `usage` is a claim (`common.bounds.read_usage`); an error body may name
 `error.code` / `error.type`; stream events are `data:` lines of chunks, ending in
-`data: [DONE]`. The chat body is the wire body: nothing is translated. Cached prompt
-tokens (`usage.prompt_tokens_details.cached_tokens`) are read as cache reads.
+`data: [DONE]`, and the usage they claim is the stream's only at [DONE] (usage shown before
+may be partial: a stream cut before its end has none, and is charged at its bound). The chat
+body is the wire body: nothing is translated. Cached prompt tokens
+(`usage.prompt_tokens_details.cached_tokens`) are read as cache reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -122,16 +125,19 @@ class OpenAIDialect:
         return sse.SSEReader(content, idle, max_event, max_total)
 
     def translator(self, upstream: Upstream) -> Translator:
-        """Chat chunks are relayed as they are, read on the way."""
-        return _CHUNKS
+        """Chat chunks are relayed as they are, read on the way (one per stream)."""
+        return _Relay(self)
 
-    def tally(self, event: bytes, tally: StreamTally) -> bool:
-        """Track usage/done/produced; False for a usage-only chunk the client did not ask for."""
+    def tally(self, event: bytes, tally: StreamTally, seen: Seen) -> bool:
+        """Track usage (`seen` until [DONE], then the tally's), done and produced; False for
+        a usage-only chunk the client did not ask for."""
         for raw in event.splitlines():
             if not raw.startswith(b"data:"):
                 continue
             payload = raw[5:].strip()
             if payload == b"[DONE]":
+                tally.prompt_tokens, tally.completion_tokens = seen.prompt, seen.completion
+                tally.cache_read = seen.cache_read
                 tally.done = True
                 return True
             try:
@@ -145,10 +151,10 @@ class OpenAIDialect:
                 counts = read_usage(usage)
                 if counts is None:
                     tally.usage_invalid = True
-                elif any(counts) or tally.prompt_tokens is None:
+                elif any(counts) or seen.prompt is None:
                     # The last non-zero usage wins: a trailing zero chunk cannot erase it.
-                    tally.prompt_tokens, tally.completion_tokens = counts
-                    tally.cache_read = cached_tokens(usage, counts[0])
+                    seen.prompt, seen.completion = counts
+                    seen.cache_read = cached_tokens(usage, counts[0])
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
@@ -158,15 +164,25 @@ class OpenAIDialect:
         return True
 
 
+@dataclass
+class Seen:
+    """The usage a stream's chunks claimed so far (the stream's once [DONE] is read)."""
+
+    prompt: int | None = None
+    completion: int | None = None
+    cache_read: int = 0
+
+
 class _Relay:
     """The OpenAI translator: each event as it came (but a usage chunk nobody asked for)."""
 
     def __init__(self, dialect: OpenAIDialect) -> None:
         self.dialect = dialect
+        self.seen = Seen()
 
     def feed(self, event: bytes, tally: StreamTally) -> Iterable[bytes]:
         try:
-            keep = self.dialect.tally(event, tally)
+            keep = self.dialect.tally(event, tally, self.seen)
         except (AttributeError, TypeError, ValueError):
             keep = True  # an odd chunk is relayed as it came; it is not ours to read
         return (event,) if keep else ()
@@ -193,5 +209,4 @@ class OpenAIEmbeddingsDialect(OpenAIDialect):
 
 
 OPENAI = OpenAIDialect()
-_CHUNKS = _Relay(OPENAI)
 OPENAI_EMBEDDINGS = OpenAIEmbeddingsDialect()

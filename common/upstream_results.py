@@ -34,8 +34,9 @@ class Completion:
 class StreamCall:
     """An open upstream stream: iterate `events()`; usage and produced chunks are tracked.
 
-    `finish` ends as completed, cut, timeout, oversize (an event over `max_event` bytes or the
-    stream over `max_total` bytes) or unusable (an event echoing our key, never relayed).
+    `finish` ends as completed (the dialect read the end: nothing after it is waited for),
+    cut, timeout, oversize (an event over `max_event` bytes or the stream over `max_total`
+    bytes) or unusable (an event echoing our key, never relayed).
     """
 
     upstream: Upstream
@@ -73,6 +74,10 @@ class StreamCall:
                 translated = []  # an event the dialect cannot read carries nothing we relay
             for out in translated:
                 yield out
+            if self.done:
+                # The end is read: an upstream that does not hang up is not waited for.
+                self.finish = "completed"
+                return
         if reader.end == sse.EOF_END:
             self.finish = "completed" if self.done else "cut"
         elif reader.end == sse.LOST:

@@ -235,6 +235,8 @@ class Messages:
                 return resp
             await resp.write(wire.block_stop(0))
             await resp.write(wire.message_end(stop, end_usage))
+            if act.linger:
+                await asyncio.sleep(act.linger)
         except ConnectionError:
             self._record(request, model, True, "disconnected", prompt, sent, cache)
             return resp

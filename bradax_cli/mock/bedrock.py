@@ -252,6 +252,8 @@ class Converse:
             if act.zero_tail:
                 zero = {"inputTokens": 0, "outputTokens": 0, "totalTokens": 0}
                 await resp.write(aws.event("metadata", {**metadata, "usage": zero}))
+            if act.linger:
+                await asyncio.sleep(act.linger)
             await resp.write_eof()
         except ConnectionError:
             self.record(request, model, True, "disconnected", prompt, sent, cache)

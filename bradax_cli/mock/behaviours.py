@@ -6,7 +6,9 @@ hostile ones `redirect`, `echo_headers`, `oversize_bytes`, `malformed`, `usage` 
 verbatim instead of the real usage, "absent" leaves it out) and `trailing_zero_usage`; and
 `cache` ({"read": n, "write": m}): that many of the prompt tokens are reported (and billed)
 as prompt-cache reads and writes, in each protocol's own usage fields; `chunk_delay_ms`: a
-pause before each streamed chunk (a model still generating); `stream_error` (an error type
+pause before each streamed chunk (a model still generating); `linger_ms`: a stream's
+connection held open that long after its last event (an upstream that does not hang up);
+`stream_error` (an error type
 of the protocol, e.g. Bedrock's "throttlingException"): a stream sends that error event
 after `cut_after_chunks` pieces (default 1), then ends without its usage.
 """
@@ -34,6 +36,7 @@ QUEUE_KEYS: Final = frozenset(
         "trailing_zero_usage",
         "cache",
         "chunk_delay_ms",
+        "linger_ms",
         "stream_error",
     }
 )
@@ -53,6 +56,7 @@ class Behaviour:
         "echo_headers",
         "hang",
         "latency_ms",
+        "linger",
         "malformed",
         "oversize",
         "redirect",
@@ -84,6 +88,7 @@ class Behaviour:
         self.zero_tail = False
         self.cache: tuple[int, int] = (0, 0)  # (read, write) prompt tokens, capped by the prompt
         self.chunk_delay = 0.0  # seconds before each streamed chunk
+        self.linger = 0.0  # seconds a stream's connection stays open after its last event
         self.stream_error: str | None = None  # an error event sent mid-stream
 
     def cache_split(self, prompt: int) -> tuple[int, int]:
@@ -168,11 +173,12 @@ def parse_behaviour(item: object) -> Behaviour:
         act.oversize = size
     if "usage" in item:
         act.usage = item["usage"]
-    if "chunk_delay_ms" in item:
-        delay = item["chunk_delay_ms"]
-        if not is_number(delay) or delay < 0:
-            raise BadConfig("chunk_delay_ms must be a number >= 0")
-        act.chunk_delay = float(delay) / 1000
+    for key, attribute in (("chunk_delay_ms", "chunk_delay"), ("linger_ms", "linger")):
+        if key in item:
+            delay = item[key]
+            if not is_number(delay) or delay < 0:
+                raise BadConfig(f"{key} must be a number >= 0")
+            setattr(act, attribute, float(delay) / 1000)
     if "cache" in item:
         cache = item["cache"]
         if not isinstance(cache, dict) or set(cache) - {"read", "write"}:

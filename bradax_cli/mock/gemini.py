@@ -201,6 +201,8 @@ class GenerateContent:
                 await _send(resp, chunk)
             if act.zero_tail:
                 await _send(resp, {"usageMetadata": _ZERO_USAGE, **base})
+            if act.linger:
+                await asyncio.sleep(act.linger)
         except ConnectionError:
             record("disconnected", prompt, sent, cached)
             return resp

@@ -263,6 +263,8 @@ class ChatCompletions:
                 if act.zero_tail:
                     await resp.write(prefix + b',"choices":[],"usage":' + _ZERO_USAGE + b"}\n\n")
             await resp.write(SSE_DONE)
+            if act.linger:
+                await asyncio.sleep(act.linger)
         except ConnectionError:
             state.record(request, model, True, "disconnected", prompt, sent)
             return resp
