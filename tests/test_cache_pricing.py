@@ -152,3 +152,37 @@ async def test_unverifiable_usage_is_charged_at_the_dearest_prompt_price(
     price = Price(*PRICES)
     assert row["cost_usd"] == price.bound(row["prompt_tokens"], 3)
     assert row["cost_usd"] > price.cost(row["prompt_tokens"], 3)
+
+
+async def test_a_call_billed_by_an_unknown_upstream_is_charged_at_the_dearest(
+    settings: Settings, configure: Any, mock: MockUpstream, router: Any
+) -> None:
+    """The first upstream fails, its dearer fallback times out (it may be generating, and
+    billing): the call is charged at the fallback's bound, the worst case admission reserved,
+    not at the first upstream's cheaper price."""
+    current = configure(
+        openai_api_key="mock-key",
+        openai_base_url=mock.url,
+        openai_max_retries=0,
+        openai_timeout=1.5,
+        model_routes={
+            "cheap": {"upstream_model": "gpt-4.1-nano", "fallbacks": ["pricey"]},
+            "pricey": {"upstream_model": "gpt-4.1"},
+        },
+    )
+    transport = httpx2.ASGITransport(app=router, client=("10.9.8.7", 1234))
+    http = httpx2.AsyncClient(transport=transport, base_url="http://broker", timeout=30)
+    tenant = await create_tenant(current, allowed_models=("cheap",))
+    mock.enqueue({"status": 500}, {"hang": True})
+    reply = await http.post(
+        "/v1/chat/completions",
+        json={"model": "cheap", "max_tokens": 5, "messages": [{"role": "user", "content": "oi"}]},
+        headers={"Authorization": f"Bearer {tenant.api_key}"},
+    )
+    assert reply.status_code == 504, reply.text
+    assert [c["model"] for c in mock.stats()["calls"]] == ["gpt-4.1-nano", "gpt-4.1"]
+    [row] = await ledger_rows(current, tenant.project_id)
+    assert (row["status"], row["error_code"]) == ("upstream_error", "upstream_timeout")
+    cheap, pricey = Price(Decimal("0.10"), Decimal("0.40")), Price(Decimal("2.00"), Decimal("8.00"))
+    assert row["cost_usd"] == pricey.bound(row["prompt_tokens"], row["completion_tokens"])
+    assert row["cost_usd"] > cheap.bound(row["prompt_tokens"], row["completion_tokens"])

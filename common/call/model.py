@@ -86,16 +86,24 @@ class Context:
     completion_bound: int = 0
     settled: bool = False
 
+    def dearest(self) -> Upstream:
+        """The upstream of the chain on which the call can cost the most (whose worst case
+        admission reserved): what a call that may have been billed by any of them, without
+        saying which (a timeout across fallbacks, a client gone), is charged at."""
+        return max(
+            self.chain,
+            key=lambda u: u.price.bound(self.prompt_bounds.get(u.alias, 0), self.completion_bound),
+        )
+
     def bound(self, upstream: Upstream | None) -> tuple[int, int]:
-        """The (prompt, completion) bound of the call on `upstream` (None: the first one,
-        which is whose price a call settled without an upstream is charged at)."""
-        alias = (upstream or self.chain[0]).alias
+        """The (prompt, completion) bound of the call on `upstream` (None: the dearest one)."""
+        alias = (upstream or self.dearest()).alias
         return self.prompt_bounds.get(alias, 0), self.completion_bound
 
     def at_bound(self, upstream: Upstream | None) -> bounds.Charge:
-        """The call charged at its bound on `upstream` (None: the first of the chain), every
+        """The call charged at its bound on `upstream` (None: the dearest of the chain), every
         prompt token at the dearest prompt price the route has (a cache write may cost more)."""
-        used = upstream or self.chain[0]
+        used = upstream or self.dearest()
         prompt, completion = self.bound(used)
         return bounds.Charge(prompt, completion, None, *used.price.worst_split(prompt))
 

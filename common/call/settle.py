@@ -58,7 +58,7 @@ class Settler:
         if ctx.settled:
             return Decimal(0)
         ctx.settled = True
-        used = outcome.upstream or ctx.chain[0]
+        used = outcome.upstream or ctx.dearest()
         prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
         cost = Decimal(0)
         if not outcome.cached:
