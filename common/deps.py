@@ -7,10 +7,12 @@ settings (tests, `bradax dev`) and drops every singleton; `aclose()` closes them
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from common.background import keep
 from common.db import Database
 from common.redis import RedisStore
 from common.settings import Settings, clear_settings_cache, get_settings
@@ -66,11 +68,20 @@ telemetry: Lazy[Telemetry] = Lazy(
 
 
 def configure(new: Settings | None) -> None:
-    """Use `new` settings from now on (None: back to the environment) and drop singletons."""
+    """Use `new` settings from now on (None: back to the environment) and drop singletons:
+    those already built are closed in the background when an event loop runs (a dropped
+    drainer or telemetry loop must not go on working for the old settings)."""
     global _override
     _override = new
     clear_settings_cache()
-    clear_caches()
+    dropped = [value for item in reversed(_registry) if (value := item.reset()) is not None]
+    if not dropped:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop: nothing of theirs is running either
+    keep(_close(dropped))
 
 
 def clear_caches() -> None:
@@ -81,10 +92,12 @@ def clear_caches() -> None:
 
 async def aclose() -> None:
     """Close and forget every singleton (last built first) that has `close`/`aclose`."""
-    for item in reversed(_registry):
-        value = item.reset()
-        if value is None:
-            continue
+    await _close([value for item in reversed(_registry) if (value := item.reset()) is not None])
+
+
+async def _close(values: list[object]) -> None:
+    """Close each of `values` that has `aclose`/`close`, in order."""
+    for value in values:
         closer = getattr(value, "aclose", None) or getattr(value, "close", None)
         if closer is not None:
             result = closer()

@@ -603,3 +603,24 @@ async def test_wrong_json_types_are_not_coerced(broker: Any, extra: dict[str, An
         headers=tenant.key_auth,
     )
     assert reply.status_code == 400
+
+
+async def test_reconfigured_services_stop_their_background_loops(
+    broker: Any, configure: Any, mock: MockUpstream
+) -> None:
+    """Settings swapped while services run (tests, `bradax dev`): the dropped services'
+    drainer and telemetry loops stop instead of working on for the old settings."""
+    http, tenant, _ = broker
+    assert (await invoke(http, tenant)).status_code == 200
+
+    def loops() -> list[str]:
+        names = [getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()]
+        return [n for n in names if n in ("Drainer._loop", "Telemetry._loop")]
+
+    assert "Drainer._loop" in loops()
+    configure(openai_api_key="mock-key", openai_base_url=mock.url)
+    for _ in range(100):
+        if not loops():
+            break
+        await asyncio.sleep(0.05)
+    assert loops() == []
