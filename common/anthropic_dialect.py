@@ -26,7 +26,7 @@ from common import sse
 from common.anthropic_body import messages_body
 from common.anthropic_events import AnthropicTranslator, finish_reason
 from common.catalog import Upstream
-from common.dialect import Answer, EventReader, Translator, WireRequest
+from common.dialect import Answer, EventReader, Translator, WireRequest, unsupported
 from common.upstream_errors import malformed
 from common.wire import completion, count, dumps, tool_call, usage
 
@@ -53,14 +53,46 @@ def read_usage(found: object) -> tuple[int, int, int, int] | None:
     return given + read + write, output, read, write
 
 
+def _hour_long_breakpoint(body: dict[str, Any]) -> str | None:
+    """Where the body asks for a one-hour prompt-cache write (`cache_control.ttl` 1h), if it
+    does."""
+    places: list[tuple[str, object]] = [
+        (f"tools[{i}]", tool) for i, tool in enumerate(body.get("tools") or ())
+    ]
+    for i, message in enumerate(body.get("messages") or ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            places += [(f"messages[{i}].content[{j}]", part) for j, part in enumerate(content)]
+    for where, part in places:
+        hint = part.get("cache_control") if isinstance(part, dict) else None
+        if isinstance(hint, dict) and hint.get("ttl") == "1h":
+            return f"{where}.cache_control.ttl"
+    return None
+
+
+def _prices_hour_writes(upstream: Upstream) -> bool:
+    """Does the route price cache writes at least at the one-hour rate (2x input)?"""
+    write = upstream.price.cache_write_per_1m
+    return write is not None and write >= 2 * upstream.price.input_per_1m
+
+
 class AnthropicDialect:
     """The `Dialect` of Anthropic's Messages API."""
 
     blocking = False
 
     def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
-        """BadRequest naming the first feature that does not map to Messages."""
+        """BadRequest naming the first feature that does not map to Messages, or a one-hour
+        cache write on a route whose cache-write price does not cover it."""
         messages_body(body)
+        hour = _hour_long_breakpoint(body)
+        if hour is not None and not _prices_hour_writes(upstream):
+            raise unsupported(
+                hour,
+                "a one-hour cache write (billed at twice the input price) on a route whose "
+                "cache_write_per_1m is priced for five-minute writes",
+                "Anthropic Messages",
+            )
 
     def prompt_overhead(self, body: dict[str, Any]) -> int:
         """The hidden tool-use system prompt when tools are given, else a small allowance."""

@@ -593,7 +593,7 @@ async def test_messages_cache_breakpoints_reach_the_anthropic_upstream(
             {
                 "name": "lookup",
                 "input_schema": {"type": "object"},
-                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                "cache_control": {"type": "ephemeral", "ttl": "5m"},
             }
         ],
         messages=[
@@ -621,7 +621,7 @@ async def test_messages_cache_breakpoints_reach_the_anthropic_upstream(
         {"type": "text", "text": "Regras longas da casa"},
         {"type": "text", "text": "Mais regras", "cache_control": EPHEMERAL},
     ]
-    assert sent["tools"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert sent["tools"][0]["cache_control"] == {"type": "ephemeral", "ttl": "5m"}
     result, text = sent["messages"][2]["content"]
     assert result["type"] == "tool_result"
     assert result["content"] == [{"type": "text", "text": "achado", "cache_control": EPHEMERAL}]
@@ -694,3 +694,40 @@ async def test_count_tokens_is_counted_by_the_anthropic_upstream(
     assert fallback.headers["x-bradax-token-count"] == "estimate"
     assert fallback.json()["input_tokens"] > 0
     assert mock.stats()["by_outcome"]["500"] == 3  # tried as any call is, then estimated
+
+
+async def test_a_one_hour_cache_write_needs_a_route_priced_for_it(
+    broker: Any, configure: Any, mock: MockUpstream
+) -> None:
+    """A one-hour cache write bills twice the input price: on a route whose cache-write price
+    is set for five-minute writes (1.25x) it is refused before admission; a route priced at
+    2x takes it to the upstream."""
+    http, tenant, _ = broker
+    request: Any = {
+        "model": ALIAS,
+        "max_tokens": 2,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": "oi",
+                        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                    }
+                ],
+            }
+        ],
+    }
+    headers = {"x-api-key": tenant.api_key}
+    refused = await http.post("/v1/messages", json=request, headers=headers)
+    assert refused.status_code == 400, refused.text
+    assert "messages[0].content[0].cache_control.ttl" in refused.text
+    assert mock.stats()["requests"] == 0
+    configure(
+        openai_max_retries=0,
+        model_routes={ALIAS: route(base_url=mock.url, cache_write_per_1m="2")},
+    )
+    served = await http.post("/v1/messages", json=request, headers=headers)
+    assert served.status_code == 200, served.text
+    assert last(mock)["messages"][0]["content"][0]["cache_control"]["ttl"] == "1h"
