@@ -13,7 +13,8 @@ tool_choice auto / required / none / a named function becomes `{type: auto | any
 tool}`; `parallel_tool_calls: false` is `disable_parallel_tool_use`. The token cap
 (max_completion_tokens, else max_tokens) is the required `max_tokens`; temperature (at most
 1 there), top_p, stop (`stop_sequences`), user or safety_identifier (`metadata.user_id`),
-service_tier auto / default (`auto` / `standard_only`) and stream carry over.
+service_tier auto / default (`standard_only`: never Priority Tier, priced above the route)
+and stream carry over.
 
 Refused with a 400 naming the parameter, before admission (they would change the answer or
 the bill): n > 1, logprobs / top_logprobs, a response_format other than text, non-zero
@@ -82,7 +83,9 @@ _WHAT = {
     "functions": "legacy functions (use tools)",
     "function_call": "legacy functions (use tool_choice)",
 }
-_TIERS = {"auto": "auto", "default": "standard_only"}
+# Anthropic's `auto` may serve from Priority Tier capacity, priced above the route's prices:
+# OpenAI's auto (the project's default tier) is Anthropic's standard tier too.
+_TIERS = {"auto": "standard_only", "default": "standard_only"}
 
 
 def refused(param: str, what: str) -> BadRequest:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from common.anthropic_body import messages_body
 from common.anthropic_dialect import ANTHROPIC, TOOL_OVERHEAD
 from common.catalog import Upstream
 from common.errors import BadRequest, UpstreamBadResponse
@@ -164,6 +165,15 @@ def test_messages_blocks_and_turns_map() -> None:
         "service_tier": "standard_only",
         "stream": True,
     }
+
+
+def test_no_service_tier_reaches_priority_capacity() -> None:
+    """OpenAI's auto and default tiers are Anthropic's standard tier: Anthropic's own `auto`
+    may serve from Priority Tier, priced above the route's prices."""
+    for tier in ("auto", "default"):
+        body: dict[str, Any] = {"model": "m", "max_tokens": 1, "messages": []}
+        body["service_tier"] = tier
+        assert messages_body(body)["service_tier"] == "standard_only"
 
 
 def test_cache_breakpoints_are_kept_on_their_blocks() -> None:
