@@ -19,14 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
-from common import sse
 from common.anthropic_body import messages_body
 from common.anthropic_events import AnthropicTranslator, finish_reason
 from common.catalog import Upstream
-from common.dialect import Answer, EventReader, Translator, WireRequest, unsupported
+from common.dialect import Answer, SSEFraming, Translator, WireRequest, unsupported
 from common.upstream_errors import malformed
 from common.wire import completion, count, dumps, tool_call, usage
 
@@ -76,10 +74,8 @@ def _prices_hour_writes(upstream: Upstream) -> bool:
     return write is not None and write >= 2 * upstream.price.input_per_1m
 
 
-class AnthropicDialect:
+class AnthropicDialect(SSEFraming):
     """The `Dialect` of Anthropic's Messages API."""
-
-    blocking = False
 
     def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
         """BadRequest naming the first feature that does not map to Messages, or a one-hour
@@ -181,16 +177,6 @@ class AnthropicDialect:
             return ()
         error = data.get("error") if isinstance(data, dict) else None
         return (error.get("type"),) if isinstance(error, dict) else ()
-
-    def retry_delay(self, body: bytes) -> float | None:
-        """None: the wait is in Retry-After, if anywhere."""
-        return None
-
-    def reader(
-        self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
-    ) -> EventReader:
-        """Server-sent events."""
-        return sse.SSEReader(content, idle, max_event, max_total)
 
     def translator(self, upstream: Upstream) -> Translator:
         """A new stream's Messages-to-chat translator."""

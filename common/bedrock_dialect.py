@@ -29,7 +29,7 @@ import orjson
 from common import bedrock_request, bedrock_stream, wire
 from common.bedrock_stream import finish_reason, usage_counts
 from common.catalog import Upstream
-from common.dialect import Answer, EventReader, Translator, WireRequest
+from common.dialect import Answer, EventReader, SSEFraming, Translator, WireRequest
 from common.errors import ServiceUnavailable
 from common.upstream_errors import malformed
 
@@ -87,7 +87,7 @@ def answer_id() -> str:
     return f"chatcmpl-{secrets.token_hex(12)}"
 
 
-class BedrockDialect:
+class BedrockDialect(SSEFraming):
     """The `Dialect` of Bedrock's Converse API."""
 
     # Signing may look credentials up or refresh them (network calls): off the event loop.
@@ -188,10 +188,6 @@ class BedrockDialect:
         if not isinstance(found, str):
             return ()
         return (found.rpartition("#")[2].partition(":")[0],)
-
-    def retry_delay(self, body: bytes) -> float | None:
-        """None: the wait is in Retry-After, if anywhere."""
-        return None
 
     def reader(
         self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from common import sse
 from common.catalog import Upstream
 from common.errors import BadRequest
 
@@ -138,3 +139,20 @@ class Dialect(Protocol):
     def translator(self, upstream: Upstream) -> Translator:
         """A new stream's event translator."""
         ...
+
+
+class SSEFraming:
+    """What most dialects share: answers streamed as server-sent events, requests built
+    without blocking, and no wait named in error bodies (Retry-After says it, if anything)."""
+
+    blocking = False
+
+    def retry_delay(self, body: bytes) -> float | None:
+        """None: the wait is in Retry-After, if anywhere."""
+        return None
+
+    def reader(
+        self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
+    ) -> EventReader:
+        """Server-sent events."""
+        return sse.SSEReader(content, idle, max_event, max_total)

@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
-from common import sse, wire
+from common import wire
 from common.catalog import Upstream
-from common.dialect import Answer, EventReader, StreamTally, Translator, WireRequest
+from common.dialect import Answer, SSEFraming, StreamTally, Translator, WireRequest
 from common.gemini_request import check, generate_request
 from common.upstream_errors import malformed
 
@@ -142,10 +141,8 @@ def answer_id(data: dict[str, Any]) -> str:
 MAX_RETRY_DELAY = 3600.0
 
 
-class GeminiDialect:
-    """The `Dialect` of Gemini's generateContent."""
-
-    blocking = False
+class GeminiDialect(SSEFraming):
+    """The `Dialect` of Gemini's generateContent (its streams: server-sent events)."""
 
     def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
         """BadRequest naming the first feature with no Gemini equivalent."""
@@ -263,12 +260,6 @@ class GeminiDialect:
                     return None
                 return min(max(seconds, 0.0), MAX_RETRY_DELAY)
         return None
-
-    def reader(
-        self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
-    ) -> EventReader:
-        """Server-sent events (alt=sse)."""
-        return sse.SSEReader(content, idle, max_event, max_total)
 
     def translator(self, upstream: Upstream) -> Translator:
         """A new stream's chunk translator."""

@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 import orjson
 
-from common import sse
 from common.bounds import read_usage
 from common.catalog import Upstream
-from common.dialect import Answer, EventReader, StreamTally, Translator, WireRequest
+from common.dialect import Answer, SSEFraming, StreamTally, Translator, WireRequest
 from common.upstream_errors import malformed
 from common.wire import dumps, without_cache_hints
 
@@ -39,11 +37,10 @@ def cached_tokens(usage: object, prompt: int) -> int:
     return 0
 
 
-class OpenAIDialect:
+class OpenAIDialect(SSEFraming):
     """The `Dialect` of OpenAI-compatible chat completions."""
 
     path = "/chat/completions"
-    blocking = False
 
     def check(self, upstream: Upstream, body: dict[str, Any]) -> None:
         """Every chat feature is the upstream's own to accept or refuse."""
@@ -113,16 +110,6 @@ class OpenAIDialect:
         if not isinstance(error, dict):
             return ()
         return (error.get("code"), error.get("type"))
-
-    def retry_delay(self, body: bytes) -> float | None:
-        """None: the wait is in Retry-After, if anywhere."""
-        return None
-
-    def reader(
-        self, content: aiohttp.StreamReader, idle: float, max_event: int, max_total: int
-    ) -> EventReader:
-        """Server-sent events."""
-        return sse.SSEReader(content, idle, max_event, max_total)
 
     def translator(self, upstream: Upstream) -> Translator:
         """Chat chunks are relayed as they are, read on the way (one per stream)."""

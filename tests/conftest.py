@@ -519,6 +519,21 @@ async def login(http: httpx2.AsyncClient, tenant: Tenant) -> Tenant:
     return tenant
 
 
+@dataclass
+class Tally:
+    """What the broker's StreamCall keeps for a stream (common.dialect.StreamTally), for
+    feeding a dialect's translator real event bytes."""
+
+    strip_usage: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cache_read: int = 0
+    cache_write: int = 0
+    usage_invalid: bool = False
+    produced: int = 0
+    done: bool = False
+
+
 def tokens(entry: dict[str, Any]) -> tuple[int, int, int, int]:
     """(prompt, completion, cache read, cache write) tokens of a ledger row or of a call in
     the mock's stats (both name them alike)."""

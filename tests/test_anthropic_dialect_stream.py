@@ -4,7 +4,6 @@ mock's Messages protocol served for real: its checks, errors, events and usage."
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -19,22 +18,9 @@ from common.anthropic_dialect import ANTHROPIC
 from common.catalog import Upstream
 from common.pricing import Price
 from common.wire import DONE
+from tests.conftest import Tally
 
 UP = Upstream("c", "http://up.test/v1", None, "claude-x", Price(Decimal(1), Decimal(5)))
-
-
-@dataclass
-class Tally:
-    """What the broker's StreamCall keeps for a stream (the StreamTally protocol)."""
-
-    strip_usage: bool = False
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cache_read: int = 0
-    cache_write: int = 0
-    usage_invalid: bool = False
-    produced: int = 0
-    done: bool = False
 
 
 def ev(data: dict[str, Any]) -> bytes:

@@ -7,7 +7,6 @@ over the mock (its OpenAI and Gemini protocols)."""
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +25,7 @@ from common.pii_payload import screen
 from common.pricing import Price
 from common.settings import Settings
 from common.wire import DONE
-from tests.conftest import MockUpstream, create_tenant, ledger_rows
+from tests.conftest import MockUpstream, Tally, create_tenant, ledger_rows
 
 PRICE = Price(Decimal(1), Decimal(5))
 ANTHROPIC_UP = Upstream("c", "http://up.test/v1", None, "claude-x", PRICE, dialect="anthropic")
@@ -35,20 +34,6 @@ OPENAI_UP = Upstream("o", "http://up.test/v1", None, "gpt-4.1-nano", PRICE)
 GEMINI_UP = Upstream("g", "http://up.test/v1beta", None, "gemini-2.5-flash", PRICE, "gemini")
 # Tool input nested as deep as orjson reads (1024 levels in all): too deep to write back.
 DEEP = "[" * 1015 + "]" * 1015
-
-
-@dataclass
-class Tally:
-    """What the broker's StreamCall keeps for a stream (the StreamTally protocol)."""
-
-    strip_usage: bool = False
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cache_read: int = 0
-    cache_write: int = 0
-    usage_invalid: bool = False
-    produced: int = 0
-    done: bool = False
 
 
 def gemini_chunk(parts: list[dict[str, Any]], finish: str | None = None, **extra: Any) -> bytes:

@@ -3,7 +3,6 @@ Gemini dialect's reading of answers, chunks and error bodies the mock does not s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +15,7 @@ from common.errors import UpstreamBadResponse
 from common.gemini_dialect import GEMINI
 from common.pricing import Price
 from common.upstream_errors import SAFE_ERROR_TOKENS
-from tests.conftest import MockUpstream
+from tests.conftest import MockUpstream, Tally
 
 MODEL = "gemini-2.5-flash"
 KEY = "gm-key-" + "w" * 24
@@ -228,20 +227,6 @@ def test_unusable_answers_and_usage() -> None:
     assert blocked.data["choices"][0]["message"]["content"] == ""
     assert blocked.data["choices"][0]["finish_reason"] == "content_filter"
     assert (blocked.prompt_tokens, blocked.completion_tokens) == (4, 0)
-
-
-@dataclass
-class Tally:
-    """What a stream's translator keeps up to date (common.dialect.StreamTally)."""
-
-    strip_usage: bool = False
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cache_read: int = 0
-    cache_write: int = 0
-    usage_invalid: bool = False
-    produced: int = 0
-    done: bool = False
 
 
 def event(data: object) -> bytes:
