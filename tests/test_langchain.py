@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_core.messages import AIMessage, AIMessageChunk
@@ -145,3 +146,63 @@ async def test_a_project_over_budget_is_refused_in_langchain_too(
     finally:
         broker.stop()
     assert mock.stats()["requests"] == 0
+
+
+async def test_langchain_over_native_upstreams(
+    settings: Settings, configure: Any, mock: MockUpstream, tmp_path: Path
+) -> None:
+    """ChatAnthropic and ChatOpenAI on the Responses API, on models served by native
+    Anthropic and Gemini upstreams: both answer, and the ledger has each call's tokens."""
+    routes = {
+        "claude": {
+            "provider": "anthropic",
+            "base_url": mock.root + "/v1",
+            "api_key": "mock-key",
+            "upstream_model": "claude-sonnet-4-5",
+            "input_per_1m": "3",
+            "output_per_1m": "15",
+        },
+        "gemini": {
+            "provider": "gemini",
+            "base_url": mock.root + "/v1beta",
+            "api_key": "mock-key",
+            "upstream_model": "gemini-2.5-flash",
+            "input_per_1m": "0.30",
+            "output_per_1m": "2.50",
+        },
+    }
+    current = configure(openai_api_key="mock-key", openai_base_url=mock.url, openai_max_retries=0)
+    mock.configure(models=["claude-sonnet-4-5", "gemini-2.5-flash"])
+    tenant = await create_tenant(current, allowed_models=tuple(routes))
+    broker = serve_broker(current, tmp=tmp_path, MODEL_ROUTES=orjson.dumps(routes).decode())
+    try:
+        for model in routes:
+            claude = ChatAnthropic(
+                model_name=model,
+                base_url=broker.url,
+                api_key=tenant.api_key,
+                max_tokens_to_sample=3,
+                max_retries=0,
+                timeout=30,
+                stop=None,
+            )
+            assert _text(await claude.ainvoke("oi")) == "w0 w1 w2", model
+            responses = ChatOpenAI(
+                model=model,
+                base_url=broker.url + "/v1",
+                api_key=tenant.api_key,
+                use_responses_api=True,
+                max_tokens=3,
+                max_retries=0,
+            )
+            assert _text(await responses.ainvoke("oi")) == "w0 w1 w2", model
+    finally:
+        broker.stop()
+    rows = await ledger_rows(current, tenant.project_id)
+    assert [(r["model"], r["completion_tokens"]) for r in rows] == [
+        ("claude", 3),
+        ("claude", 3),
+        ("gemini", 3),
+        ("gemini", 3),
+    ]
+    assert all(r["cost_usd"] > 0 for r in rows)
