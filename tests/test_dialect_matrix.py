@@ -1,12 +1,12 @@
-"""Exact metering in every pair of API face and upstream dialect, plain, streamed, cut and
-abandoned: the table test.
+"""Exact metering in every pair of API face and upstream dialect, plain, streamed, cut,
+errored mid-stream and abandoned: the table test.
 
 One broker process (`bradax serve`) per dialect, over the bundled mock speaking that dialect.
 Each face calls the dialect's model in each mode; every call must leave exactly one ledger
 row, and its tokens (prompt, completion, cache reads and writes) and cost must be exactly
 what the mock billed at the route's prices, to the nano-dollar. A stream the upstream cuts
-or the client abandons has no final usage: it is charged at its bound, never less than what
-the mock billed and never $0.
+or breaks off with an error event, or the client abandons, has no final usage: it is charged
+at its bound, never less than what the mock billed and never $0.
 """
 
 from __future__ import annotations
@@ -33,10 +33,17 @@ from tests.conftest import (
 )
 
 FACES = ("invoke", "openai", "responses", "anthropic")
-MODES = ("plain", "stream", "cut", "abandoned")
+MODES = ("plain", "stream", "cut", "errored", "abandoned")
 PRICES = (Decimal("1.10"), Decimal("4.40"), Decimal("0.11"), Decimal("1.375"))
 MAX_TOKENS = 6
 CACHE = {"read": 3, "write": 2}
+# An error each provider may send in the middle of a stream
+ERRORS = {
+    "openai": "server_error",
+    "anthropic": "overloaded_error",
+    "bedrock": "modelStreamErrorException",
+    "gemini": "INTERNAL",
+}
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,8 @@ async def test_every_face_is_metered_exactly_on_the_dialect(
             for mode in MODES:
                 if mode == "cut":
                     mock.enqueue({"cut_after_chunks": 2})
+                elif mode == "errored":
+                    mock.enqueue({"stream_error": ERRORS[dialect], "cut_after_chunks": 2})
                 elif mode == "abandoned":
                     mock.enqueue({"chunk_delay_ms": 20})  # still generating when the client goes
                 elif mode in ("plain", "stream"):
@@ -171,7 +180,7 @@ async def test_every_face_is_metered_exactly_on_the_dialect(
         # No final usage: charged at the bound (or, abandoned after the usage, exactly).
         at_bound = row["cost_usd"] == price.bound(row["prompt_tokens"], row["completion_tokens"])
         exact = (charged, row["cost_usd"]) == (billed, cost)
-        statuses = ("cut",) if mode == "cut" else ("client_disconnected",)
+        statuses = ("client_disconnected",) if mode == "abandoned" else ("cut",)
         if (
             row["status"] not in statuses
             or not (at_bound or exact)

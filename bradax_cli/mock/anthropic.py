@@ -229,6 +229,11 @@ class Messages:
                     await asyncio.sleep(act.chunk_delay)
                 await resp.write(wire.text_delta(0, f" w{i}" if i else "w0"))
                 sent += 1
+            if act.stream_error:
+                error = {"type": act.stream_error, "message": "Mock stream error."}
+                await resp.write(wire.event({"type": "error", "error": error}))
+                self._record(request, model, True, "stream_error", prompt, sent, cache)
+                return resp
             if act.cut_after >= 0:
                 self._record(request, model, True, "cut", prompt, sent, cache)
                 abort(request)

@@ -200,7 +200,7 @@ class Converse:
         pieces, completion, stop = plan
         cache = act.cache_split(prompt)
         resp = web.StreamResponse(headers={"Content-Type": aws.EVENT_STREAM_CT})
-        error_at = (max(act.cut_after, 0) if act.cut_after >= 0 else 1) if act.stream_error else -1
+        error_at = act.error_at
         cut_at = act.cut_after if not act.stream_error else -1
         sent = 0
         try:

@@ -91,6 +91,13 @@ class Behaviour:
         self.linger = 0.0  # seconds a stream's connection stays open after its last event
         self.stream_error: str | None = None  # an error event sent mid-stream
 
+    @property
+    def error_at(self) -> int:
+        """After how many pieces a stream sends its `stream_error` (-1: it sends none)."""
+        if not self.stream_error:
+            return -1
+        return self.cut_after if self.cut_after >= 0 else 1
+
     def cache_split(self, prompt: int) -> tuple[int, int]:
         """The (read, write) cache tokens of a prompt of `prompt` tokens (never beyond it)."""
         read = min(self.cache[0], prompt)

@@ -175,10 +175,12 @@ class GenerateContent:
                 record("malformed", prompt, 0, cached)
                 return resp
             todo = words if act.cut_after < 0 else min(words, act.cut_after)
+            if act.stream_error:
+                todo = min(words, act.error_at)
             for i in range(todo):
                 if act.chunk_delay:
                     await asyncio.sleep(act.chunk_delay)
-                last = i == words - 1 and act.cut_after < 0
+                last = i == words - 1 and act.cut_after < 0 and not act.stream_error
                 chunk = {
                     "candidates": [candidate([{"text": _word(i)}], finish if last else None)],
                     **base,
@@ -190,6 +192,11 @@ class GenerateContent:
                     chunk["usageMetadata"] = usage(prompt, i + 1, cached)
                 await _send(resp, chunk)
                 sent += 1
+            if act.stream_error:
+                error = {"code": 500, "message": "Mock stream error.", "status": act.stream_error}
+                await _send(resp, {"error": error})
+                record("stream_error", prompt, sent, cached)
+                return resp
             if act.cut_after >= 0:
                 record("cut", prompt, sent, cached)
                 abort(request)

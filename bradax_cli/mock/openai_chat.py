@@ -233,11 +233,18 @@ class ChatCompletions:
             if oversize:
                 await resp.write(head + orjson.dumps({"content": "x" * oversize}) + tail)
             todo = words if cut_after < 0 else min(words, cut_after)
+            if act.stream_error:
+                todo = min(words, act.error_at)
             for i in range(todo):
                 if act.chunk_delay:
                     await asyncio.sleep(act.chunk_delay)
                 await resp.write(head + orjson.dumps({"content": self._word(i)}) + tail)
                 sent += 1
+            if act.stream_error:
+                error = {"message": "Mock stream error.", "type": act.stream_error}
+                await resp.write(b"data: " + orjson.dumps({"error": error}) + b"\n\n")
+                state.record(request, model, True, "stream_error", prompt, sent)
+                return resp
             if cut_after >= 0:
                 state.record(request, model, True, "cut", prompt, sent)
                 abort(request)
