@@ -55,6 +55,7 @@ from common.upstream_errors import (
     circuit_open,
     echo_probe,
     echoed,
+    echoes,
     final_error,
     oversize,
     retry_after_seconds,
@@ -246,7 +247,7 @@ class UpstreamClient:
                     reply.close()  # stop the transfer; the rest is not wanted
                     raise oversize(upstream, self._max_response)
             secret = echo_probe(upstream)
-            if secret is not None and secret in body:
+            if secret is not None and echoes(secret, body):
                 raise echoed(upstream)
             answer = dialect.answer(upstream, body)
             return Completion(

@@ -25,6 +25,7 @@ Error tree of what leaves `common.llm` (all in `common.errors`)::
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -222,6 +223,19 @@ def oversize(upstream: Upstream, limit: int) -> UpstreamBadResponse:
 def malformed(upstream: Upstream, message: str, reason: str = "malformed") -> UpstreamBadResponse:
     """A 200 that cannot be used (`reason`: malformed, shape)."""
     return UpstreamBadResponse(message, reason=reason, upstream_alias=upstream.alias)
+
+
+_ASCII_ESCAPE = re.compile(rb"\\u00([0-7][0-9a-fA-F])")
+
+
+def echoes(secret: bytes, raw: bytes) -> bool:
+    """Does `raw` (an answer, an event) hold the key, as sent or spelled with JSON escapes
+    (`\u0073k-...`: a client decoding the JSON would read the key all the same)?"""
+    if secret in raw:
+        return True
+    if b"\\u00" not in raw:
+        return False
+    return secret in _ASCII_ESCAPE.sub(lambda found: bytes([int(found[1], 16)]), raw)
 
 
 def echoed(upstream: Upstream) -> UpstreamBadResponse:

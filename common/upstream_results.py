@@ -11,7 +11,7 @@ import aiohttp
 from common import sse
 from common.catalog import Upstream
 from common.dialect import Dialect
-from common.upstream_errors import echo_probe
+from common.upstream_errors import echo_probe, echoes
 
 
 @dataclass
@@ -65,7 +65,7 @@ class StreamCall:
         translator = self.dialect.translator(self.upstream)
         secret = echo_probe(self.upstream)
         async for event in reader.events():
-            if secret is not None and secret in event:
+            if secret is not None and echoes(secret, event):
                 self.finish = "unusable"
                 return
             try:

@@ -339,3 +339,63 @@ async def test_breaker_ignores_one_tenants_4xx_storm_but_opens_on_5xx(
     assert "upstream_circuit_open" in text
     assert int(headers["retry-after"]) >= 1
     assert mock.stats()["requests"] == before
+
+
+@pytest.fixture
+async def escaping_upstream() -> AsyncIterator[str]:
+    """An OpenAI-compatible server whose answers spell the broker's key with JSON escapes
+    (`\\u0073\\u006b...`: what any client decoding the JSON reads as the key itself)."""
+    spelled = "".join(f"\\u{ord(c):04x}" for c in KEY)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        message = '{"role":"assistant","content":"' + spelled + '"}'
+        usage = '{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}'
+        if not body.get("stream"):
+            text = (
+                '{"id":"c1","object":"chat.completion","created":1,"model":"gpt-4.1-nano",'
+                f'"choices":[{{"index":0,"message":{message},"finish_reason":"stop"}}],'
+                f'"usage":{usage}}}'
+            )
+            return web.Response(text=text, content_type="application/json")
+        reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await reply.prepare(request)
+        delta = '{"content":"' + spelled + '"}'
+        chunk = (
+            '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4.1-nano",'
+            f'"choices":[{{"index":0,"delta":{delta},"finish_reason":null}}]}}'
+        )
+        await reply.write(f"data: {chunk}\n\n".encode())
+        await reply.write(b"data: [DONE]\n\n")
+        return reply
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/v1"
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_key_spelled_with_json_escapes_is_withheld(
+    configure: Any, tenant_http: Any, escaping_upstream: str, stream: bool
+) -> None:
+    """An answer holding the key written as JSON escapes is the key all the same: withheld
+    (a 502, or the stream stopped before that event), never relayed for the client to decode."""
+    http, tenant_for = tenant_http
+    current = configure(openai_api_key=KEY, openai_base_url=escaping_upstream)
+    tenant = await tenant_for(current)
+    status, _, text = await _call(http, tenant, "openai", stream)
+    assert "\\u0073\\u006b" not in text
+    assert KEY not in text
+    if stream:
+        assert status == 200
+        assert "upstream_stream_unusable" in text
+    else:
+        assert status == 502, text
+    [row] = await ledger_rows(current)
+    assert row["cost_usd"] > 0  # it may have been billed: charged at the bound
