@@ -33,6 +33,31 @@ async def served(
         broker.stop()
 
 
+def claude(broker: Process, key: str, model: str, tokens: int) -> ChatAnthropic:
+    """LangChain's ChatAnthropic on the broker (the Messages face)."""
+    return ChatAnthropic(
+        model_name=model,
+        base_url=broker.url,
+        api_key=key,
+        max_tokens_to_sample=tokens,
+        max_retries=0,
+        timeout=30,
+        stop=None,
+    )
+
+
+def responses(broker: Process, key: str, model: str, tokens: int) -> ChatOpenAI:
+    """LangChain's ChatOpenAI on the broker's Responses API."""
+    return ChatOpenAI(
+        model=model,
+        base_url=broker.url + "/v1",
+        api_key=key,
+        use_responses_api=True,
+        max_tokens=tokens,
+        max_retries=0,
+    )
+
+
 def _text(message: AIMessage | AIMessageChunk) -> str:
     content = message.content
     if isinstance(content, str):
@@ -44,14 +69,7 @@ async def test_chat_openai_on_the_responses_api(served: Any, mock: MockUpstream)
     """ChatOpenAI(use_responses_api=True): invoke and stream answer the mock's words, with
     usage, and every call is one ledger row at a non-zero cost."""
     broker, tenant, settings = served
-    llm = ChatOpenAI(
-        model=MODEL,
-        base_url=broker.url + "/v1",
-        api_key=tenant.api_key,
-        use_responses_api=True,
-        max_tokens=4,
-        max_retries=0,
-    )
+    llm = responses(broker, tenant.api_key, MODEL, 4)
     answer = await llm.ainvoke("Explique seguros")
     assert _text(answer) == "w0 w1 w2 w3"
     assert answer.usage_metadata is not None
@@ -86,15 +104,7 @@ async def test_chat_openai_on_chat_completions(served: Any) -> None:
 async def test_chat_anthropic_through_the_messages_face(served: Any) -> None:
     """ChatAnthropic pointed at the broker: invoke and stream, usage and the ledger."""
     broker, tenant, settings = served
-    llm = ChatAnthropic(
-        model_name=MODEL,
-        base_url=broker.url,
-        api_key=tenant.api_key,
-        max_tokens_to_sample=5,
-        max_retries=0,
-        timeout=30,
-        stop=None,
-    )
+    llm = claude(broker, tenant.api_key, MODEL, 5)
     answer = await llm.ainvoke("Explique seguros")
     assert _text(answer) == "w0 w1 w2 w3 w4"
     assert answer.usage_metadata is not None
@@ -120,28 +130,11 @@ async def test_a_project_over_budget_is_refused_in_langchain_too(
     tenant = await create_tenant(current, "proj_broke", budget_monthly_usd="0.0001")
     broker = serve_broker(current, tmp=tmp_path)
     try:
-        responses = ChatOpenAI(
-            model=MODEL,
-            base_url=broker.url + "/v1",
-            api_key=tenant.api_key,
-            use_responses_api=True,
-            max_tokens=4000,
-            max_retries=0,
-        )
         with pytest.raises(openai.APIStatusError) as refused:
-            await responses.ainvoke("oi")
+            await responses(broker, tenant.api_key, MODEL, 4000).ainvoke("oi")
         assert refused.value.status_code == 402
-        claude = ChatAnthropic(
-            model_name=MODEL,
-            base_url=broker.url,
-            api_key=tenant.api_key,
-            max_tokens_to_sample=4000,
-            max_retries=0,
-            timeout=30,
-            stop=None,
-        )
         with pytest.raises(anthropic.APIStatusError) as again:
-            await claude.ainvoke("oi")
+            await claude(broker, tenant.api_key, MODEL, 4000).ainvoke("oi")
         assert again.value.status_code == 402
     finally:
         broker.stop()
@@ -177,25 +170,10 @@ async def test_langchain_over_native_upstreams(
     broker = serve_broker(current, tmp=tmp_path, MODEL_ROUTES=orjson.dumps(routes).decode())
     try:
         for model in routes:
-            claude = ChatAnthropic(
-                model_name=model,
-                base_url=broker.url,
-                api_key=tenant.api_key,
-                max_tokens_to_sample=3,
-                max_retries=0,
-                timeout=30,
-                stop=None,
-            )
-            assert _text(await claude.ainvoke("oi")) == "w0 w1 w2", model
-            responses = ChatOpenAI(
-                model=model,
-                base_url=broker.url + "/v1",
-                api_key=tenant.api_key,
-                use_responses_api=True,
-                max_tokens=3,
-                max_retries=0,
-            )
-            assert _text(await responses.ainvoke("oi")) == "w0 w1 w2", model
+            answer = await claude(broker, tenant.api_key, model, 3).ainvoke("oi")
+            assert _text(answer) == "w0 w1 w2", model
+            answer = await responses(broker, tenant.api_key, model, 3).ainvoke("oi")
+            assert _text(answer) == "w0 w1 w2", model
     finally:
         broker.stop()
     rows = await ledger_rows(current, tenant.project_id)
