@@ -19,14 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
-
 from common.anthropic_body import messages_body
 from common.anthropic_events import AnthropicTranslator, finish_reason
 from common.catalog import Upstream
 from common.dialect import Answer, SSEFraming, Translator, WireRequest, unsupported
-from common.upstream_errors import malformed
-from common.wire import completion, count, dumps, tool_call, usage
+from common.upstream_errors import answer_object, malformed
+from common.wire import completion, count, dumps, error_object, tool_call, usage
 
 VERSION = "2023-06-01"
 # Prompt tokens billed beyond the body: the tool-use system prompt (about 350 tokens on
@@ -126,15 +124,8 @@ class AnthropicDialect(SSEFraming):
 
     def answer(self, upstream: Upstream, body: bytes) -> Answer:
         """A Messages `message` as a chat completion; UpstreamBadResponse if it is not one."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise malformed(upstream, "upstream answered malformed JSON") from None
-        if (
-            not isinstance(data, dict)
-            or data.get("type") != "message"
-            or not isinstance(data.get("content"), list)
-        ):
+        data = answer_object(upstream, body, "a Messages message")
+        if data.get("type") != "message" or not isinstance(data.get("content"), list):
             raise malformed(upstream, "upstream answer is not a Messages message", "shape")
         texts: list[str] = []
         calls: list[dict[str, Any]] = []
@@ -171,12 +162,8 @@ class AnthropicDialect(SSEFraming):
 
     def error_tokens(self, body: bytes) -> Iterable[object]:
         """`error.type` of a Messages error body."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return ()
-        error = data.get("error") if isinstance(data, dict) else None
-        return (error.get("type"),) if isinstance(error, dict) else ()
+        error = error_object(body)
+        return (error.get("type"),) if error is not None else ()
 
     def translator(self, upstream: Upstream) -> Translator:
         """A new stream's Messages-to-chat translator."""
@@ -204,11 +191,7 @@ class AnthropicCountDialect(AnthropicDialect):
 
     def answer(self, upstream: Upstream, body: bytes) -> Answer:
         """The count; UpstreamBadResponse unless it is a plain non-negative integer."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise malformed(upstream, "upstream answered malformed JSON") from None
-        tokens = count(data.get("input_tokens")) if isinstance(data, dict) else None
+        tokens = count(answer_object(upstream, body, "a token count").get("input_tokens"))
         if tokens is None:
             raise malformed(upstream, "upstream answer is not a token count", "shape")
         return Answer({"input_tokens": tokens}, tokens, 0, False)

@@ -31,7 +31,7 @@ from common.bedrock_stream import finish_reason, usage_counts
 from common.catalog import Upstream
 from common.dialect import Answer, EventReader, SSEFraming, Translator, WireRequest
 from common.errors import ServiceUnavailable
-from common.upstream_errors import malformed
+from common.upstream_errors import answer_object, malformed
 
 # Claude on Bedrock adds a tool-use system prompt (a few hundred tokens) when tools are given;
 # other models their own. Generous: these are upper bounds for the reservation.
@@ -131,11 +131,8 @@ class BedrockDialect(SSEFraming):
 
     def answer(self, upstream: Upstream, body: bytes) -> Answer:
         """A Converse answer as a chat completion; UpstreamBadResponse when it is not one."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise malformed(upstream, "upstream answered malformed JSON") from None
-        output = data.get("output") if isinstance(data, dict) else None
+        data = answer_object(upstream, body, "a Converse answer")
+        output = data.get("output")
         message = output.get("message") if isinstance(output, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, list):
@@ -178,12 +175,7 @@ class BedrockDialect(SSEFraming):
 
     def error_tokens(self, body: bytes) -> Iterable[object]:
         """The error type an AWS JSON error body names (`__type`, maybe namespaced)."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return ()
-        if not isinstance(data, dict):
-            return ()
+        data = wire.json_object(body) or {}
         found = data.get("__type") or data.get("code")
         if not isinstance(found, str):
             return ()

@@ -36,7 +36,7 @@ from common import wire
 from common.catalog import Upstream
 from common.dialect import Answer, SSEFraming, StreamTally, Translator, WireRequest
 from common.gemini_request import check, generate_request
-from common.upstream_errors import malformed
+from common.upstream_errors import answer_object, malformed
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -176,12 +176,7 @@ class GeminiDialect(SSEFraming):
 
     def answer(self, upstream: Upstream, body: bytes) -> Answer:
         """A GenerateContentResponse as a chat completion."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise malformed(upstream, "upstream answered malformed JSON") from None
-        if not isinstance(data, dict):
-            raise malformed(upstream, "upstream answer is not a GenerateContentResponse", "shape")
+        data = answer_object(upstream, body, "a GenerateContentResponse")
         candidate = candidate_of(data)
         if candidate is None and not blocked(data):
             raise malformed(upstream, "upstream answer has no candidate", "shape")
@@ -226,12 +221,8 @@ class GeminiDialect(SSEFraming):
     def error_tokens(self, body: bytes) -> Iterable[object]:
         """The ErrorInfo reasons (API_KEY_INVALID, ...), then the status (RESOURCE_EXHAUSTED,
         INVALID_ARGUMENT, ...) of a Google error body."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return ()
-        error = data.get("error") if isinstance(data, dict) else None
-        if not isinstance(error, dict):
+        error = wire.error_object(body)
+        if error is None:
             return ()
         details = error.get("details")
         reasons = (
@@ -243,12 +234,7 @@ class GeminiDialect(SSEFraming):
 
     def retry_delay(self, body: bytes) -> float | None:
         """The `retryDelay` of a RetryInfo detail ("30s", "1.5s"), at most MAX_RETRY_DELAY."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        error = data.get("error") if isinstance(data, dict) else None
-        details = error.get("details") if isinstance(error, dict) else None
+        details = (wire.error_object(body) or {}).get("details")
         for detail in details if isinstance(details, list) else ():
             delay = detail.get("retryDelay") if isinstance(detail, dict) else None
             if isinstance(delay, str) and delay.endswith("s"):

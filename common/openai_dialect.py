@@ -21,8 +21,8 @@ import orjson
 from common.bounds import read_usage
 from common.catalog import Upstream
 from common.dialect import Answer, SSEFraming, StreamTally, Translator, WireRequest
-from common.upstream_errors import malformed
-from common.wire import dumps, without_cache_hints
+from common.upstream_errors import answer_object, malformed
+from common.wire import dumps, error_object, without_cache_hints
 
 # The key of a prompt-cache breakpoint, as it appears in a body that has one.
 CACHE_HINT = b'"cache_control"'
@@ -85,11 +85,8 @@ class OpenAIDialect(SSEFraming):
 
     def answer(self, upstream: Upstream, body: bytes) -> Answer:
         """A chat completion; UpstreamBadResponse when the body is not one."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise malformed(upstream, "upstream answered malformed JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        data = answer_object(upstream, body, "a chat completion")
+        if not isinstance(data.get("choices"), list):
             raise malformed(upstream, "upstream answer is not a chat completion", "shape")
         # Usage is a claim: unreadable or implausible usage leaves the answer usable and the
         # call charged at its bound (common.bounds.verify), never free.
@@ -102,14 +99,8 @@ class OpenAIDialect(SSEFraming):
 
     def error_tokens(self, body: bytes) -> Iterable[object]:
         """`error.code`, then `error.type`, of an OpenAI error body."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return ()
-        error = data.get("error") if isinstance(data, dict) else None
-        if not isinstance(error, dict):
-            return ()
-        return (error.get("code"), error.get("type"))
+        error = error_object(body)
+        return (error.get("code"), error.get("type")) if error is not None else ()
 
     def translator(self, upstream: Upstream) -> Translator:
         """Chat chunks are relayed as they are, read on the way (one per stream)."""
@@ -182,11 +173,8 @@ class OpenAIEmbeddingsDialect(OpenAIDialect):
 
     def answer(self, upstream: Upstream, body: bytes) -> Answer:
         """An embeddings list; its usage names input tokens only (completion 0)."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise malformed(upstream, "upstream answered malformed JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        data = answer_object(upstream, body, "an embeddings list")
+        if not isinstance(data.get("data"), list):
             raise malformed(upstream, "upstream answer is not an embeddings list", "shape")
         usage = data.get("usage")
         prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None

@@ -48,20 +48,27 @@ class Price:
     ) -> Decimal:
         """The exact cost of a call, in USD (`cache_read`/`cache_write`: of the prompt tokens)."""
         plain = prompt_tokens - cache_read - cache_write
-        read = self.input_per_1m if self.cache_read_per_1m is None else self.cache_read_per_1m
-        write = self.input_per_1m if self.cache_write_per_1m is None else self.cache_write_per_1m
         return (
             Decimal(plain) * self.input_per_1m
-            + Decimal(cache_read) * read
-            + Decimal(cache_write) * write
+            + Decimal(cache_read) * self.read_per_1m
+            + Decimal(cache_write) * self.write_per_1m
             + Decimal(completion_tokens) * self.output_per_1m
         ) / MILLION
+
+    @property
+    def read_per_1m(self) -> Decimal:
+        """The price of a prompt token read from the cache."""
+        return self.input_per_1m if self.cache_read_per_1m is None else self.cache_read_per_1m
+
+    @property
+    def write_per_1m(self) -> Decimal:
+        """The price of a prompt token written to the cache."""
+        return self.input_per_1m if self.cache_write_per_1m is None else self.cache_write_per_1m
 
     def worst_split(self, prompt_tokens: int) -> tuple[int, int]:
         """The (cache_read, cache_write) split of `prompt_tokens` that costs the most: what a
         call charged at its bound is charged (every token at the dearest prompt price)."""
-        read = self.input_per_1m if self.cache_read_per_1m is None else self.cache_read_per_1m
-        write = self.input_per_1m if self.cache_write_per_1m is None else self.cache_write_per_1m
+        read, write = self.read_per_1m, self.write_per_1m
         if write > self.input_per_1m and write >= read:
             return 0, prompt_tokens
         if read > self.input_per_1m:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from common.catalog import Upstream
 from common.errors import (
@@ -223,6 +224,18 @@ def oversize(upstream: Upstream, limit: int) -> UpstreamBadResponse:
 def malformed(upstream: Upstream, message: str, reason: str = "malformed") -> UpstreamBadResponse:
     """A 200 that cannot be used (`reason`: malformed, shape)."""
     return UpstreamBadResponse(message, reason=reason, upstream_alias=upstream.alias)
+
+
+def answer_object(upstream: Upstream, body: bytes, what: str) -> dict[str, Any]:
+    """A 200's body as a JSON object; UpstreamBadResponse when it is not JSON (malformed) or
+    not an object (`what` it should have been: shape)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise malformed(upstream, "upstream answered malformed JSON") from None
+    if not isinstance(data, dict):
+        raise malformed(upstream, f"upstream answer is not {what}", "shape")
+    return data
 
 
 _ASCII_ESCAPE = re.compile(rb"\\u00([0-7][0-9a-fA-F])")

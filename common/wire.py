@@ -132,3 +132,18 @@ def without_cache_hints(body: dict[str, Any]) -> dict[str, Any]:
     if isinstance(body.get("tools"), list):
         out["tools"] = parts(body["tools"])
     return out
+
+
+def json_object(raw: bytes) -> dict[str, Any] | None:
+    """`raw` as a JSON object (an upstream's error body), or None if it is not one."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def error_object(raw: bytes) -> dict[str, Any] | None:
+    """The `error` object of an error body (OpenAI's, Anthropic's, Google's), if it has one."""
+    error = (json_object(raw) or {}).get("error")
+    return error if isinstance(error, dict) else None

@@ -14,7 +14,7 @@ import orjson
 from starlette.requests import Request
 
 from common import bounds, keyspace
-from common.call.model import Context, Plan
+from common.call.model import Context, Plan, dearest
 from common.errors import BadRequest, BudgetExceeded, RateLimited
 from common.http import client_ip
 from common.llm import Upstream
@@ -45,11 +45,9 @@ class Admitter:
         created_ms = int(now * 1000)
         month = budget_month(datetime.fromtimestamp(now, UTC))
         prompt_bounds, completion_bound = call_bounds(plan.body, plan.chain, plan.overheads)
-        costs = {
-            u.alias: u.price.bound(prompt_bounds[u.alias], completion_bound) for u in plan.chain
-        }
-        worst_alias = max(costs, key=lambda alias: costs[alias])
-        worst = costs[worst_alias]
+        worst_upstream = dearest(plan.chain, prompt_bounds, completion_bound)
+        worst_alias = worst_upstream.alias
+        worst = worst_upstream.price.bound(prompt_bounds[worst_alias], completion_bound)
         intent = intent_record(
             request_id=plan.request_id,
             project_id=plan.project.id,

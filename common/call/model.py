@@ -29,6 +29,12 @@ class Claim(Protocol):
     usage_invalid: bool
 
 
+def dearest(chain: list[Upstream], prompt_bounds: dict[str, int], completion: int) -> Upstream:
+    """The upstream of `chain` whose bound (its prompt bound by alias, `completion`) costs the
+    most, the first of them on a tie."""
+    return max(chain, key=lambda u: u.price.bound(prompt_bounds.get(u.alias, 0), completion))
+
+
 @dataclass
 class Call:
     """A validated chat request, normalised from any API face."""
@@ -90,10 +96,7 @@ class Context:
         """The upstream of the chain on which the call can cost the most (whose worst case
         admission reserved): what a call that may have been billed by any of them, without
         saying which (a timeout across fallbacks, a client gone), is charged at."""
-        return max(
-            self.chain,
-            key=lambda u: u.price.bound(self.prompt_bounds.get(u.alias, 0), self.completion_bound),
-        )
+        return dearest(self.chain, self.prompt_bounds, self.completion_bound)
 
     def bound(self, upstream: Upstream | None) -> tuple[int, int]:
         """The (prompt, completion) bound of the call on `upstream` (None: the dearest one)."""
