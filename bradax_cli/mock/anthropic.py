@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 from typing import Any, Final
 
@@ -46,20 +47,7 @@ class Messages:
 
     def __init__(self, state: MockState) -> None:
         self.state = state
-
-    def _record(
-        self,
-        request: web.Request,
-        model: object,
-        stream: bool,
-        outcome: str,
-        prompt: int = 0,
-        completion: int = 0,
-        cache: tuple[int, int] = (0, 0),
-    ) -> None:
-        self.state.record(
-            request, model, stream, outcome, prompt, completion, cache=cache, protocol=PROTOCOL
-        )
+        self._record = functools.partial(state.record, protocol=PROTOCOL)
 
     async def _intake(self, request: web.Request) -> dict[str, Any] | web.StreamResponse:
         """A counted request's JSON body, or the answer refusing it (key, slow or bad body)."""

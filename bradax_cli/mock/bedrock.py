@@ -23,6 +23,7 @@ JSON answers and AWS event streams, with the token arithmetic callers can assert
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, Final
 
 import orjson
@@ -45,6 +46,7 @@ class Converse:
 
     def __init__(self, state: MockState) -> None:
         self.state = state
+        self.record = functools.partial(state.record, protocol="bedrock")
 
     async def converse(self, request: web.Request) -> web.StreamResponse:
         """POST /model/{modelId}/converse."""
@@ -53,20 +55,6 @@ class Converse:
     async def converse_stream(self, request: web.Request) -> web.StreamResponse:
         """POST /model/{modelId}/converse-stream."""
         return await self.handle(request, stream=True)
-
-    def record(
-        self,
-        request: web.Request,
-        model: str,
-        stream: bool,
-        outcome: str,
-        prompt: int = 0,
-        completion: int = 0,
-        cache: tuple[int, int] = (0, 0),
-    ) -> None:
-        self.state.record(
-            request, model, stream, outcome, prompt, completion, cache=cache, protocol="bedrock"
-        )
 
     async def handle(self, request: web.Request, stream: bool) -> web.StreamResponse:
         state = self.state

@@ -74,8 +74,8 @@ class MockState:
         outcome: str,
         prompt: int = 0,
         completion: int = 0,
-        *,
         cache: tuple[int, int] = (0, 0),
+        *,
         protocol: str = "openai",
     ) -> None:
         """Count one call under `outcome`, with the tokens the mock would bill for it

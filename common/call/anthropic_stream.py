@@ -106,17 +106,11 @@ class AnthropicStream(ChatEventTranslator):
     """The stream adapter of the Messages face (see the module docstring)."""
 
     def __init__(self, ctx: Context, stream: StreamCall) -> None:
-        self.ctx = ctx
-        self.stream = stream
-        self.buffer = b""
-        self.started = False
+        super().__init__(ctx, stream)
         self.block: int | None = None  # the open content block's index
         self.block_kind = ""
         self.blocks = 0
         self.tools: dict[int, int] = {}  # chat tool index -> block index
-        self.finish_reason: object = None
-        self.usage_chunk: dict[str, Any] = {}
-        self.ended = False
 
     @staticmethod
     def _event(kind: str, payload: dict[str, Any]) -> bytes:

@@ -19,11 +19,14 @@ from common.llm import StreamCall
 class ChatEventTranslator:
     """Base of a face's stream adapter; subclasses write their face's events."""
 
-    ctx: Context
-    stream: StreamCall
-    buffer: bytes
-    ended: bool
-    usage_chunk: dict[str, Any]
+    def __init__(self, ctx: Context, stream: StreamCall) -> None:
+        self.ctx = ctx
+        self.stream = stream
+        self.buffer = b""  # a chat event not yet whole
+        self.started = False  # the face's opening events are out
+        self.finish_reason: object = None
+        self.usage_chunk: dict[str, Any] = {}
+        self.ended = False
 
     def _charged(self) -> tuple[int, int]:
         """The tokens the call is charged (what the settle will find)."""

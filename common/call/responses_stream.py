@@ -153,19 +153,13 @@ class ResponsesStream(ChatEventTranslator):
     """The stream adapter of the Responses face (see the module docstring)."""
 
     def __init__(self, ctx: Context, stream: StreamCall) -> None:
-        self.ctx = ctx
-        self.stream = stream
+        super().__init__(ctx, stream)
         self.response_id, self.item_id = _ids(ctx.request_id)
         self.created = int(time.time())
         self.sequence = 0
-        self.buffer = b""
-        self.started = False
         self.opened = False  # the message item and its text part
         self.text: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.finish_reason: object = None
-        self.usage_chunk: dict[str, Any] = {}
-        self.ended = False
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, "sequence_number": self.sequence, **fields}
