@@ -29,6 +29,7 @@ import asyncpg
 import httpx2
 import pytest
 import redis as sync_redis
+from aiohttp import web
 
 from bradax_cli.routes import REPO_ROOT
 from common import deps, keyspace, migrate
@@ -532,6 +533,19 @@ class Tally:
     usage_invalid: bool = False
     produced: int = 0
     done: bool = False
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """A small aiohttp server (a made-up or misbehaving upstream) on a free local port, for
+    the block: its root URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def tokens(entry: dict[str, Any]) -> tuple[int, int, int, int]:

@@ -19,6 +19,7 @@ from common.openai_dialect import OpenAIDialect
 from common.pricing import Price, PriceTable
 from common.settings import Settings
 from common.upstream_errors import malformed
+from tests.conftest import serve_app
 
 KEY = "k" * 20
 
@@ -62,13 +63,8 @@ async def text_upstream() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/v9/generate", generate)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/v9", seen
-    await runner.cleanup()
+    async with serve_app(app) as root:
+        yield f"{root}/v9", seen
 
 
 def _client() -> UpstreamClient:

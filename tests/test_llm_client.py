@@ -18,6 +18,7 @@ from common.llm import UpstreamClient, backoff
 from common.pricing import PriceTable
 from common.settings import Settings
 from common.upstream_errors import retry_after_seconds
+from tests.conftest import serve_app
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -48,13 +49,8 @@ async def recorder() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/openai/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/openai/v1", seen
-    await runner.cleanup()
+    async with serve_app(app) as root:
+        yield f"{root}/openai/v1", seen
 
 
 async def test_azure_style_route_sends_api_key_header_and_query(
@@ -174,12 +170,8 @@ async def scripted() -> AsyncIterator[tuple[str, list[bytes]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", bodies
-    await runner.cleanup()
+    async with serve_app(app) as root:
+        yield f"{root}/v1", bodies
 
 
 LONG_KEY = "sk-upstream-key-0123456789abcdef"

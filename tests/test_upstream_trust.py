@@ -13,7 +13,15 @@ from aiohttp import web
 
 from common.health import UNHEALTHY, UpstreamProbe
 from common.settings import Settings
-from tests.conftest import MockUpstream, Tenant, create_tenant, ledger_rows, login, serve_broker
+from tests.conftest import (
+    MockUpstream,
+    Tenant,
+    create_tenant,
+    ledger_rows,
+    login,
+    serve_app,
+    serve_broker,
+)
 
 KEY = "sk-bradax-upstream-" + "S3CR3T" * 4
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -97,32 +105,19 @@ async def test_health_probe_does_not_follow_redirects(settings: Settings) -> Non
 
     other = web.Application()
     other.router.add_get("/v1/models", elsewhere)
-    other_runner = web.AppRunner(other)
-    await other_runner.setup()
-    await web.TCPSite(other_runner, "127.0.0.1", 0).start()
-    other_url = f"http://127.0.0.1:{other_runner.addresses[0][1]}/v1/models"
+    async with serve_app(other) as other_root:
+        other_url = f"{other_root}/v1/models"
 
-    async def redirect(request: web.Request) -> web.Response:
-        raise web.HTTPFound(other_url)
+        async def redirect(request: web.Request) -> web.Response:
+            raise web.HTTPFound(other_url)
 
-    upstream = web.Application()
-    upstream.router.add_get("/v1/models", redirect)
-    runner = web.AppRunner(upstream)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        probe = UpstreamProbe(
-            Settings(
-                openai_api_key=KEY,
-                openai_base_url=f"http://127.0.0.1:{runner.addresses[0][1]}/v1",
-            )
-        )
-        check = await probe.check(2.0)
-        async with httpx2.AsyncClient() as direct:  # the other origin does count hits
-            assert (await direct.get(other_url)).status_code == 200
-    finally:
-        await runner.cleanup()
-        await other_runner.cleanup()
+        upstream = web.Application()
+        upstream.router.add_get("/v1/models", redirect)
+        async with serve_app(upstream) as root:
+            probe = UpstreamProbe(Settings(openai_api_key=KEY, openai_base_url=f"{root}/v1"))
+            check = await probe.check(2.0)
+            async with httpx2.AsyncClient() as direct:  # the other origin does count hits
+                assert (await direct.get(other_url)).status_code == 200
     assert check.status == UNHEALTHY
     assert check.error is not None
     assert "UpstreamStatusError" in check.error
@@ -371,13 +366,8 @@ async def escaping_upstream() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/v1"
-    await runner.cleanup()
+    async with serve_app(app) as root:
+        yield f"{root}/v1"
 
 
 @pytest.mark.parametrize("stream", [False, True])
