@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Final
+from typing import Any, Final
 
 from bradax_cli.mock.config import BadConfig, MockConfig, is_int, is_number
 
@@ -90,6 +90,14 @@ class Behaviour:
         self.chunk_delay = 0.0  # seconds before each streamed chunk
         self.linger = 0.0  # seconds a stream's connection stays open after its last event
         self.stream_error: str | None = None  # an error event sent mid-stream
+
+    def report_usage(self, payload: dict[str, Any], key: str) -> None:
+        """Put the usage this behaviour reports in `payload[key]` instead of the real one
+        there (`absent`: none at all; the honest marker: leave the real one)."""
+        if self.usage == ABSENT:
+            payload.pop(key, None)
+        elif self.usage is not HONEST:
+            payload[key] = self.usage
 
     @property
     def error_at(self) -> int:

@@ -26,7 +26,7 @@ from typing import Any, Final, cast
 import orjson
 from aiohttp import web
 
-from bradax_cli.mock.behaviours import ABSENT, HONEST, Behaviour
+from bradax_cli.mock.behaviours import HONEST, Behaviour
 from bradax_cli.mock.gemini_wire import (
     KEY_HEADER,
     auth_error,
@@ -148,7 +148,7 @@ class GenerateContent:
         }
         if act.oversize:
             payload["padding"] = "x" * act.oversize
-        _lie(payload, act)
+        act.report_usage(payload, "usageMetadata")
         return _json(payload)
 
     async def _stream(
@@ -187,7 +187,7 @@ class GenerateContent:
                 }
                 if last:
                     chunk["usageMetadata"] = usage(prompt, words, cached)
-                    _lie(chunk, act)
+                    act.report_usage(chunk, "usageMetadata")
                 elif honest:
                     chunk["usageMetadata"] = usage(prompt, i + 1, cached)
                 await _send(resp, chunk)
@@ -204,7 +204,7 @@ class GenerateContent:
             if words == 0:
                 chunk = {"candidates": [candidate([{"text": ""}], finish)], **base}
                 chunk["usageMetadata"] = usage(prompt, 0, cached)
-                _lie(chunk, act)
+                act.report_usage(chunk, "usageMetadata")
                 await _send(resp, chunk)
             if act.zero_tail:
                 await _send(resp, {"usageMetadata": _ZERO_USAGE, **base})
@@ -275,14 +275,6 @@ def scripted(script: Script, base: dict[str, Any], prompt: int, pieces: int) -> 
         "usageMetadata": usage(prompt, pieces),
         **base,
     }
-
-
-def _lie(payload: dict[str, Any], act: Behaviour) -> None:
-    """The behaviour's usage instead of the real one ("absent": none)."""
-    if act.usage == ABSENT:
-        payload.pop("usageMetadata", None)
-    elif act.usage is not HONEST:
-        payload["usageMetadata"] = act.usage
 
 
 def _json(payload: dict[str, Any]) -> web.Response:

@@ -190,10 +190,7 @@ class ChatCompletions:
             payload["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}  # type: ignore[index]
         if act.oversize:
             payload["padding"] = "x" * act.oversize
-        if act.usage == ABSENT:
-            del payload["usage"]
-        elif act.usage is not HONEST:
-            payload["usage"] = act.usage
+        act.report_usage(payload, "usage")
         return web.Response(body=orjson.dumps(payload), content_type=JSON_CT)
 
     async def _stream(
